@@ -1,0 +1,42 @@
+# Two commands matter: `make demo` and `make test`. Each does its own set-up.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test check lint typecheck test-fast test-docker bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev,samples]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## The main job: the dashboard on the sample project, local backend, no Docker needed.
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py
+
+## Everything CI runs: lint, types, then the whole test suite (docker-marked tests need dockerd).
+test: $(STAMP)
+	scripts/ensure-docker.sh || echo "docker engine unavailable: docker-marked tests will report why"
+	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -m "not docker and not slow" tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+bench: $(STAMP)
+	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/devloop.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

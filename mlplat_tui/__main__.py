@@ -1,0 +1,3 @@
+from mlplat_tui.cli import main
+
+main()

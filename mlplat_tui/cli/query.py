@@ -1,0 +1,1 @@
+"""CLI: placeholder until its issue lands."""

@@ -1,0 +1,83 @@
+"""Bundle v1 manifest: the typed contents of ``manifest.json``.
+
+Parsed from outside (a bundle may come from anywhere), so it is a pydantic model with
+``extra="forbid"``: an unknown key is a schema error, not silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MODEL_NAME = "model.onnx"
+SAMPLES_NAME = "samples.npz"
+REFERENCE_NAME = "reference.json"
+
+# OIP v2 datatypes we serve, and their numpy dtype names.
+OIP_TO_NUMPY: dict[str, str] = {
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+}
+NUMPY_TO_OIP: dict[str, str] = {v: k for k, v in OIP_TO_NUMPY.items()}
+
+OipDatatype = Literal["BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Frozen):
+    """One graph input or output. ``shape`` uses -1 for a dynamic dimension (OIP convention)."""
+
+    name: str
+    datatype: OipDatatype
+    shape: tuple[int, ...]
+
+
+class Signature(_Frozen):
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+class Lineage(_Frozen):
+    run_id: str | None = None
+    tracker_uri: str | None = None
+    git_commit: str | None = None
+    dirty_hash: str | None = None  # sha256 of uncommitted changes; None when the tree is clean
+    data_hashes: dict[str, str] = Field(default_factory=dict)  # relative path -> sha256
+    training_command: str | None = None
+
+
+class GateResult(_Frozen):
+    """One guardrail evaluated against a bundle."""
+
+    name: str  # e.g. "metrics.roc_auc", "latency.p95_ms", "size_mb", "no_regression", "signature"
+    measured: float | str | None
+    threshold: str  # human form: ">= 0.85", "<= 5", "compatible with v3"
+    passed: bool
+    detail: str = ""
+
+
+class Manifest(_Frozen):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    model_name: str
+    version: str  # human version ("3"); bring-your-own bundles default to bundle_id[:12]
+    bundle_id: str  # "sha256:<hex>" over the content files (not over manifest.json)
+    created_at: str  # ISO 8601, UTC
+    signature: Signature
+    metrics: dict[str, float] = Field(default_factory=dict)
+    params: dict[str, str] = Field(default_factory=dict)
+    lineage: Lineage = Field(default_factory=Lineage)
+    gates: tuple[GateResult, ...] = ()
+    files: dict[str, str]  # relative posix path -> "sha256:<hex>", every file except manifest.json

@@ -137,7 +137,7 @@ def parse_threshold(file: str, key: str, raw: object) -> Threshold:
         m = _GATE_RE.match(raw)
         if m:
             return Threshold(op=m.group(1), value=float(m.group(2)))  # type: ignore[arg-type]
-    raise ConfigError(file, f"gates.{key}", "a threshold like \">= 0.85\" or \"<= 5\"", got=raw)
+    raise ConfigError(file, f"gates.{key}", 'a threshold like ">= 0.85" or "<= 5"', got=raw)
 
 
 def _gates_from_toml(file: str, raw: object) -> dict[str, Any]:
@@ -151,10 +151,15 @@ def _gates_from_toml(file: str, raw: object) -> dict[str, Any]:
         if key == "no_regression":
             out["no_regression"] = value
             continue
-        if not (key.startswith("metrics.") or key in ("latency.p50_ms", "latency.p95_ms", "latency.p99_ms", "size_mb")):
+        if not (
+            key.startswith("metrics.")
+            or key in ("latency.p50_ms", "latency.p95_ms", "latency.p99_ms", "size_mb")
+        ):
             raise ConfigError(
-                file, f"gates.{key}",
-                "one of metrics.<name>, latency.p50_ms, latency.p95_ms, latency.p99_ms, size_mb, no_regression",
+                file,
+                f"gates.{key}",
+                "one of metrics.<name>, latency.p50_ms, latency.p95_ms, latency.p99_ms, size_mb, "
+                "no_regression",
             )
         thresholds[key] = parse_threshold(file, key, value)
     return out
@@ -177,7 +182,9 @@ def parse_config(text: str, file: str = CONFIG_NAME) -> ProjectConfig:
             expected = "this key to be present"
         elif err["type"] == "extra_forbidden":
             expected = "no such key (check the spelling; see docs/config.md)"
-        raise ConfigError(file, key, expected, got=err.get("input") if err["type"] != "missing" else None) from None
+        raise ConfigError(
+            file, key, expected, got=err.get("input") if err["type"] != "missing" else None
+        ) from None
 
 
 def load_project(root: Path | str = ".") -> Project:
@@ -186,6 +193,8 @@ def load_project(root: Path | str = ".") -> Project:
     path = root_path / CONFIG_NAME
     if not path.is_file():
         raise ConfigError(
-            str(path), "(file)", "an mlplat.toml in the project folder",
+            str(path),
+            "(file)",
+            "an mlplat.toml in the project folder",
         ) from None
     return Project(root=root_path, config=parse_config(path.read_text(encoding="utf-8"), str(path)))

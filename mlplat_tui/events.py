@@ -16,19 +16,19 @@ from mlplat_runtime.bundle.manifest import GateResult
 
 # kinds, in the order a dev cycle emits them
 KINDS = (
-    "watching",   # the loop is idle, watching files
-    "change",     # files changed (debounced); data.files lists them
-    "training",   # the training command started
-    "output",     # one line of training output (not recorded in the store)
-    "trained",    # the training command finished; duration_s is its own run time
-    "bundled",    # the bundle was built
-    "gated",      # gates evaluated; gates holds the results
-    "swapped",    # the new version is serving
-    "rejected",   # gates failed or load refused; still serving the previous version
+    "watching",  # the loop is idle, watching files
+    "change",  # files changed (debounced); data.files lists them
+    "training",  # the training command started
+    "output",  # one line of training output (not recorded in the store)
+    "trained",  # the training command finished; duration_s is its own run time
+    "bundled",  # the bundle was built
+    "gated",  # gates evaluated; gates holds the results
+    "swapped",  # the new version is serving
+    "rejected",  # gates failed or load refused; still serving the previous version
     "cancelled",  # a newer change cancelled this cycle
-    "failed",     # training or another step failed; error holds why
-    "cycle",      # a cycle ended; data has save_to_serving_s and overhead_s
-    "stack",      # stack up/down/progress
+    "failed",  # training or another step failed; error holds why
+    "cycle",  # a cycle ended; data has save_to_serving_s and overhead_s
+    "stack",  # stack up/down/progress
 )
 
 

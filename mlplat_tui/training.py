@@ -24,7 +24,7 @@ from mlplat_runtime.errors import TrainingError
 OutputSink = Callable[[str], None]
 
 
-class TrainingCancelled(Exception):  # noqa: N818 - control flow, not an error shown to users
+class TrainingCancelled(Exception):
     """A newer change (or the user) cancelled this training run."""
 
 
@@ -80,8 +80,13 @@ class SubprocessRunner:
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
-                argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                argv,
+                cwd=cwd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         except FileNotFoundError as exc:
             raise TrainingError(

@@ -54,10 +54,17 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, entry[2]) for name, entry in COMMANDS.items()])
 
 
-@click.group(cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(package_name="mlplat")
-@click.option("--project", "project", type=click.Path(file_okay=False), default=None,
-              help="Project folder (default: the current folder).")
+@click.option(
+    "--project",
+    "project",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Project folder (default: the current folder).",
+)
 @click.pass_context
 def cli(ctx: click.Context, project: str | None) -> None:
     """mlplat — a local-first ML platform in your terminal.

@@ -42,8 +42,12 @@ class Ports:
         return cls(host=s.host, tracker=b, metadata=b + 1, serving=b + 2, admin=b + 3)
 
     def url(self, service: Service | str) -> str:
-        port = {"tracker": self.tracker, "metadata": self.metadata, "serving": self.serving,
-                "admin": self.admin}[str(service)]
+        port = {
+            "tracker": self.tracker,
+            "metadata": self.metadata,
+            "serving": self.serving,
+            "admin": self.admin,
+        }[str(service)]
         return f"http://{self.host}:{port}"
 
 

@@ -1,0 +1,63 @@
+"""MLflow tracking: one MLflow run per training run, created before the command starts so that
+plain ``mlflow.log_metric`` calls in ``train.py`` land in it (via ``MLFLOW_RUN_ID``).
+
+mlflow is imported inside the functions: it costs about 1.5 s and ``mlplat --help`` must not
+pay for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlplat_runtime.errors import ServiceError
+
+# MLflow's limits: param values 6000 chars, tag values 8000.
+_MAX_PARAM = 6000
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        try:
+            exp = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        except Exception as exc:  # mlflow raises MlflowException / requests errors
+            raise ServiceError(
+                f"MLflow tracker at {uri} refused: {exc}",
+                hint="check `mlplat status` and `mlplat logs tracker`",
+            ) from None
+
+    def start_run(self, run_name: str, tags: Mapping[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
+        return str(run.info.run_id)
+
+    def log(
+        self, run_id: str, *, params: Mapping[str, Any], metrics: Mapping[str, float], tags: Mapping[str, str]
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        # Params the training script logged itself must not be re-logged with other values.
+        existing = self.client.get_run(run_id).data.params
+        p = [Param(k, str(v)[:_MAX_PARAM]) for k, v in params.items() if k not in existing]
+        import time
+
+        ts = int(time.time() * 1000)
+        m = [Metric(k, float(v), ts, 0) for k, v in metrics.items()]
+        t = [RunTag(k, str(v)) for k, v in tags.items()]
+        for i in range(0, max(len(p), len(m), len(t)), 100):
+            self.client.log_batch(run_id, metrics=m[i : i + 100], params=p[i : i + 100], tags=t[i : i + 100])
+
+    def log_bundle(self, run_id: str, bundle_dir: Path) -> None:
+        self.client.log_artifacts(run_id, str(bundle_dir), artifact_path="bundle")
+
+    def finish(self, run_id: str, status: str) -> None:
+        """status: FINISHED | FAILED | KILLED"""
+        self.client.set_terminated(run_id, status=status)
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.uri}/#/experiments/{self.experiment_id}/runs/{run_id}"

@@ -273,25 +273,30 @@ class LocalBackend:
     def up(self, progress: Progress | None = None) -> StackStatus:
         say = progress or _quiet
         with self._lock():
+            to_start: list[Service] = []
+            for service in SERVICES:
+                if self._running(service):
+                    if self._healthy(service):
+                        say(f"{service}: already running at {self.ports.url(service)}")
+                        continue
+                    # A process of ours that does not answer: restart it rather than guess.
+                    say(f"{service}: not answering, restarting")
+                    self._stop(service)
+                to_start.append(service)
+            # Check every port before starting anything, so a clash leaves nothing behind.
+            for service in to_start:
+                ports = [self.port(service)] + ([self.ports.admin] if service is Service.SERVING else [])
+                for port in ports:
+                    if port_in_use(self.ports.host, port):
+                        raise StackError(
+                            f"cannot start {service}: port {self.ports.host}:{port} is already in use "
+                            "by another program",
+                            hint="stop that program, or set [stack] port_base in mlplat.toml "
+                            "to the start of a free range of 4 ports",
+                        )
             started: list[Service] = []
             try:
-                for service in SERVICES:
-                    if self._running(service):
-                        if self._healthy(service):
-                            say(f"{service}: already running at {self.ports.url(service)}")
-                            continue
-                        # A process of ours that does not answer: restart it rather than guess.
-                        say(f"{service}: not answering, restarting")
-                        self._stop(service)
-                    ports = [self.port(service)] + ([self.ports.admin] if service is Service.SERVING else [])
-                    for port in ports:
-                        if port_in_use(self.ports.host, port):
-                            raise StackError(
-                                f"cannot start {service}: port {self.ports.host}:{port} is already in use "
-                                "by another program",
-                                hint="stop that program, or set [stack] port_base in mlplat.toml "
-                                "to a free range (4 ports)",
-                            )
+                for service in to_start:
                     self._start(service)
                     started.append(service)
                     say(f"{service}: starting on {self.ports.url(service)}")

@@ -1,0 +1,66 @@
+"""Real local stacks for tests: a project copied into tmp, on free loopback ports.
+
+Nothing here fakes a service: ``started_stack`` runs the real ``mlflow server``, metadata
+service and serving runtime as processes and always stops them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+from mlplat_tui.config import load_project
+from mlplat_tui.stack.local import LocalBackend
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "sample_projects"
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_base(width: int = 4) -> int:
+    """A base port with ``width`` consecutive free ports after it."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 60000, 4)
+        if all(_free(base + i) for i in range(width)):
+            return base
+    raise RuntimeError("no free port range found")
+
+
+def set_port_base(project_dir: Path, base: int) -> None:
+    toml = project_dir / "mlplat.toml"
+    text = toml.read_text()
+    if "[stack]" in text:
+        text = text.replace("[stack]", f"[stack]\nport_base = {base}", 1)
+    else:
+        text += f"\n[stack]\nport_base = {base}\n"
+    toml.write_text(text)
+
+
+def copy_sample(name: str, dest: Path, port_base: int | None = None) -> Path:
+    target = dest / name
+    shutil.copytree(SAMPLES / name, target, ignore=shutil.ignore_patterns(".mlplat", "__pycache__", "out"))
+    set_port_base(target, port_base or free_port_base())
+    return target
+
+
+@contextlib.contextmanager
+def started_stack(project_dir: Path) -> Iterator[LocalBackend]:
+    backend = LocalBackend(load_project(project_dir))
+    try:
+        backend.up()
+        yield backend
+    finally:
+        backend.down()

@@ -1,0 +1,203 @@
+"""``build_bundle``: turn a model file (and what training reported) into a bundle v1.
+
+Steps: copy the model (and its external data, which must sit beside it) into a staging
+folder next to the target; read the signature from the graph; take the user's sample inputs
+or make some up; record the expected outputs by running them in ONNX Runtime on the CPU;
+write ``reference.json``; checksum every file; write ``manifest.json``; rename the staging
+folder into place (or pack it into a ``.mlbundle``). A failed build leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from mlplat_runtime.bundle.hashing import bundle_id, file_digest, short_id
+from mlplat_runtime.bundle.manifest import (
+    MANIFEST_NAME,
+    MODEL_NAME,
+    REFERENCE_NAME,
+    SAMPLES_NAME,
+    Lineage,
+    Manifest,
+)
+from mlplat_runtime.errors import BundleError, UsageError
+
+# Names travel in URLs (/v2/models/{name}), folder names and registry entries.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _check_name(kind: str, value: str) -> None:
+    if not NAME_RE.match(value):
+        raise UsageError(
+            f"{kind} {value!r} is not allowed",
+            hint="use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit "
+            "(e.g. 'churn-classifier')",
+        )
+
+
+def _copy_model(model: Path, stage: Path) -> list[str]:
+    """Copy the model and each external-data file it names; returns the external files' paths."""
+    from mlplat_runtime.bundle.graph import external_locations, load_proto
+    from mlplat_runtime.bundle.safety import check_inside, normalize_member, path_problem
+
+    proto = load_proto(model)
+    shutil.copyfile(model, stage / MODEL_NAME)
+    copied: list[str] = []
+    for tensor, location in external_locations(proto):
+        problem = path_problem(location)
+        if problem:
+            raise BundleError(
+                f"tensor '{tensor}' of '{model.name}' keeps its data at '{location}': {problem}",
+                hint="save external data beside the model: onnx.save(m, path, save_as_external_data=True, "
+                "location='weights.bin')",
+            )
+        rel = normalize_member(location)
+        source = model.parent / rel
+        if rel in copied:
+            continue
+        if not source.is_file() or source.is_symlink():
+            raise BundleError(
+                f"tensor '{tensor}' of '{model.name}' keeps its data at '{location}', "
+                f"which is not a regular file beside the model",
+                hint="keep the external-data file next to model.onnx, as onnx.save wrote it",
+            )
+        target = check_inside(stage, rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        copied.append(rel)
+    return copied
+
+
+def _content_files(stage: Path) -> dict[str, str]:
+    rels = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file())
+    return {rel: file_digest(stage / rel) for rel in rels if rel != MANIFEST_NAME}
+
+
+def _write_bundle(
+    stage: Path,
+    model: Path,
+    name: str,
+    *,
+    samples: Path | None,
+    metrics: dict[str, Any] | None,
+    params: dict[str, Any] | None,
+    lineage: Lineage | None,
+    reference: dict[str, Any] | None,
+    version: str | None,
+) -> Manifest:
+    from mlplat_runtime.bundle.graph import read_signature
+    from mlplat_runtime.bundle.samples import conform_inputs, generate_inputs, read_user_inputs, write_samples
+    from mlplat_runtime.bundle.session import cpu_session, run
+
+    _copy_model(model, stage)
+    signature = read_signature(stage / MODEL_NAME)
+    if samples is not None:
+        inputs = conform_inputs(read_user_inputs(Path(samples)), signature)
+    else:
+        inputs = generate_inputs(signature)
+    outputs = run(cpu_session(stage / MODEL_NAME), inputs)
+    write_samples(stage / SAMPLES_NAME, inputs, outputs)
+    if reference is not None:
+        try:
+            text = json.dumps(reference, indent=2, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise BundleError(
+                f"the reference statistics are not plain JSON: {exc}",
+                hint="use numbers, strings, lists and dicts only (no NaN, no numpy types)",
+            ) from exc
+        (stage / REFERENCE_NAME).write_text(text + "\n", encoding="utf-8")
+
+    files = _content_files(stage)
+    bid = bundle_id(files)
+    try:
+        manifest = Manifest(
+            model_name=name,
+            version=version or short_id(bid),
+            bundle_id=bid,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            signature=signature,
+            metrics=dict(metrics or {}),
+            params={str(k): str(v) for k, v in (params or {}).items()},
+            lineage=lineage or Lineage(),
+            files=files,
+        )
+    except ValidationError as exc:
+        raise BundleError(
+            f"the bundle's metadata is not valid: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}",
+            hint="metrics must be numbers (e.g. {'roc_auc': 0.91})",
+        ) from exc
+    (stage / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def build_bundle(
+    model: Path,
+    name: str,
+    out: Path,
+    *,
+    samples: Path | None = None,
+    metrics: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+    lineage: Lineage | None = None,
+    reference: dict[str, Any] | None = None,
+    version: str | None = None,
+    archive: bool = False,
+) -> Path:
+    """Build a bundle v1 from ``model`` at ``out`` and return its path.
+
+    ``out`` is a folder that must not exist (or be empty); with ``archive=True`` it is the
+    ``.mlbundle`` file to write (the suffix is added when missing). ``samples`` is an ``.npz``
+    of inputs (keys = input names, or ``input:<name>``); without it, 8 rows are generated
+    from the signature. ``version`` defaults to the first 12 hex digits of the bundle id.
+    """
+    model = Path(model)
+    out = Path(out)
+    _check_name("model name", name)
+    if version is not None:
+        _check_name("version", version)
+    if not model.is_file():
+        raise BundleError(f"model file '{model}' does not exist", hint="pass the path of a .onnx file")
+    if archive and not out.name.endswith(".mlbundle"):
+        out = out.with_name(out.name + ".mlbundle")
+    if out.is_symlink() or (out.exists() and (archive or not out.is_dir() or any(out.iterdir()))):
+        raise BundleError(f"'{out}' already exists", hint="pick another output path, or delete it first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        stage = work / "bundle"
+        stage.mkdir()
+        _write_bundle(
+            stage,
+            model,
+            name,
+            samples=samples,
+            metrics=metrics,
+            params=params,
+            lineage=lineage,
+            reference=reference,
+            version=version,
+        )
+        if archive:
+            from mlplat_runtime.bundle.archive import pack_archive
+
+            return pack_archive(stage, out)
+        try:
+            os.replace(stage, out)  # onto a missing or empty folder: atomic on POSIX
+        except OSError as exc:
+            raise BundleError(
+                f"cannot move the bundle into '{out}': {exc.strerror}",
+                hint="pick another output path, or delete it first",
+            ) from exc
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

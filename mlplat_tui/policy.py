@@ -41,9 +41,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlplat_runtime.errors import ConfigError
 from pydantic import ValidationError
 
+from mlplat_runtime.errors import ConfigError
 from mlplat_tui.config import GatesSection, NoRegression, Project, Threshold, parse_threshold
 
 POLICY_ENV = "MLPLAT_POLICY"

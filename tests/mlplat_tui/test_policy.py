@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from mlplat_runtime.errors import ConfigError
 
+from mlplat_runtime.errors import ConfigError
 from mlplat_tui.config import GatesSection, NoRegression, Project, Threshold, load_project
 from mlplat_tui.policy import (
     POLICY_ENV,

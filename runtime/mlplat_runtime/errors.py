@@ -49,9 +49,11 @@ class UsageError(MlplatError):
 class ConfigError(UsageError):
     """A config file is wrong: says which file, which key and what was expected."""
 
-    def __init__(self, file: str, key: str, expected: str, *, got: object = None) -> None:
+    def __init__(
+        self, file: str, key: str, expected: str, *, got: object = None, hint: str | None = None
+    ) -> None:
         got_part = f", got {got!r}" if got is not None else ""
-        super().__init__(f"{file}: key '{key}': expected {expected}{got_part}")
+        super().__init__(f"{file}: key '{key}': expected {expected}{got_part}", hint=hint)
         self.file = file
         self.key = key
         self.expected = expected

@@ -6,11 +6,11 @@ Parsed from outside (a bundle may come from anywhere), so it is a pydantic model
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final[Literal[1]] = 1
 MANIFEST_NAME = "manifest.json"
 MODEL_NAME = "model.onnx"
 SAMPLES_NAME = "samples.npz"

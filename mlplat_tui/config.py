@@ -18,7 +18,7 @@ from mlplat_runtime.errors import ConfigError
 
 CONFIG_NAME = "mlplat.toml"
 STATE_DIR = ".mlplat"
-_GATE_RE = re.compile(r"^\s*(>=|<=|>|<|==)\s*(-?\d+(\.\d+)?([eE]-?\d+)?)\s*$")
+_GATE_RE = re.compile(r"^\s*(>=|<=|>|<|==)\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 
@@ -147,12 +147,19 @@ def _gates_from_toml(file: str, raw: object) -> dict[str, Any]:
         raise ConfigError(file, "gates", "a table of gate = threshold", got=raw)
     thresholds: dict[str, Threshold] = {}
     out: dict[str, Any] = {"thresholds": thresholds}
+    items: list[tuple[str, object]] = []
     for key, value in raw.items():
+        # Unquoted `metrics.roc_auc = ">= 0.85"` is a nested table in TOML: read it as the dotted key.
+        if key != "no_regression" and isinstance(value, dict):
+            items.extend((f"{key}.{sub}", v) for sub, v in value.items())
+        else:
+            items.append((key, value))
+    for key, value in items:
         if key == "no_regression":
             out["no_regression"] = value
             continue
         if not (
-            key.startswith("metrics.")
+            (key.startswith("metrics.") and len(key) > len("metrics."))
             or key in ("latency.p50_ms", "latency.p95_ms", "latency.p99_ms", "size_mb")
         ):
             raise ConfigError(

@@ -63,6 +63,7 @@ def pack_archive(bundle_dir: Path, out: Path) -> Path:
                 info.mtime = 0
                 with open(bundle_dir / rel, "rb") as src:
                     tar.addfile(info, src)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; an archive is meant to be shared
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)

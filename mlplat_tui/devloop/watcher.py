@@ -1,0 +1,234 @@
+"""Which saved files count as a change, and a watchdog observer that reports them.
+
+``PathFilter`` decides from ``[train] watch`` / ``ignore`` (project-relative globs) plus the
+paths that never count (editor temp files, ``.mlplat/``, ``__pycache__``, ``.git``, virtual
+environments, local MLflow folders). ``ProjectWatcher`` runs a watchdog observer over the project
+and hands each relevant project-relative path to a callback; the debouncer (``debounce.py``)
+turns a burst of them into one change.
+
+Glob rules (gitignore-like, matched on posix paths relative to the project root):
+``*`` and ``?`` never cross ``/``; ``**`` crosses folders (``data/**`` is everything under
+``data``, ``**/x`` is ``x`` at any depth); a pattern without ``/`` matches the file name at any
+depth (``*.py`` matches ``src/features.py``); a pattern that matches a folder covers everything
+inside it.
+
+Imports watchdog lazily (in ``start``) and nothing from the UI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+# Editors write these around a save; they are never the change itself.
+EDITOR_TEMP_GLOBS: tuple[str, ...] = (
+    "*.swp",
+    "*.swx",
+    "*.swo",
+    "*~",
+    ".#*",
+    "#*#",
+    "4913",
+    "*.tmp",
+    ".~lock*",
+    "*.pyc",
+    ".DS_Store",
+)
+# Folders whose contents never trigger a cycle: the platform's own state (training writes there),
+# caches, version control, environments, and local MLflow stores a script may write to.
+IGNORED_DIRS: frozenset[str] = frozenset(
+    {
+        ".mlplat",
+        "__pycache__",
+        ".git",
+        ".hg",
+        ".svn",
+        ".venv",
+        "venv",
+        ".tox",
+        ".nox",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".ipynb_checkpoints",
+        "node_modules",
+        "mlruns",
+        "mlartifacts",
+    }
+)
+
+
+@lru_cache(maxsize=512)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Translate one glob to a regex over a posix relative path."""
+    i, n, out = 0, len(pattern), []
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            if pattern.startswith("**", i):
+                if pattern.startswith("**/", i):
+                    out.append("(?:.*/)?")
+                    i += 3
+                else:
+                    out.append(".*")
+                    i += 2
+                continue
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = pattern.find("]", i + 2 if pattern.startswith("[!", i) else i + 1)
+            if j < 0:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : j]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append("[" + body.replace("\\", "\\\\") + "]")
+                i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("(?s:" + "".join(out) + r")\Z")
+
+
+def glob_match(rel_path: str, pattern: str) -> bool:
+    """Does ``pattern`` match the project-relative posix path (or a folder containing it)?"""
+    pattern = pattern.strip()
+    if pattern.startswith("./"):
+        pattern = pattern[2:]
+    pattern = pattern.rstrip("/") if pattern != "/" else pattern
+    if not pattern:
+        return False
+    rx = _glob_regex(pattern)
+    parts = rel_path.split("/")
+    if "/" not in pattern:
+        # gitignore rule: a bare name pattern matches any path component at any depth
+        return any(rx.match(p) for p in parts)
+    # a pattern naming a folder covers what is inside it
+    return any(rx.match("/".join(parts[:k])) for k in range(len(parts), 0, -1))
+
+
+@dataclass(frozen=True)
+class PathFilter:
+    """``watch`` minus ``ignore`` minus what never counts."""
+
+    watch: tuple[str, ...]
+    ignore: tuple[str, ...] = ()
+    always: tuple[str, ...] = field(default=("mlplat.toml",))  # config edits reload the project
+
+    @classmethod
+    def from_project(cls, project: Any) -> PathFilter:
+        train = project.config.train
+        return cls(watch=tuple(train.watch), ignore=tuple(train.ignore))
+
+    @staticmethod
+    def never(rel_path: str) -> bool:
+        parts = rel_path.split("/")
+        if any(p in IGNORED_DIRS for p in parts[:-1]) or parts[-1] in IGNORED_DIRS:
+            return True
+        return any(_glob_regex(g).match(parts[-1]) for g in EDITOR_TEMP_GLOBS)
+
+    def matches(self, rel_path: str) -> bool:
+        rel_path = rel_path.replace(os.sep, "/").lstrip("/")
+        if not rel_path or rel_path.startswith("../") or rel_path == ".." or self.never(rel_path):
+            return False
+        if rel_path in self.always:
+            return True
+        if any(glob_match(rel_path, g) for g in self.ignore):
+            return False
+        return any(glob_match(rel_path, g) for g in self.watch)
+
+    def scan(self, root: Path) -> Iterable[str]:
+        """Every existing file under ``root`` that matches (pruning folders that never count)."""
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d not in IGNORED_DIRS)
+            rel_dir = os.path.relpath(dirpath, root)
+            for name in sorted(filenames):
+                rel = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
+                if self.matches(rel):
+                    yield rel
+
+
+PathCallback = Callable[[str], None]
+
+
+class ProjectWatcher:
+    """A watchdog observer over the project root; calls ``on_path(rel_path)`` per relevant event.
+
+    Reads (open/close-without-write) and attribute changes are not changes: the training run
+    itself reads ``train.py`` and the data, and must not re-trigger the loop.
+    """
+
+    def __init__(self, root: Path, path_filter: PathFilter, on_path: PathCallback) -> None:
+        self.root = Path(root).resolve()
+        self.filter = path_filter
+        self.on_path = on_path
+        self._observer: Any = None
+        self._lock = threading.Lock()
+
+    def _rel(self, raw: bytes | str) -> str | None:
+        path = os.fsdecode(raw)
+        if not path:
+            return None
+        rel = os.path.relpath(path, self.root).replace(os.sep, "/")
+        return None if rel == "." or rel.startswith("../") else rel
+
+    def _handle(self, event: Any) -> None:
+        if event.is_directory:
+            return
+        for raw in (event.src_path, getattr(event, "dest_path", "")):
+            rel = self._rel(raw)
+            if rel is not None and self.filter.matches(rel):
+                self.on_path(rel)
+
+    def start(self) -> None:
+        from watchdog.events import (
+            FileClosedEvent,
+            FileCreatedEvent,
+            FileDeletedEvent,
+            FileModifiedEvent,
+            FileMovedEvent,
+            FileSystemEvent,
+            FileSystemEventHandler,
+        )
+        from watchdog.observers import Observer
+
+        watcher = self
+
+        class _Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                watcher._handle(event)
+
+        kinds: list[type[FileSystemEvent]] = [
+            FileCreatedEvent,
+            FileModifiedEvent,
+            FileMovedEvent,
+            FileDeletedEvent,
+            FileClosedEvent,
+        ]
+        with self._lock:
+            if self._observer is not None:
+                return
+            observer = Observer()
+            observer.daemon = True
+            observer.schedule(_Handler(), str(self.root), recursive=True, event_filter=kinds)
+            observer.start()
+            self._observer = observer
+
+    def stop(self) -> None:
+        with self._lock:
+            observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=5)
+
+    @property
+    def running(self) -> bool:
+        return self._observer is not None

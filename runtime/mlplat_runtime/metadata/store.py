@@ -1,0 +1,471 @@
+"""``MetadataStore``: the only code that opens the metadata DuckDB file.
+
+It answers "what models do we have, where did each come from, which one is serving, and what
+was serving at time T". The metadata service is the one process that holds the file (DuckDB
+allows one writer process); everything else goes through its HTTP API.
+
+Threading: one DuckDB connection guarded by a lock for the typed calls (they are short); each
+``sql()`` call gets its own cursor in a READ ONLY transaction so a slow query does not hold
+the lock. The database is opened with external access off (no file reads, COPY, ATTACH,
+extension installs) and its configuration locked, which the store itself never needs.
+
+Imports duckdb and pydantic only; never mlplat_tui.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+from pydantic import ValidationError
+
+from mlplat_runtime.bundle.manifest import GateResult
+from mlplat_runtime.errors import NotFoundError, RequestError, ServiceError
+from mlplat_runtime.metadata.readonly import check_read_only, refusal_from, to_jsonable
+from mlplat_runtime.metadata.records import (
+    RUN_UPDATABLE,
+    WIRE,
+    BundleRecord,
+    DeploymentRecord,
+    EventRecord,
+    GateRecord,
+    RunDetail,
+    RunRecord,
+    SqlResult,
+)
+from mlplat_runtime.metadata.schema import MIGRATIONS, Migration, migrate
+
+SQL_ROW_CAP = 10_000
+SQL_TIMEOUT_S = 30.0
+MAX_LIMIT = 10_000
+_BATCH = 500  # rows per multi-row INSERT
+
+_RUN_COLUMNS = tuple(RunRecord.model_fields)
+_RUN_JSON = frozenset({"params", "metrics", "data_hashes"})
+_RUN_TIMES = frozenset({"created_at", "finished_at"})
+_BUNDLE_COLUMNS = tuple(BundleRecord.model_fields)
+_DEPLOY_COLUMNS = tuple(DeploymentRecord.model_fields)
+_EVENT_COLUMNS = tuple(EventRecord.model_fields)
+
+
+def _db_time(value: datetime | None) -> datetime | None:
+    # Columns are TIMESTAMP in UTC: bind naive UTC so DuckDB never applies a session zone.
+    return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value).replace("inf", "Infinity").replace("nan", "NaN")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json_text(value: Any) -> str:
+    # A JSON column holds strict JSON: NaN/Infinity become the strings pydantic parses back.
+    return orjson.dumps(_finite(WIRE.dump_python(value, mode="json"))).decode()
+
+
+def _json_value(text: str | None) -> Any:
+    return WIRE.validate_json(text) if text else {}
+
+
+def _limit(value: int) -> int:
+    if not 1 <= value <= MAX_LIMIT:
+        raise RequestError(f"limit must be between 1 and {MAX_LIMIT}, got {value}")
+    return value
+
+
+class MetadataStore:
+    """Runs, bundles, gate results, deployments and events in one versioned DuckDB file."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        migrations: Sequence[Migration] = MIGRATIONS,
+        sql_row_cap: int = SQL_ROW_CAP,
+        sql_timeout_s: float = SQL_TIMEOUT_S,
+    ) -> None:
+        self.path = Path(path)
+        self.sql_row_cap = sql_row_cap
+        self.sql_timeout_s = sql_timeout_s
+        self._lock = threading.RLock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = duckdb.connect(str(self.path), config={"enable_external_access": False})
+        except duckdb.IOException as exc:
+            raise ServiceError(
+                f"cannot open the metadata store {self.path}: {exc}",
+                hint="another metadata service may hold it: stop it with `mlplat down`",
+            ) from None
+        try:
+            self._con.execute("SET lock_configuration = true")
+            self.schema_version = migrate(self._con, migrations, where=str(self.path))
+        except BaseException:
+            self._con.close()
+            raise
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Checkpoint (fold the WAL into the file) and close; safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._con.execute("CHECKPOINT")
+            finally:
+                self._con.close()
+
+    def __enter__(self) -> MetadataStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._lock:
+            if self._closed:
+                raise ServiceError(f"metadata store {self.path} is closed")
+            self._con.execute("BEGIN TRANSACTION")
+            try:
+                yield self._con
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            if self._closed:
+                raise ServiceError(f"metadata store {self.path} is closed")
+            return self._con.execute(sql, list(params)).fetchall()
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def _run_values(self, run: RunRecord) -> list[Any]:
+        out: list[Any] = []
+        for name in _RUN_COLUMNS:
+            value = getattr(run, name)
+            if name in _RUN_JSON:
+                value = _json_text(value)
+            elif name in _RUN_TIMES:
+                value = _db_time(value)
+            out.append(value)
+        return out
+
+    @staticmethod
+    def _run_from_row(row: Sequence[Any]) -> RunRecord:
+        data = dict(zip(_RUN_COLUMNS, row, strict=True))
+        for name in _RUN_JSON:
+            data[name] = _json_value(data[name])
+        return RunRecord.model_validate(data)
+
+    def record_run(self, run: RunRecord) -> RunRecord:
+        """Insert the run, or replace every field of the run with the same id."""
+        self.record_runs([run])
+        return run
+
+    def record_runs(self, runs: Sequence[RunRecord]) -> int:
+        """Upsert many runs in one transaction (imports, backfills); the last of a repeated id wins.
+
+        Multi-row INSERTs: DuckDB pays ~1 ms per executed statement, so a row at a time would
+        make 10,000 runs take most of a minute.
+        """
+        unique = list({r.run_id: r for r in runs}.values())
+        columns = ", ".join(_RUN_COLUMNS)
+        row_marks = "(" + ", ".join("?" for _ in _RUN_COLUMNS) + ")"
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _RUN_COLUMNS if c != "run_id")
+        with self._tx() as con:
+            for start in range(0, len(unique), _BATCH):
+                batch = unique[start : start + _BATCH]
+                con.execute(
+                    f"INSERT INTO runs ({columns}) VALUES {', '.join(row_marks for _ in batch)}"
+                    f" ON CONFLICT (run_id) DO UPDATE SET {updates}",
+                    [v for r in batch for v in self._run_values(r)],
+                )
+        return len(unique)
+
+    def update_run(self, run_id: str, fields: Mapping[str, Any]) -> RunRecord:
+        """Change some fields of a recorded run (validated as a whole ``RunRecord``)."""
+        unknown = sorted(set(fields) - RUN_UPDATABLE)
+        if unknown:
+            raise RequestError(
+                f"cannot update run field(s) {', '.join(unknown)}",
+                hint=f"updatable: {', '.join(sorted(RUN_UPDATABLE))}",
+            )
+        with self._lock:
+            current = self.run(run_id)
+            try:
+                updated = RunRecord.model_validate({**current.model_dump(), **fields})
+            except ValidationError as exc:
+                raise RequestError(f"invalid run update for {run_id}: {exc}") from None
+            return self.record_run(updated)
+
+    def run(self, run_id: str) -> RunRecord:
+        rows = self._rows(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE run_id = ?", [run_id])
+        if not rows:
+            raise NotFoundError(
+                f"no run {run_id!r} in the metadata store", hint="list runs with `mlplat runs`"
+            )
+        return self._run_from_row(rows[0])
+
+    def run_detail(self, run_id: str) -> RunDetail:
+        run = self.run(run_id)
+        bundle: BundleRecord | None = None
+        bundle_id = run.bundle_id
+        if bundle_id is None:
+            found = self._rows(
+                "SELECT bundle_id FROM bundles WHERE run_id = ? ORDER BY created_at DESC LIMIT 1", [run_id]
+            )
+            bundle_id = found[0][0] if found else None
+        if bundle_id is not None:
+            try:
+                bundle = self.bundle(bundle_id)
+            except NotFoundError:
+                bundle = None
+        gates = self.gates(bundle_id) if bundle_id is not None else []
+        return RunDetail(run=run, bundle=bundle, gates=tuple(gates))
+
+    def runs(self, limit: int = 100, offset: int = 0, search: str | None = None) -> list[RunRecord]:
+        """Newest first; ``search`` matches run id, project, model or status (case-insensitive)."""
+        if offset < 0:
+            raise RequestError(f"offset must be >= 0, got {offset}")
+        where, params = "", []
+        if search:
+            # Escape LIKE wildcards so the text is matched literally.
+            needle = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where = (
+                "WHERE run_id ILIKE ? ESCAPE '\\' OR model_name ILIKE ? ESCAPE '\\'"
+                " OR project ILIKE ? ESCAPE '\\' OR status ILIKE ? ESCAPE '\\'"
+            )
+            params = [needle] * 4
+        rows = self._rows(
+            f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs {where}"
+            " ORDER BY created_at DESC, run_id DESC LIMIT ? OFFSET ?",
+            [*params, _limit(limit), offset],
+        )
+        return [self._run_from_row(r) for r in rows]
+
+    def count_runs(self) -> int:
+        return int(self._rows("SELECT count(*) FROM runs")[0][0])
+
+    # -- bundles and gates ----------------------------------------------------------------
+
+    def record_bundle(self, bundle: BundleRecord) -> BundleRecord:
+        """Insert or replace by bundle id (the id is a content hash: same content, same row)."""
+        values = [
+            _json_text(bundle.manifest)
+            if c == "manifest"
+            else _db_time(bundle.created_at)
+            if c == "created_at"
+            else getattr(bundle, c)
+            for c in _BUNDLE_COLUMNS
+        ]
+        with self._tx() as con:
+            con.execute(
+                f"INSERT OR REPLACE INTO bundles ({', '.join(_BUNDLE_COLUMNS)})"
+                f" VALUES ({', '.join('?' for _ in _BUNDLE_COLUMNS)})",
+                values,
+            )
+        return bundle
+
+    def bundle(self, bundle_id: str) -> BundleRecord:
+        rows = self._rows(
+            f"SELECT {', '.join(_BUNDLE_COLUMNS)} FROM bundles WHERE bundle_id = ?", [bundle_id]
+        )
+        if not rows:
+            raise NotFoundError(f"no bundle {bundle_id!r} in the metadata store")
+        data = dict(zip(_BUNDLE_COLUMNS, rows[0], strict=True))
+        data["manifest"] = _json_value(data["manifest"])
+        return BundleRecord.model_validate(data)
+
+    def record_gates(
+        self, bundle_id: str, run_id: str | None, gates: Sequence[GateResult]
+    ) -> list[GateRecord]:
+        """Record a bundle's gate results, replacing the ones recorded for it before."""
+        records = [GateRecord.from_result(bundle_id, run_id, g) for g in gates]
+        with self._tx() as con:
+            con.execute("DELETE FROM gate_results WHERE bundle_id = ?", [bundle_id])
+            for g in records:
+                number = float(g.measured) if isinstance(g.measured, int | float) else None
+                text = g.measured if isinstance(g.measured, str) else None
+                con.execute(
+                    "INSERT INTO gate_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [bundle_id, run_id, g.name, number, text, g.threshold, g.passed, g.detail],
+                )
+        return records
+
+    def gates(self, bundle_id: str) -> list[GateRecord]:
+        rows = self._rows(
+            "SELECT bundle_id, run_id, name, measured, measured_text, threshold, passed, detail"
+            " FROM gate_results WHERE bundle_id = ? ORDER BY name",
+            [bundle_id],
+        )
+        return [
+            GateRecord(
+                bundle_id=b,
+                run_id=r,
+                name=n,
+                measured=m if t is None else t,
+                threshold=th,
+                passed=p,
+                detail=d,
+            )
+            for b, r, n, m, t, th, p, d in rows
+        ]
+
+    def next_version(self, model_name: str) -> str:
+        """1 + the highest integer version of this model's bundles ("1" for a new model)."""
+        rows = self._rows(
+            "SELECT max(TRY_CAST(version AS BIGINT)) FROM bundles WHERE model_name = ?", [model_name]
+        )
+        highest = rows[0][0] if rows and rows[0][0] is not None else 0
+        return str(int(highest) + 1)
+
+    # -- deployments ----------------------------------------------------------------------
+
+    def record_deployment(self, deployment: DeploymentRecord) -> DeploymentRecord:
+        columns = [c for c in _DEPLOY_COLUMNS if c != "id"]
+        values = [_db_time(deployment.ts) if c == "ts" else getattr(deployment, c) for c in columns]
+        with self._tx() as con:
+            row = con.execute(
+                f"INSERT INTO deployments ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+                " RETURNING id",
+                values,
+            ).fetchone()
+        assert row is not None
+        return deployment.model_copy(update={"id": int(row[0])})
+
+    def _deployments(self, where: str, params: Sequence[Any], limit: int) -> list[DeploymentRecord]:
+        rows = self._rows(
+            f"SELECT {', '.join(_DEPLOY_COLUMNS)} FROM deployments {where} ORDER BY ts DESC, id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [DeploymentRecord.model_validate(dict(zip(_DEPLOY_COLUMNS, r, strict=True))) for r in rows]
+
+    def deployments(
+        self, model_name: str | None = None, limit: int = 100, target: str | None = None
+    ) -> list[DeploymentRecord]:
+        """Deployment history, newest first, optionally for one model and/or target."""
+        clauses, params = [], []
+        if model_name is not None:
+            clauses.append("model_name = ?")
+            params.append(model_name)
+        if target is not None:
+            clauses.append("target = ?")
+            params.append(target)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        return self._deployments(where, params, _limit(limit))
+
+    def deployed_at(
+        self, model_name: str, ts: datetime, target: str | None = None
+    ) -> DeploymentRecord | None:
+        """What was serving ``model_name`` at ``ts``: the last successful action at or before it.
+
+        A deploy or rollback means its version was serving; an undeploy means nothing was.
+        """
+        where = "WHERE model_name = ? AND status = 'ok' AND ts <= ?"
+        params: list[Any] = [model_name, _db_time(ts)]
+        if target is not None:
+            where += " AND target = ?"
+            params.append(target)
+        found = self._deployments(where, params, 1)
+        if not found or found[0].action == "undeploy":
+            return None
+        return found[0]
+
+    def current_deployment(self, model_name: str, target: str | None = None) -> DeploymentRecord | None:
+        """The version serving now: the last successful deploy or rollback, unless undeployed since."""
+        where = "WHERE model_name = ? AND status = 'ok'"
+        params: list[Any] = [model_name]
+        if target is not None:
+            where += " AND target = ?"
+            params.append(target)
+        found = self._deployments(where, params, 1)
+        if not found or found[0].action == "undeploy":
+            return None
+        return found[0]
+
+    # -- events ---------------------------------------------------------------------------
+
+    def record_event(self, event: EventRecord | Mapping[str, Any]) -> EventRecord:
+        """Append an event (an ``EventRecord`` or the JSON of ``Event.to_json()``); returns it with its id."""
+        record = event if isinstance(event, EventRecord) else EventRecord.from_json(event)
+        columns = [c for c in _EVENT_COLUMNS if c != "id"]
+        values = [
+            _db_time(record.ts)
+            if c == "ts"
+            else _json_text(record.payload)
+            if c == "payload"
+            else getattr(record, c)
+            for c in columns
+        ]
+        with self._tx() as con:
+            row = con.execute(
+                f"INSERT INTO events ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+                " RETURNING id",
+                values,
+            ).fetchone()
+        assert row is not None
+        return record.model_copy(update={"id": int(row[0])})
+
+    def events(self, after_id: int = 0, limit: int = 200) -> list[EventRecord]:
+        """Events with an id above ``after_id``, oldest first (poll with the last id seen)."""
+        rows = self._rows(
+            f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            [after_id, _limit(limit)],
+        )
+        out = []
+        for row in rows:
+            data = dict(zip(_EVENT_COLUMNS, row, strict=True))
+            data["payload"] = _json_value(data["payload"])
+            out.append(EventRecord.model_validate(data))
+        return out
+
+    # -- read-only SQL --------------------------------------------------------------------
+
+    def sql(self, query: str) -> SqlResult:
+        """Run one read-only statement; at most ``sql_row_cap`` rows come back."""
+        statement = check_read_only(query)
+        with self._lock:
+            if self._closed:
+                raise ServiceError(f"metadata store {self.path} is closed")
+            cursor = self._con.cursor()
+        # A runaway query is interrupted rather than holding a thread forever.
+        timer = threading.Timer(self.sql_timeout_s, cursor.interrupt)
+        timer.daemon = True
+        timer.start()
+        try:
+            cursor.execute("BEGIN TRANSACTION READ ONLY")
+            try:
+                cursor.execute(statement)
+                columns = [d[0] for d in cursor.description or ()]
+                rows = cursor.fetchmany(self.sql_row_cap + 1) if columns else []
+            finally:
+                with suppress(duckdb.Error):
+                    cursor.execute("ROLLBACK")
+        except duckdb.Error as exc:
+            raise refusal_from(exc) from None
+        finally:
+            timer.cancel()
+            cursor.close()
+        truncated = len(rows) > self.sql_row_cap
+        return SqlResult(
+            columns=columns,
+            rows=[[to_jsonable(v) for v in row] for row in rows[: self.sql_row_cap]],
+            truncated=truncated,
+        )

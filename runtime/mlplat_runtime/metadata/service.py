@@ -1,0 +1,291 @@
+"""The metadata HTTP API: a thin ASGI layer over ``MetadataStore``.
+
+No web framework: a route table of (method, path pattern, handler), JSON bodies parsed into the
+pydantic records, store calls run in worker threads (DuckDB blocks), and every error from the
+one exception tree mapped to its ``http_status`` with ``{"error", "hint", "type"}`` so the
+client can raise the same class again.
+
+    GET   /health                        {"status": "ok", "schema_version": N}
+    POST  /runs                          RunRecord (upsert)            -> RunRecord
+    PATCH /runs/{id}                     {field: value, ...}           -> RunRecord
+    GET   /runs?limit&offset&search      {"runs": [RunRecord]}  newest first
+    GET   /runs/{id}                     RunDetail {"run", "bundle", "gates"}
+    POST  /bundles                       BundleRecord                  -> BundleRecord
+    GET   /bundles/{id}                  BundleRecord
+    POST  /gates                         {"bundle_id", "run_id", "gates": [GateResult]} -> {"gates"}
+    GET   /gates?bundle_id               {"gates": [GateRecord]}
+    POST  /deployments                   DeploymentRecord              -> DeploymentRecord (with id)
+    GET   /deployments?model&target&limit         {"deployments": [...]}  newest first
+    GET   /deployments/current?model&target       {"deployment": DeploymentRecord | null}
+    GET   /deployments/at?model&ts&target         {"deployment": DeploymentRecord | null}
+    POST  /events                        Event.to_json() or EventRecord -> EventRecord (with id)
+    GET   /events?after_id&limit         {"events": [EventRecord]}  oldest first
+    POST  /sql                           {"query": "..."}              -> SqlResult
+    GET   /versions/next?model           {"model", "version"}
+
+Imports only the store, the records and the standard library; never mlplat_tui.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from pydantic import BaseModel, ValidationError
+
+from mlplat_runtime.errors import MlplatError, NotFoundError, RequestError
+from mlplat_runtime.metadata.records import (
+    RUN_UPDATABLE,
+    WIRE,
+    BundleRecord,
+    DeploymentRecord,
+    GatesIn,
+    RunRecord,
+    dump_json,
+    parse_ts,
+)
+from mlplat_runtime.metadata.store import MetadataStore
+
+log = logging.getLogger("mlplat.metadata")
+
+MAX_BODY = 16 * 1024 * 1024
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    params: dict[str, str]  # path parameters
+    query: dict[str, str]  # first value of each query parameter
+    body: bytes
+
+    def json(self) -> Any:
+        if not self.body:
+            raise RequestError("the request needs a JSON body")
+        try:
+            return WIRE.validate_json(self.body)
+        except ValidationError as exc:
+            raise RequestError(f"the body is not valid JSON: {exc.errors()[0]['msg']}") from None
+
+    def parse(self, model: type[BaseModel]) -> Any:
+        return model.model_validate(self.json())
+
+    def text(self, name: str, default: str | None = None) -> str:
+        value = self.query.get(name, default)
+        if value is None:
+            raise RequestError(f"query parameter {name!r} is required")
+        return value
+
+    def integer(self, name: str, default: int) -> int:
+        raw = self.query.get(name)
+        if raw is None:
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise RequestError(f"query parameter {name!r} must be an integer, got {raw!r}") from None
+
+
+Handler = Callable[[MetadataStore, Request], Any]
+
+
+def _health(store: MetadataStore, req: Request) -> Any:
+    return {"status": "ok", "schema_version": store.schema_version}
+
+
+def _update_run(store: MetadataStore, req: Request) -> Any:
+    fields = req.json()
+    if not isinstance(fields, dict):
+        raise RequestError(
+            "PATCH /runs/{id} takes a JSON object of fields", hint=", ".join(sorted(RUN_UPDATABLE))
+        )
+    return store.update_run(req.params["id"], fields)
+
+
+def _runs(store: MetadataStore, req: Request) -> Any:
+    runs = store.runs(req.integer("limit", 100), req.integer("offset", 0), req.query.get("search") or None)
+    return {"runs": runs}
+
+
+def _record_gates(store: MetadataStore, req: Request) -> Any:
+    body: GatesIn = req.parse(GatesIn)
+    return {"gates": store.record_gates(body.bundle_id, body.run_id, body.gates)}
+
+
+def _deployments(store: MetadataStore, req: Request) -> Any:
+    found = store.deployments(req.query.get("model"), req.integer("limit", 100), req.query.get("target"))
+    return {"deployments": found}
+
+
+def _deployed_at(store: MetadataStore, req: Request) -> Any:
+    raw = req.text("ts")
+    try:
+        ts = parse_ts(raw)
+    except ValueError:
+        raise RequestError(f"ts must be ISO 8601 or unix seconds, got {raw!r}") from None
+    return {"deployment": store.deployed_at(req.text("model"), ts, req.query.get("target"))}
+
+
+def _sql(store: MetadataStore, req: Request) -> Any:
+    body = req.json()
+    if not isinstance(body, dict) or not isinstance(body.get("query"), str):
+        raise RequestError('POST /sql takes {"query": "<one SELECT statement>"}')
+    return store.sql(body["query"])
+
+
+ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/health", _health),
+    ("POST", "/runs", lambda s, r: s.record_run(r.parse(RunRecord))),
+    ("GET", "/runs", _runs),
+    ("GET", "/runs/{id}", lambda s, r: s.run_detail(r.params["id"])),
+    ("PATCH", "/runs/{id}", _update_run),
+    ("POST", "/bundles", lambda s, r: s.record_bundle(r.parse(BundleRecord))),
+    ("GET", "/bundles/{id}", lambda s, r: s.bundle(r.params["id"])),
+    ("POST", "/gates", _record_gates),
+    ("GET", "/gates", lambda s, r: {"gates": s.gates(r.text("bundle_id"))}),
+    ("POST", "/deployments", lambda s, r: s.record_deployment(r.parse(DeploymentRecord))),
+    ("GET", "/deployments", _deployments),
+    (
+        "GET",
+        "/deployments/current",
+        lambda s, r: {"deployment": s.current_deployment(r.text("model"), r.query.get("target"))},
+    ),
+    ("GET", "/deployments/at", _deployed_at),
+    ("POST", "/events", lambda s, r: s.record_event(r.json())),
+    ("GET", "/events", lambda s, r: {"events": s.events(r.integer("after_id", 0), r.integer("limit", 200))}),
+    ("POST", "/sql", _sql),
+    (
+        "GET",
+        "/versions/next",
+        lambda s, r: {"model": r.text("model"), "version": s.next_version(r.text("model"))},
+    ),
+)
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    # Path parameters match one raw (still percent-encoded) segment, so ids may hold "/".
+    return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
+
+
+_COMPILED = tuple((method, _compile(pattern), handler) for method, pattern, handler in ROUTES)
+
+
+def _route(method: str, raw_path: str) -> tuple[Handler, dict[str, str]]:
+    allowed: list[str] = []
+    for route_method, regex, handler in _COMPILED:
+        match = regex.match(raw_path)
+        if match:
+            if route_method == method:
+                return handler, {k: unquote(v) for k, v in match.groupdict().items()}
+            allowed.append(route_method)
+    if allowed:
+        raise _MethodNotAllowed(f"{method} {raw_path} is not allowed (use {', '.join(allowed)})")
+    raise NotFoundError(f"no such endpoint: {method} {raw_path}", hint="see mlplat_runtime.metadata.service")
+
+
+class _MethodNotAllowed(RequestError):
+    http_status = 405
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return f"invalid {exc.title}: " + "; ".join(parts)
+
+
+def _error_body(exc: MlplatError) -> bytes:
+    # The client re-raises by class name: name the nearest public class of the tree.
+    kind = next(c.__name__ for c in type(exc).__mro__ if not c.__name__.startswith("_"))
+    return dump_json({"error": exc.message, "hint": exc.hint, "type": kind})
+
+
+def create_app(
+    store: MetadataStore, *, on_shutdown: Callable[[], None] | None = None
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The ASGI app over ``store``; ``on_shutdown`` runs at lifespan shutdown (closes the store)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send, on_shutdown)
+            return
+        if scope["type"] != "http":
+            return
+        status, body = await _handle(store, scope, receive)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+async def _lifespan(receive: Receive, send: Send, on_shutdown: Callable[[], None] | None) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            if on_shutdown is not None:
+                try:
+                    await asyncio.to_thread(on_shutdown)
+                except Exception as exc:  # the process is ending: report, do not hang
+                    log.exception("closing the metadata store failed")
+                    await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+                    return
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise RequestError(f"request body over {MAX_BODY // (1024 * 1024)} MiB")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _handle(store: MetadataStore, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+    method = scope["method"]
+    raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").split("?", 1)[0]
+    try:
+        handler, params = _route(method, raw_path.rstrip("/") or "/")
+        query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
+        request = Request(method=method, params=params, query=query, body=await _read_body(receive))
+        result = await asyncio.to_thread(handler, store, request)
+        return 200, dump_json(result)
+    except MlplatError as exc:
+        return exc.http_status, _error_body(exc)
+    except ValidationError as exc:
+        return 400, _error_body(RequestError(_validation_message(exc)))
+    except Exception as exc:
+        log.exception("%s %s failed", method, raw_path)
+        return 500, dump_json(
+            {"error": f"internal error: {type(exc).__name__}: {exc}", "type": "MlplatError"}
+        )

@@ -10,6 +10,7 @@ folder into place (or pack it into a ``.mlbundle``). A failed build leaves nothi
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -116,6 +117,13 @@ def _write_bundle(
             ) from exc
         (stage / REFERENCE_NAME).write_text(text + "\n", encoding="utf-8")
 
+    for key, value in (metrics or {}).items():
+        # JSON has no NaN: pydantic would write null and the manifest would no longer parse.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BundleError(
+                f"metric '{key}' is {value}; a bundle records finite numbers only",
+                hint="leave the metric out of metrics.json when it cannot be computed",
+            )
     files = _content_files(stage)
     bid = bundle_id(files)
     try:

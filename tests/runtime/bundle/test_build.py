@@ -204,6 +204,8 @@ def test_refuses_bad_names_and_existing_output(tmp_path: Path, bundle_dir: Path)
     assert (bundle_dir / "manifest.json").read_bytes() == before
     with pytest.raises(BundleError, match="metrics"):
         make_bundle(tmp_path, "m", metrics={"auc": "high"})
+    with pytest.raises(BundleError, match="metric 'auc' is nan"):
+        make_bundle(tmp_path, "m", metrics={"auc": float("nan")})
 
 
 def test_with_gates_keeps_the_id(bundle_dir: Path, tmp_path: Path) -> None:
@@ -222,3 +224,10 @@ def test_with_gates_keeps_the_id(bundle_dir: Path, tmp_path: Path) -> None:
     (bundle_dir / "samples.npz").write_bytes(b"tampered")
     with pytest.raises(BundleError, match="checksum differs"):
         with_gates(bundle_dir, gates)
+
+
+def test_builds_into_an_existing_empty_folder(tmp_path: Path) -> None:
+    out = tmp_path / "empty"
+    out.mkdir()
+    assert make_bundle(tmp_path, "m", out=out) == out
+    assert verify_bundle(out) == []

@@ -361,7 +361,7 @@ class Pipeline:
     def champion(self, model: str) -> Manifest | None:
         if self._metadata is None:
             return None
-        current = self._metadata.current_deployment(model)
+        current = self._metadata.current_deployment(model, target="local")
         if current is None:
             return None
         try:

@@ -54,7 +54,7 @@ def _spec(value: Any, role: str) -> TensorSpec:
 
     ttype = value.type
     if ttype.WhichOneof("value") != "tensor_type":
-        kind = ttype.WhichOneof("value") or "unknown"
+        kind = (ttype.WhichOneof("value") or "unknown").removesuffix("_type")
         raise BundleError(
             f"{role} '{value.name}' is a {kind}, not a tensor: the Open Inference Protocol serves tensors",
             hint="export plain tensors (for skl2onnx classifiers pass options={'zipmap': False})",

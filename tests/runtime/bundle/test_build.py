@@ -231,3 +231,18 @@ def test_builds_into_an_existing_empty_folder(tmp_path: Path) -> None:
     out.mkdir()
     assert make_bundle(tmp_path, "m", out=out) == out
     assert verify_bundle(out) == []
+
+
+def test_sequence_output_is_refused_with_a_hint(tmp_path: Path) -> None:
+    seq = helper.make_tensor_sequence_value_info("probs", TensorProto.FLOAT, None)
+    graph = helper.make_graph(
+        [helper.make_node("SequenceConstruct", ["x"], ["probs"])],
+        "seq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
+        [seq],
+    )
+    model = tmp_path / "seq.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    with pytest.raises(BundleError, match="output 'probs' is a sequence, not a tensor") as caught:
+        make_bundle(tmp_path, "s", model=model)
+    assert "zipmap" in (caught.value.hint or "")

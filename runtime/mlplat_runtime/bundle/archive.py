@@ -107,7 +107,9 @@ def _extract_into(archive: Path, stage: Path, limits: Limits) -> None:
             rel = normalize_member(member.name)
             if not rel:  # the archive's own "./" folder entry
                 continue
-            if rel in files or (member.isreg() and rel in folders):
+            if member.isreg() and rel in folders:
+                raise unsafe(member.name, "a folder and a file share this path (rule: one kind per path)")
+            if rel in files:
                 raise unsafe(
                     member.name,
                     "appears twice (rule: each path once; a second copy could replace a checked file)",

@@ -41,6 +41,7 @@ CRAFTED: dict[str, tuple[Callable[[Path], Member], str]] = {
     "block-device": (lambda t: special_member("disk", tarfile.BLKTYPE), "device file"),
     "fifo": (lambda t: special_member("pipe", tarfile.FIFOTYPE), "fifo"),
     "duplicate": (lambda t: file_member("model.onnx", b"replaced after the check"), "appears twice"),
+    "file-over-folder": (lambda t: file_member("sub", b"x"), "a folder and a file share this path"),
 }
 
 
@@ -51,7 +52,7 @@ def test_crafted_member_is_rejected(
 ) -> None:
     make, rule = CRAFTED[case]
     evil = make(tmp_path)
-    good = bundle_members(bundle_dir)
+    good = [*bundle_members(bundle_dir), file_member("sub/inner.txt", b"")]
     archive = craft([evil, *good] if first else [*good, evil])
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -60,7 +61,7 @@ def test_crafted_member_is_rejected(
     with pytest.raises(UnsafeArchiveError) as caught:
         extract_archive(archive, dest)
     message = str(caught.value)
-    assert f"'{evil[0].name}'" in message  # names the member
+    assert f"'{evil[0].name}" in message  # names the member (or the one it collides with)
     assert rule in message and "rule:" in message
     assert caught.value.hint
     assert_nothing_written(tmp_path, before, dest, ("escaped.txt",))

@@ -104,7 +104,9 @@ def test_unquoted_dotted_gate_keys_read_as_the_quoted_form() -> None:
     assert set(unquoted.gates.thresholds) == {"metrics.roc_auc", "latency.p95_ms"}
 
 
-@pytest.mark.parametrize(("raw", "value"), [(">= .85", 0.85), ("<=5.", 5.0), ("> +1e+2", 100.0), ("< -2", -2.0)])
+@pytest.mark.parametrize(
+    ("raw", "value"), [(">= .85", 0.85), ("<=5.", 5.0), ("> +1e+2", 100.0), ("< -2", -2.0)]
+)
 def test_threshold_number_forms(raw: str, value: float) -> None:
     cfg = parse_config(MINIMAL + f'[gates]\n"metrics.x" = "{raw}"\n')
     assert cfg.gates.thresholds["metrics.x"].value == value
@@ -122,30 +124,59 @@ def test_config_is_frozen() -> None:
         pytest.param('[project\nname = "x"', "(syntax)", "valid TOML", id="bad-toml"),
         pytest.param('[model]\nname = "m"\n', "project", "present", id="missing-project"),
         pytest.param('[project]\nname = "p"\n', "model", "present", id="missing-model"),
-        pytest.param(MINIMAL + '[gates]\n"metrics.auc" = "at least 0.8"\n', "gates.metrics.auc",
-                     ">= 0.85", id="bad-threshold"),
-        pytest.param(MINIMAL + '[gates]\n"size_mb" = 50\n', "gates.size_mb", ">= 0.85",
-                     id="threshold-not-a-string"),
-        pytest.param(MINIMAL + '[gates]\n"accuracy" = ">= 0.8"\n', "gates.accuracy", "metrics.<name>",
-                     id="unknown-gate"),
-        pytest.param(MINIMAL + '[gates]\n"metrics." = ">= 0.8"\n', "gates.metrics.", "metrics.<name>",
-                     id="metric-without-name"),
-        pytest.param(MINIMAL + '[gates]\nmetrics.auc = "high"\n', "gates.metrics.auc", ">= 0.85",
-                     id="unquoted-bad-threshold"),
-        pytest.param(MINIMAL + "[train]\ncomand = 'python t.py'\n", "train.comand", "no such key",
-                     id="unknown-key"),
+        pytest.param(
+            MINIMAL + '[gates]\n"metrics.auc" = "at least 0.8"\n',
+            "gates.metrics.auc",
+            ">= 0.85",
+            id="bad-threshold",
+        ),
+        pytest.param(
+            MINIMAL + '[gates]\n"size_mb" = 50\n', "gates.size_mb", ">= 0.85", id="threshold-not-a-string"
+        ),
+        pytest.param(
+            MINIMAL + '[gates]\n"accuracy" = ">= 0.8"\n',
+            "gates.accuracy",
+            "metrics.<name>",
+            id="unknown-gate",
+        ),
+        pytest.param(
+            MINIMAL + '[gates]\n"metrics." = ">= 0.8"\n',
+            "gates.metrics.",
+            "metrics.<name>",
+            id="metric-without-name",
+        ),
+        pytest.param(
+            MINIMAL + '[gates]\nmetrics.auc = "high"\n',
+            "gates.metrics.auc",
+            ">= 0.85",
+            id="unquoted-bad-threshold",
+        ),
+        pytest.param(
+            MINIMAL + "[train]\ncomand = 'python t.py'\n", "train.comand", "no such key", id="unknown-key"
+        ),
         pytest.param("colour = 'blue'\n" + MINIMAL, "colour", "no such key", id="unknown-top-level-key"),
-        pytest.param(MINIMAL + "[stack]\nport_base = 'high'\n", "stack.port_base", "integer",
-                     id="wrong-type"),
-        pytest.param(MINIMAL + "[stack]\nport_base = 80\n", "stack.port_base", "greater than",
-                     id="out-of-range"),
+        pytest.param(
+            MINIMAL + "[stack]\nport_base = 'high'\n", "stack.port_base", "integer", id="wrong-type"
+        ),
+        pytest.param(
+            MINIMAL + "[stack]\nport_base = 80\n", "stack.port_base", "greater than", id="out-of-range"
+        ),
         pytest.param(MINIMAL + "[train]\nwatch = '*.py'\n", "train.watch", "tuple", id="string-not-list"),
-        pytest.param('[project]\nname = "My Project"\n[model]\nname = "m"\n', "project.name", "lowercase",
-                     id="bad-name"),
-        pytest.param(MINIMAL + "[gates]\nno_regression = { tolerance = 0.1 }\n", "gates.no_regression.metric",
-                     "present", id="no-regression-without-metric"),
-        pytest.param(MINIMAL + '[targets.prod]\nkind = "ftp"\n', "targets.prod.kind", "swarm",
-                     id="bad-target-kind"),
+        pytest.param(
+            '[project]\nname = "My Project"\n[model]\nname = "m"\n',
+            "project.name",
+            "lowercase",
+            id="bad-name",
+        ),
+        pytest.param(
+            MINIMAL + "[gates]\nno_regression = { tolerance = 0.1 }\n",
+            "gates.no_regression.metric",
+            "present",
+            id="no-regression-without-metric",
+        ),
+        pytest.param(
+            MINIMAL + '[targets.prod]\nkind = "ftp"\n', "targets.prod.kind", "swarm", id="bad-target-kind"
+        ),
         pytest.param('gates = "strict"\n' + MINIMAL, "gates", "table", id="gates-not-a-table"),
     ],
 )

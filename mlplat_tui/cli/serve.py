@@ -1,1 +1,45 @@
-"""CLI: placeholder until its issue lands."""
+"""``mlplat serve BUNDLE``: serve one bundle over the Open Inference Protocol v2, in the foreground.
+
+The same server the stack runs (``python -m mlplat_runtime.serving``), started in this process
+so a user can try a bundle without ``mlplat up``. The runtime is imported only when the
+command runs, so ``mlplat --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("serve")
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address of the inference API.")
+@click.option(
+    "--port", type=int, default=7802, show_default=True, help="Inference API port (0 = any free one)."
+)
+@click.option(
+    "--admin-port", type=int, default=7803, show_default=True, help="Admin API port (loopback only)."
+)
+@click.option(
+    "--admin-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Admin bearer token; created (mode 0600) when missing. "
+    "Default: $XDG_STATE_HOME/mlplat/admin.token (~/.local/state/mlplat/admin.token).",
+)
+def serve(bundle: Path, host: str, port: int, admin_port: int, admin_token_file: Path | None) -> None:
+    """Serve BUNDLE (a bundle folder or .mlbundle) until Ctrl-C.
+
+    \b
+    Inference:  POST http://HOST:PORT/v2/models/<name>/infer   (OIP v2, KServe/Triton clients work)
+    Metrics:    GET  http://HOST:PORT/metrics
+    Hot swap:   POST http://127.0.0.1:ADMIN_PORT/v2/repository/models/<name>/load
+                with 'Authorization: Bearer <token>' and {"parameters": {"bundle": "<path>"}}
+    """
+    from mlplat_runtime.serving.server import ServerConfig, run_server
+
+    config = ServerConfig(
+        bundle=bundle, host=host, port=port, admin_port=admin_port, admin_token_file=admin_token_file
+    )
+    run_server(config, echo=lambda line: click.echo(line))

@@ -1,0 +1,77 @@
+"""``python -m mlplat_runtime.serving [BUNDLE] --host H --port P --admin-port A --admin-token-file F``
+
+The entry point the stack backends (local processes, the docker image) run. With no BUNDLE
+it starts empty and waits for admin loads. argparse, not click: the runtime image ships
+without the control plane's dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mlplat_runtime.errors import MlplatError
+from mlplat_runtime.serving.server import (
+    DEFAULT_ADMIN_PORT,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    ServerConfig,
+    run_server,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> ServerConfig:
+    p = argparse.ArgumentParser(
+        prog="python -m mlplat_runtime.serving",
+        description="Serve an mlplat bundle over the Open Inference Protocol v2 (REST).",
+    )
+    p.add_argument(
+        "bundle", nargs="?", type=Path, help="bundle directory or .mlbundle (default: start empty)"
+    )
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"inference API address (default {DEFAULT_HOST})")
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"inference API port (default {DEFAULT_PORT}; 0 = any)"
+    )
+    p.add_argument(
+        "--admin-host",
+        default=DEFAULT_HOST,
+        help=f"admin API address (default {DEFAULT_HOST}; 0.0.0.0 only inside a container)",
+    )
+    p.add_argument(
+        "--admin-port",
+        type=int,
+        default=DEFAULT_ADMIN_PORT,
+        help=f"admin API port (default {DEFAULT_ADMIN_PORT}; 0 = any)",
+    )
+    p.add_argument(
+        "--admin-token-file",
+        type=Path,
+        default=None,
+        help="admin bearer token; created (0600) when missing (default $XDG_STATE_HOME/mlplat/admin.token)",
+    )
+    a = p.parse_args(argv)
+    return ServerConfig(
+        bundle=a.bundle,
+        host=a.host,
+        port=a.port,
+        admin_host=a.admin_host,
+        admin_port=a.admin_port,
+        admin_token_file=a.admin_token_file,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        run_server(config, echo=lambda line: print(line, flush=True))
+    except MlplatError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

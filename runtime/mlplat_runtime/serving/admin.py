@@ -1,0 +1,152 @@
+"""The admin API (own port, loopback by default, bearer token): the OIP model-repository
+extension over ``Repository``.
+
+    POST /v2/repository/index
+         -> [{"name","version","state","reason","bundle_id","provider"}]
+    POST /v2/repository/models/{name}/load         body {"parameters": {"bundle": "<path>"}}
+         -> 200 {"name","version","bundle_id","provider","swap_ms"} once the new version serves,
+            else 4xx {"error": reason} and the old version keeps serving
+    POST /v2/repository/models/{name}/unload
+
+The token file is read, or created with mode 0600 when missing; the comparison is constant
+time. A load runs in a worker thread so the event loop keeps answering inference requests
+while the new version is checked and warmed up.
+
+Must not import textual, mlflow, docker or mlplat_tui.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from mlplat_runtime.errors import AuthError, MlplatError, NotFoundError, RequestError, UsageError
+from mlplat_runtime.serving import protocol
+from mlplat_runtime.serving.app import Receive, Scope, Send, method_not_allowed, read_body, respond
+from mlplat_runtime.serving.repository import Repository
+
+log = logging.getLogger("mlplat.serving")
+
+_PREFIX = "/v2/repository/models/"
+
+
+def default_token_path() -> Path:
+    """``$XDG_STATE_HOME/mlplat/admin.token``, else ``~/.local/state/mlplat/admin.token``."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "mlplat" / "admin.token"
+
+
+def ensure_admin_token(path: Path | None = None) -> tuple[str, Path]:
+    """Read the admin token, or create it (0600, in a 0700 folder) when the file is missing."""
+    path = Path(path) if path is not None else default_token_path()
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        token = secrets.token_urlsafe(32)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process created it first: use theirs
+            return ensure_admin_token(path)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(token + "\n")
+        return token, path
+    except OSError as exc:
+        raise UsageError(f"cannot read the admin token file {path}: {exc.strerror}") from None
+    if not token:
+        raise UsageError(
+            f"the admin token file {path} is empty", hint="delete it to have a new token created"
+        )
+    return token, path
+
+
+class LoadParameters(BaseModel):
+    model_config = ConfigDict(extra="allow")  # Triton clients may send their own keys
+
+    bundle: str
+    allow_signature_change: bool = False
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    parameters: LoadParameters
+
+
+def parse_load_request(body: bytes) -> LoadParameters:
+    try:
+        return LoadRequest.model_validate_json(body or b"{}").parameters
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise RequestError(
+            f"bad load request: {where}: {first['msg']}",
+            hint='send {"parameters": {"bundle": "/path/to/bundle-or.mlbundle"}}',
+        ) from None
+
+
+class AdminApp:
+    """ASGI callable for the admin port."""
+
+    def __init__(self, repo: Repository, token: str) -> None:
+        if not token:
+            raise UsageError("the admin token is empty")
+        self.repo = repo
+        self._expected = f"Bearer {token}".encode()
+
+    def _authorized(self, scope: Scope) -> bool:
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                return hmac.compare_digest(value, self._expected)
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        method: str = scope["method"]
+        path: str = scope["path"]
+        try:
+            if not self._authorized(scope):
+                raise AuthError("missing or wrong admin token", hint="send 'Authorization: Bearer <token>'")
+            status, doc = await self._route(method, path, receive)
+            await respond(send, status, orjson.dumps(doc))
+        except MlplatError as exc:
+            extra = list(getattr(exc, "headers", []) or [])
+            if isinstance(exc, AuthError):
+                extra.append((b"www-authenticate", b'Bearer realm="mlplat-admin"'))
+            await respond(send, exc.http_status, protocol.error_body(exc.message), extra=extra)
+        except Exception as exc:
+            log.exception("internal error on admin %s %s", method, path)
+            await respond(send, 500, protocol.error_body(f"internal error: {type(exc).__name__}: {exc}"))
+
+    async def _route(self, method: str, path: str, receive: Receive) -> tuple[int, Any]:
+        if path == "/v2/repository/index":
+            if method != "POST":
+                raise method_not_allowed(method, path, "POST")
+            return 200, [e.to_json() for e in self.repo.index()]
+        if path.startswith(_PREFIX):
+            name, _, action = path[len(_PREFIX) :].partition("/")
+            if name and action in ("load", "unload"):
+                if method != "POST":
+                    raise method_not_allowed(method, path, "POST")
+                body = await read_body(receive)
+                if action == "unload":
+                    await asyncio.to_thread(self.repo.unload, name)
+                    return 200, {"name": name, "state": "UNAVAILABLE"}
+                params = parse_load_request(body)
+                result = await asyncio.to_thread(
+                    self.repo.load,
+                    params.bundle,
+                    name=name,
+                    allow_signature_change=params.allow_signature_change,
+                )
+                return 200, result.to_json()
+        raise NotFoundError(f"no admin route for {path}")

@@ -1,0 +1,189 @@
+"""Run the serving process: the inference port and the admin port in one process, one uvloop
+event loop (two uvicorn ``Server``s under ``asyncio.gather``), one repository.
+
+The sockets are bound here before anything starts, so a port in use is a clear error and
+not a half-started server. The start-up load (a BUNDLE on the command line) happens before
+the ports open: when ``/v2/health/live`` answers, the model is already warm. It skips the
+child-process check (nothing is serving yet that a crash could take down); the warm check
+process is started right after, off the start-up path, for the hot swaps that follow.
+
+uvicorn settings chosen for throughput: httptools parser, uvloop, no access log (a log line
+costs more than a tabular inference), no lifespan, no proxy-header rewriting, no
+Server/Date headers.
+
+Must not import textual, mlflow, docker or mlplat_tui.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlplat_runtime.errors import ServiceError
+from mlplat_runtime.serving.admin import AdminApp, ensure_admin_token
+from mlplat_runtime.serving.app import InferenceApp
+from mlplat_runtime.serving.checker import Checker
+from mlplat_runtime.serving.metrics import ServingMetrics
+from mlplat_runtime.serving.repository import Repository
+
+log = logging.getLogger("mlplat.serving")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7802
+DEFAULT_ADMIN_PORT = 7803
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    bundle: Path | None = None
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    admin_host: str = DEFAULT_HOST
+    admin_port: int = DEFAULT_ADMIN_PORT
+    admin_token_file: Path | None = None
+    providers: list[str] | None = None
+
+
+def bind(host: str, port: int, what: str) -> socket.socket:
+    """A listening TCP socket, or ServiceError naming the port and what to do."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        busy = exc.errno == errno.EADDRINUSE
+        raise ServiceError(
+            f"cannot listen on {host}:{port} for the {what}: {exc.strerror}",
+            hint="another process holds the port; stop it or pick another port" if busy else None,
+        ) from None
+    sock.set_inheritable(False)
+    return sock
+
+
+def startup_line(url: str, repo: Repository, admin_url: str, token_path: Path) -> str:
+    models = repo.models()
+    if models:
+        m = models[0]
+        what = f"model={m.name} version={m.version} provider={m.provider}"
+    else:
+        what = "model=- version=- provider=-"
+    return f"mlplat serving url={url} {what} admin={admin_url} admin_token={token_path}"
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _uvicorn_server(app: object, sock: socket.socket) -> object:
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        # Two servers share one loop; signals are handled once, by run_server.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        loop="none",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+        timeout_graceful_shutdown=5,
+    )
+    return _Server(config)
+
+
+async def serve(
+    config: ServerConfig,
+    *,
+    echo: Callable[[str], None] = print,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Load the start-up bundle, open both ports, serve until ``stop`` is set or a signal comes."""
+    token, token_path = ensure_admin_token(config.admin_token_file)
+    main_sock = bind(config.host, config.port, "inference API")
+    try:
+        admin_sock = bind(config.admin_host, config.admin_port, "admin API")
+    except ServiceError:
+        main_sock.close()
+        raise
+    metrics = ServingMetrics()
+    checker = Checker(providers=config.providers)
+    repo = Repository(checker=checker, metrics=metrics, providers=config.providers)
+    executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="mlplat-infer")
+    try:
+        if config.bundle is not None:
+            await asyncio.to_thread(repo.load, config.bundle, check=False)
+        servers = [
+            _uvicorn_server(InferenceApp(repo, metrics, executor=executor), main_sock),
+            _uvicorn_server(AdminApp(repo, token), admin_sock),
+        ]
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+
+        async def stopper() -> None:
+            await stop.wait()
+            for s in servers:
+                s.should_exit = True  # type: ignore[attr-defined]
+
+        tasks = [
+            asyncio.ensure_future(servers[0].serve(sockets=[main_sock])),  # type: ignore[attr-defined]
+            asyncio.ensure_future(servers[1].serve(sockets=[admin_sock])),  # type: ignore[attr-defined]
+        ]
+        watcher = asyncio.ensure_future(stopper())
+        while not all(s.started for s in servers):  # type: ignore[attr-defined]
+            if any(t.done() for t in tasks):
+                break
+            await asyncio.sleep(0.005)
+        else:
+            echo(startup_line(_url(main_sock), repo, _url(admin_sock), token_path))
+            checker.start()  # warm child for hot swaps, started after we are ready
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()  # one server ended (or a signal came): end the other too
+        await asyncio.gather(*tasks, return_exceptions=True)
+        watcher.cancel()
+        for t in done:
+            if t.exception() is not None:
+                raise ServiceError(f"serving stopped: {t.exception()}")
+    finally:
+        checker.close()
+        repo.close()
+        executor.shutdown(wait=False, cancel_futures=True)
+        main_sock.close()
+        admin_sock.close()
+
+
+def run_server(config: ServerConfig, *, echo: Callable[[str], None] = print) -> None:
+    """Blocking entry point used by ``python -m mlplat_runtime.serving`` and ``mlplat serve``."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
+        asyncio.run(serve(config, echo=echo))
+        return
+    uvloop.run(serve(config, echo=echo))

@@ -17,10 +17,10 @@ import shutil
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mlplat_runtime.bundle.manifest import GateResult, Manifest
 from mlplat_runtime.errors import MlplatError, ModelLoadError, ServiceError, TrainingError
@@ -168,7 +168,7 @@ class Pipeline:
             self._record_run(run_id, model, status="running")
         out_dir = self.project.state_dir / "runs" / run_id / "out"
         out_dir.mkdir(parents=True, exist_ok=True)
-        base = dict(run_id=run_id, tracked=tracked, run_url=run_url)
+        base = CycleResult(run_id=run_id, tracked=tracked, run_url=run_url)
 
         # 1. train
         record(
@@ -191,7 +191,7 @@ class Pipeline:
         except TrainingCancelled:
             self._close_run(run_id, "KILLED", status="cancelled", error="cancelled by a newer change")
             record(Event("cancelled", "training cancelled by a newer change", run_id=run_id))
-            return CycleResult(**base, cancelled=True, total_s=time.monotonic() - started)
+            return replace(base, cancelled=True, total_s=time.monotonic() - started)
         except TrainingError as exc:
             return self._fail(record, run_id, base, started, str(exc), exc.output_tail)
         record(Event("trained", "training finished", run_id=run_id, duration_s=train_s))
@@ -218,7 +218,7 @@ class Pipeline:
         except TrainingCancelled:
             self._close_run(run_id, "KILLED", status="cancelled", error="cancelled by a newer change")
             record(Event("cancelled", "cycle cancelled by a newer change", run_id=run_id))
-            return CycleResult(**base, cancelled=True, train_s=train_s, total_s=time.monotonic() - started)
+            return replace(base, cancelled=True, train_s=train_s, total_s=time.monotonic() - started)
         except MlplatError as exc:
             return self._fail(record, run_id, base, started, str(exc), "", train_s=train_s)
         from mlplat_tui.gates import all_passed, failure_reasons
@@ -234,7 +234,7 @@ class Pipeline:
                 gates=tuple(gates),
             )
         )
-        result = dict(
+        result = replace(
             base,
             bundle_id=manifest.bundle_id,
             bundle_path=bundle_dir,
@@ -279,8 +279,8 @@ class Pipeline:
             deployed=deployed,
             metrics=dict(manifest.metrics),
         )
-        return CycleResult(
-            **result,
+        return replace(
+            result,
             deployed=deployed,
             serving_version=serving_version,
             error=error,
@@ -448,7 +448,7 @@ class Pipeline:
         with contextlib.suppress(MlplatError):
             fn()
 
-    def _record_run(self, run_id: str, model: str, status: str) -> None:
+    def _record_run(self, run_id: str, model: str, status: Literal["running"]) -> None:
         from mlplat_runtime.metadata.records import RunRecord
 
         self._safe(
@@ -495,7 +495,7 @@ class Pipeline:
                     version=manifest.version,
                     path=str(bundle_dir),
                     size_bytes=size,
-                    created_at=manifest.created_at,
+                    created_at=datetime.fromisoformat(manifest.created_at),
                     manifest=manifest.model_dump(mode="json"),
                 )
             )
@@ -519,7 +519,7 @@ class Pipeline:
         self,
         record: EventSink,
         run_id: str,
-        base: dict[str, Any],
+        base: CycleResult,
         started: float,
         message: str,
         tail: str,
@@ -535,7 +535,7 @@ class Pipeline:
                 data={"output_tail": tail} if tail else {},
             )
         )
-        return CycleResult(**base, error=message, train_s=train_s, total_s=time.monotonic() - started)
+        return replace(base, error=message, train_s=train_s, total_s=time.monotonic() - started)
 
 
 def run_cycle(

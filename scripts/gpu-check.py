@@ -65,6 +65,26 @@ def get_json(url: str, body: object | None = None) -> dict[str, object]:
         return json.loads(r.read())  # type: ignore[no-any-return]
 
 
+def probe(url: str, model: Path) -> tuple[str, bool]:
+    """(execution provider from the model metadata, whether the answers match ORT on the CPU)."""
+    import onnxruntime as ort
+
+    meta = get_json(f"{url}/v2/models/{NAME}")
+    provider = str(meta["parameters"]["execution_provider"])  # type: ignore[index]
+    x = np.random.default_rng(1).normal(size=(32, 64)).astype(np.float32)
+    t = time.perf_counter()
+    doc = get_json(
+        f"{url}/v2/models/{NAME}/infer",
+        {"inputs": [{"name": "input", "shape": [32, 64], "datatype": "FP32", "data": x.tolist()}]},
+    )
+    ms = (time.perf_counter() - t) * 1e3
+    got = np.asarray(doc["outputs"][0]["data"], dtype=np.float32).reshape(32, 8)  # type: ignore[index]
+    (want,) = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    close = bool(np.allclose(got, want, rtol=1e-2, atol=1e-3))  # TF32 on GPU moves low digits
+    print(f"metadata execution_provider: {provider}; one request {ms:.1f} ms; matches CPU: {close}")
+    return provider, close
+
+
 def main() -> int:
     import onnxruntime as ort
 
@@ -91,34 +111,20 @@ def main() -> int:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
         m = LINE.match(line)
-        if m is None:
-            print(f"FAIL: serving did not start: {line!r}\n{log.read_text()[-2000:]}")
-            return 1
-        url = m[1]
-        print(line)
-        meta = get_json(f"{url}/v2/models/{NAME}")
-        provider = meta["parameters"]["execution_provider"]  # type: ignore[index]
-        x = np.random.default_rng(1).normal(size=(32, 64)).astype(np.float32)
-        t = time.perf_counter()
-        doc = get_json(
-            f"{url}/v2/models/{NAME}/infer",
-            {"inputs": [{"name": "input", "shape": [32, 64], "datatype": "FP32", "data": x.tolist()}]},
-        )
-        ms = (time.perf_counter() - t) * 1e3
-        got = np.asarray(doc["outputs"][0]["data"], dtype=np.float32).reshape(32, 8)  # type: ignore[index]
-        cpu = ort.InferenceSession(str(work / "model.onnx"), providers=["CPUExecutionProvider"])
-        (want,) = cpu.run(None, {"input": x})
-        close = bool(np.allclose(got, want, rtol=1e-2, atol=1e-3))  # TF32 on GPU moves low digits
-        print(f"metadata execution_provider: {provider}; one request {ms:.1f} ms; matches CPU: {close}")
+        print(line or "(no start-up line)")
+        provider, close = probe(m[1], work / "model.onnx") if m else ("", False)
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        log_tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
         shutil.rmtree(work, ignore_errors=True)
 
     if provider == CUDA and close:
         print("PASS: the model is served by CUDAExecutionProvider")
         return 0
-    if not close:
+    if not provider:
+        print(f"FAIL: serving did not start. Serving log: {log_tail}")
+    elif not close:
         print("FAIL: the served outputs differ from ONNX Runtime on the CPU")
     elif CUDA not in available:
         print("FAIL: served on CPU: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
@@ -127,14 +133,19 @@ def main() -> int:
             "FAIL: served on CPU: no usable GPU (libcuda.so.1 did not load, or the driver reports 0 devices)"
         )
     else:
-        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
         print(
             "FAIL: served on CPU although a GPU is visible: ONNX Runtime could not create the CUDA provider "
             "(CUDA/cuDNN libraries missing? try `pip install 'onnxruntime-gpu[cuda,cudnn]'`). "
-            f"Serving log: {tail}"
+            f"Serving log: {log_tail}"
         )
     return 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mlplat_runtime.errors import MlplatError
+
+    try:
+        sys.exit(main())
+    except MlplatError as exc:
+        print(f"FAIL: {exc}")
+        sys.exit(1)

@@ -123,7 +123,7 @@ class DashboardApp(App[None]):
 
     # ---- routing -----------------------------------------------------------------------------
     def on_serve_requested(self, message: ServeRequested) -> None:
-        self.main_screen.request_serve(message.run_id)
+        self.main_screen.request_serve(message.run_id, message.version, message.bundle_id)
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

@@ -6,6 +6,7 @@ Opening and verifying a bundle reads files and loads ONNX Runtime, so it runs in
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 from rich.console import Group, RenderableType
@@ -55,7 +56,8 @@ class BundleScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = f"bundle {short_id(self.ref)}"
+        name = Path(self.ref).name if "/" in self.ref else short_id(self.ref)
+        self.sub_title = f"bundle {name}"
         self._load()
 
     @work(thread=True, exclusive=True, exit_on_error=False)

@@ -307,6 +307,9 @@ class DashboardData:
         detail = self.metadata().run_detail(run_id)
         run, bundle = detail.run, detail.bundle
         bundle_id = bundle.bundle_id if bundle else run.bundle_id
+        # The bundle's manifest carries the lineage when the run record does not.
+        lineage = bundle.manifest.get("lineage") if bundle else None
+        lin: dict[str, Any] = lineage if isinstance(lineage, dict) else {}
         return RunDetail(
             run_id=run.run_id,
             status=run.status,
@@ -319,10 +322,10 @@ class DashboardData:
             bundle_path=bundle.path if bundle else None,
             version=bundle.version if bundle else run.version,
             served=bool(bundle_id) and bundle_id == self._served_bundle(),
-            git_commit=run.git_commit,
-            dirty_hash=run.dirty_hash,
-            data_hashes=dict(run.data_hashes),
-            training_command=run.command or None,
+            git_commit=run.git_commit or lin.get("git_commit"),
+            dirty_hash=run.dirty_hash or lin.get("dirty_hash"),
+            data_hashes=dict(run.data_hashes or lin.get("data_hashes") or {}),
+            training_command=run.command or lin.get("training_command"),
             tracker_url=self._tracker_url(run.run_id, run.tracker_uri),
             error=run.error,
         )

@@ -44,7 +44,7 @@ class EventsPanel(Widget):
         self.count = 0  # events shown, for tests and the title
 
     def compose(self) -> ComposeResult:
-        yield RichLog(max_lines=1000, wrap=True, markup=False, auto_scroll=True)
+        yield RichLog(max_lines=1000, wrap=True, min_width=20, markup=False, auto_scroll=True)
 
     def on_mount(self) -> None:
         self.border_title = "Events"

@@ -308,9 +308,13 @@ class MainScreen(Screen[None]):
         if row is None:
             self.notify("select a run first", severity="warning")
             return
-        self.request_serve(row.run_id, row.version)
+        self.request_serve(row.run_id, row.version, row.bundle_id)
 
-    def request_serve(self, run_id: str, version: str | None = None) -> None:
+    def request_serve(self, run_id: str, version: str | None = None, bundle_id: str | None = None) -> None:
+        snap = self.query_one(ServingPanel).snapshot
+        if bundle_id and snap is not None and snap.bundle_id == bundle_id:
+            self.notify(f"v{version or snap.version} is already serving")
+            return
         what = f"v{version} (run {short_id(run_id)})" if version else f"run {short_id(run_id)}"
         self._confirm(
             f"Serve {what}?",

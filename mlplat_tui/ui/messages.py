@@ -79,6 +79,8 @@ class ActionDone(Message):
 class ServeRequested(Message):
     """A screen other than the main one asks to serve a run's bundle (the main screen confirms)."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, version: str | None = None, bundle_id: str | None = None) -> None:
         super().__init__()
         self.run_id = run_id
+        self.version = version
+        self.bundle_id = bundle_id

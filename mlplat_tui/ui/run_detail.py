@@ -100,6 +100,8 @@ class RunDetailScreen(Screen[None]):
         params.clear()
         for k, v in sorted(d.params.items()):
             params.add_row(k, v)
+        if not d.params:
+            params.add_row("(none logged)", "")
         metrics = self.query_one("#detail-metrics", DataTable)
         metrics.clear()
         for k, m in sorted(d.metrics.items()):
@@ -143,7 +145,8 @@ class RunDetailScreen(Screen[None]):
         return t
 
     def action_serve(self) -> None:
-        self.post_message(ServeRequested(self.run_id))
+        d = self.detail
+        self.post_message(ServeRequested(self.run_id, d.version if d else None, d.bundle_id if d else None))
 
     def action_bundle(self) -> None:
         from mlplat_tui.ui.bundle_screen import BundleScreen

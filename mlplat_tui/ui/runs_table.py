@@ -63,6 +63,7 @@ class RunsTable(Widget):
         super().__init__(id=id)
         self.runs_query = query or RunsQuery()
         self._columns: tuple[str, ...] = ()
+        self._header: tuple[str, ...] = ()
         self._rows: tuple[RunRow, ...] = ()
         self._filter_timer: Timer | None = None
 
@@ -176,23 +177,24 @@ class RunsTable(Widget):
             *(f"metric:{m}" for m in page.metric_names),
             *(k for k, _ in _FIXED_AFTER),
         )
-        if columns == self._columns and page.rows == self._rows:
+        # Labels carry the sort arrow; the table caches rendered headers, so new labels mean new columns.
+        header = tuple(self._label(k) for k in columns)
+        if columns == self._columns and header == self._header and page.rows == self._rows:
             self._show_status()
             return
         grid = self.grid
         keep = self.selected_run_id
         keep_row = grid.cursor_row
-        if columns != self._columns:
+        if columns != self._columns or header != self._header:
             grid.clear(columns=True)
-            for key in columns:
-                grid.add_column(self._label(key), key=key)
-            self._columns = columns
+            for key, label in zip(columns, header, strict=True):
+                grid.add_column(label, key=key)
+            self._columns, self._header = columns, header
         else:
             grid.clear()
         self._rows = page.rows
         for row in page.rows:
             grid.add_row(*self._cells(row, page), key=row.run_id)
-        self._relabel()
         if keep is not None:
             try:
                 grid.move_cursor(row=grid.get_row_index(keep), animate=False)
@@ -205,13 +207,6 @@ class RunsTable(Widget):
         if key == self.runs_query.sort:
             name += " ↓" if self.runs_query.descending else " ↑"
         return name
-
-    def _relabel(self) -> None:
-        grid = self.grid
-        for key, column in grid.columns.items():
-            if key.value is not None:
-                column.label = Text(self._label(key.value))
-        grid.refresh()
 
     def _cells(self, row: RunRow, page: RunsPage) -> list[Text]:
         style = self.get_component_rich_style
@@ -241,7 +236,6 @@ class RunsTable(Widget):
         if not self.is_mounted:
             return
         q, page = self.runs_query, self.page
-        self._relabel()
         parts = []
         if page is not None and page.query == q:
             if page.error:

@@ -278,6 +278,10 @@ class Pipeline:
             gates_passed=passed,
             deployed=deployed,
             metrics=dict(manifest.metrics),
+            params=dict(manifest.params),
+            git_commit=manifest.lineage.git_commit,
+            dirty_hash=manifest.lineage.dirty_hash,
+            data_hashes=dict(manifest.lineage.data_hashes),
         )
         return replace(
             result,

@@ -46,6 +46,7 @@ _SERVER_ROUTES = {
     "/v2": "server",
     "/metrics": "metrics",
 }
+_MODEL_ENDPOINTS = {"": "metadata", "infer": "infer", "ready": "model_ready"}
 SERVER_METADATA = orjson.dumps(
     {"name": "mlplat", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]}
 )
@@ -146,7 +147,7 @@ class InferenceApp:
                 action = rest[0] if len(rest) == 1 else ("" if not rest else None)
                 if not name or action is None or action not in ("", "infer", "ready"):
                     raise NotFoundError(f"no route for {path}")
-                endpoint = {"": "metadata", "infer": "infer", "ready": "model_ready"}[action]
+                endpoint = _MODEL_ENDPOINTS[action]
                 model = self.repo.find(name)
                 if model is not None:
                     model_label, version_label = name, model.version
@@ -221,7 +222,9 @@ class InferenceApp:
             elif key == b"content-encoding":
                 encoding = value.lower()
         body = decode_content(await read_body(receive, self.max_body), encoding)
-        req = protocol.decode_infer_request(body, model.inputs, model.outputs, header_length=header_len)
+        req = protocol.decode_infer_request(
+            body, model.inputs, model.outputs, header_length=header_len, output_names=model.output_names
+        )
         t = time.perf_counter()
         if model.inline or self.executor is None:
             arrays = model.predict(req.inputs, req.outputs)

@@ -1,11 +1,26 @@
-"""Prometheus metrics of the serving runtime, exposed as text on ``GET /metrics``.
+"""Prometheus metrics of the serving runtime, rendered as text on ``GET /metrics``.
 
-Each server owns its own ``CollectorRegistry`` (no process-global state, so tests can run
-several servers in one process). Labelled children are cached per label tuple: looking them
-up through ``.labels()`` on every request costs more than the observation itself.
+Plain ints and floats in dicts, written out in the Prometheus text format (0.0.4) only when
+scraped. Why not prometheus_client's Counter/Histogram: they take a lock per increment, and
+three of them per request cost as much as the inference of a tabular model; the library's
+import also adds to the 0.5 s start-up budget. The format is small and the tests parse our
+output with prometheus_client's own parser.
+
+Request series are written on the event loop thread only (no lock needed); load/swap series
+come from the admin's worker thread and are guarded by a lock. Each server owns its own
+``ServingMetrics`` (no process-global state).
 
 Label values are bounded: requests for models that are not loaded are counted under
 ``model=""`` so a client cannot grow the series without limit by inventing model names.
+
+Series:
+    mlplat_requests_total{model,version,endpoint,code}            counter
+    mlplat_request_duration_seconds{model,endpoint}               histogram
+    mlplat_inference_duration_seconds{model,version}              histogram
+    mlplat_model_active_info{model,version,bundle_id,provider}    gauge, 1 for what serves now
+    mlplat_model_loads_total{model,result}                        counter (result: ok, rejected)
+    mlplat_model_swaps_total{model}                               counter
+    mlplat_model_last_swap_seconds{model}                         gauge
 
 Must not import textual, mlflow, docker or mlplat_tui.
 """
@@ -13,121 +28,142 @@ Must not import textual, mlflow, docker or mlplat_tui.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Sub-millisecond resolution: the point of this server is that a tabular model answers in
 # well under a millisecond; default Prometheus buckets start at 5 ms.
-LATENCY_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.00075,
-    0.001,
-    0.002,
-    0.003,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-)
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.002, 0.003, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+_LE = [f'le="{b!r}"' for b in LATENCY_BUCKETS] + ['le="+Inf"']
+
+
+class _Hist:
+    """Non-cumulative bucket counts (the last one is +Inf) and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # first bucket with le >= value
+        self.total += seconds
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(names: Sequence[str], values: Iterable[object], extra: str = "") -> str:
+    parts = [f'{n}="{_escape(str(v))}"' for n, v in zip(names, values, strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def _num(value: float) -> str:
+    return str(value) if isinstance(value, int) else repr(float(value))
 
 
 class ServingMetrics:
     """Counters, histograms and gauges for one serving process."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = Counter(
-            "mlplat_requests",
-            "HTTP requests by model, version, endpoint and status code",
-            ["model", "version", "endpoint", "code"],
-            registry=r,
-        )
-        self.request_seconds = Histogram(
-            "mlplat_request_duration_seconds",
-            "Time from request received to response sent",
-            ["model", "endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.inference_seconds = Histogram(
-            "mlplat_inference_duration_seconds",
-            "Time inside ONNX Runtime per request",
-            ["model", "version"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.active = Gauge(
-            "mlplat_model_active_info",
-            "1 for the version each model serves now",
-            ["model", "version", "bundle_id", "provider"],
-            registry=r,
-        )
-        self.loads = Counter(
-            "mlplat_model_loads",
-            "Admin load attempts by result (ok, rejected)",
-            ["model", "result"],
-            registry=r,
-        )
-        self.swaps = Counter(
-            "mlplat_model_swaps", "Versions switched in while serving", ["model"], registry=r
-        )
-        self.swap_seconds = Gauge(
-            "mlplat_model_last_swap_seconds", "Duration of the last load", ["model"], registry=r
-        )
-        self._children: dict[tuple[str, ...], Any] = {}
-        self._active_labels: dict[str, tuple[str, str, str, str]] = {}
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str, int], int] = {}
+        self.request_seconds: dict[tuple[str, str], _Hist] = {}
+        self.inference_seconds: dict[tuple[str, str], _Hist] = {}
+        self.active: dict[str, tuple[str, str, str]] = {}  # model -> (version, bundle_id, provider)
+        self.loads: dict[tuple[str, str], int] = {}
+        self.swaps: dict[str, int] = {}
+        self.last_swap_seconds: dict[str, float] = {}
         self._lock = threading.Lock()
 
+    # -- hot path (event loop thread) ------------------------------------------------------
     def observe_request(self, model: str, version: str, endpoint: str, code: int, seconds: float) -> None:
-        key = (model, version, endpoint, str(code))
-        pair = self._children.get(key)
-        if pair is None:
-            pair = (self.requests.labels(*key), self.request_seconds.labels(model, endpoint))
-            self._children[key] = pair
-        pair[0].inc()
-        pair[1].observe(seconds)
+        key = (model, version, endpoint, code)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        hist = self.request_seconds.get((model, endpoint))
+        if hist is None:
+            hist = self.request_seconds[(model, endpoint)] = _Hist()
+        hist.observe(seconds)
 
     def observe_inference(self, model: str, version: str, seconds: float) -> None:
-        key = ("inference", model, version)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.inference_seconds.labels(model, version)
-        child.observe(seconds)
+        hist = self.inference_seconds.get((model, version))
+        if hist is None:
+            hist = self.inference_seconds[(model, version)] = _Hist()
+        hist.observe(seconds)
 
+    # -- loads (admin worker thread) -------------------------------------------------------
     def set_active(self, model: str, version: str, bundle_id: str, provider: str) -> None:
         with self._lock:
-            self._clear_active(model)
-            labels = (model, version, bundle_id, provider)
-            self.active.labels(*labels).set(1)
-            self._active_labels[model] = labels
+            self.active[model] = (version, bundle_id, provider)
 
     def clear_active(self, model: str) -> None:
         with self._lock:
-            self._clear_active(model)
-
-    def _clear_active(self, model: str) -> None:
-        old = self._active_labels.pop(model, None)
-        if old is not None:
-            self.active.remove(*old)
+            self.active.pop(model, None)
 
     def load_result(self, model: str, ok: bool, seconds: float | None = None, swapped: bool = False) -> None:
-        self.loads.labels(model, "ok" if ok else "rejected").inc()
-        if seconds is not None:
-            self.swap_seconds.labels(model).set(seconds)
-        if swapped:
-            self.swaps.labels(model).inc()
+        with self._lock:
+            key = (model, "ok" if ok else "rejected")
+            self.loads[key] = self.loads.get(key, 0) + 1
+            if seconds is not None:
+                self.last_swap_seconds[model] = seconds
+            if swapped:
+                self.swaps[model] = self.swaps.get(model, 0) + 1
 
+    # -- exposition ------------------------------------------------------------------------
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        out: list[str] = []
+
+        def family(name: str, kind: str, doc: str) -> None:
+            out.append(f"# HELP {name} {doc}")
+            out.append(f"# TYPE {name} {kind}")
+
+        family(
+            "mlplat_requests_total", "counter", "HTTP requests by model, version, endpoint and status code"
+        )
+        for req_key, n in list(self.requests.items()):
+            out.append(
+                f"mlplat_requests_total{_labels(('model', 'version', 'endpoint', 'code'), req_key)} {n}"
+            )
+        for name, doc, names, series in (
+            ("mlplat_request_duration_seconds", "Time from request received to response sent",
+             ("model", "endpoint"), self.request_seconds),
+            ("mlplat_inference_duration_seconds", "Time inside ONNX Runtime per request",
+             ("model", "version"), self.inference_seconds),
+        ):  # fmt: skip
+            family(name, "histogram", doc)
+            for key, hist in list(series.items()):
+                running = 0
+                for le, n in zip(_LE, list(hist.counts), strict=True):
+                    running += n
+                    out.append(f"{name}_bucket{_labels(names, key, le)} {running}")
+                out.append(f"{name}_sum{_labels(names, key)} {_num(hist.total)}")
+                out.append(f"{name}_count{_labels(names, key)} {running}")
+        with self._lock:
+            active = dict(self.active)
+            loads = dict(self.loads)
+            swaps = dict(self.swaps)
+            last = dict(self.last_swap_seconds)
+        family("mlplat_model_active_info", "gauge", "1 for the version each model serves now")
+        for model, (version, bundle_id, provider) in active.items():
+            labels = _labels(
+                ("model", "version", "bundle_id", "provider"), (model, version, bundle_id, provider)
+            )
+            out.append(f"mlplat_model_active_info{labels} 1")
+        family("mlplat_model_loads_total", "counter", "Admin load attempts by result (ok, rejected)")
+        for load_key, n in loads.items():
+            out.append(f"mlplat_model_loads_total{_labels(('model', 'result'), load_key)} {n}")
+        family("mlplat_model_swaps_total", "counter", "Versions switched in while serving")
+        for model, n in swaps.items():
+            out.append(f"mlplat_model_swaps_total{_labels(('model',), (model,))} {n}")
+        family("mlplat_model_last_swap_seconds", "gauge", "Duration of the last successful load")
+        for model, seconds in last.items():
+            out.append(f"mlplat_model_last_swap_seconds{_labels(('model',), (model,))} {_num(seconds)}")
+        return ("\n".join(out) + "\n").encode()

@@ -76,6 +76,10 @@ class LoadedModel:
     load_ms: float
     keep: Any = field(default=None, repr=False, compare=False)  # e.g. the Bundle owning a temp dir
 
+    @functools.cached_property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.outputs)
+
     @property
     def signature(self) -> Signature:
         return Signature(

@@ -81,6 +81,22 @@ def tampered_bundle(root: Path, version: str) -> Path:
     return out
 
 
+def scrape(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Parse Prometheus text with prometheus_client's own parser: {(sample, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample (labels must match exactly), or None when absent."""
+    return scrape(text).get((name, frozenset(labels.items())))
+
+
 @dataclass
 class Serving:
     proc: subprocess.Popen[str]

@@ -14,6 +14,8 @@ from tests.runtime.serving.conftest import (
     build_version,
     corrupt_onnx_bundle,
     rehash,
+    sample,
+    scrape,
     tampered_bundle,
     wrong_signature_bundle,
 )
@@ -48,10 +50,12 @@ def test_first_load_then_swap(repo: Repository, tmp_path: Path) -> None:
         "bundle_id": second.bundle_id, "provider": "CPUExecutionProvider",
     }  # fmt: skip
     text = repo.metrics.render().decode()
-    assert 'mlplat_model_active_info{bundle_id="' in text and 'version="2"' in text
-    assert 'version="1"' not in text.split("mlplat_model_active_info")[-1].split("# HELP")[0]
-    assert 'mlplat_model_swaps_total{model="m"} 1.0' in text
-    assert 'mlplat_model_loads_total{model="m",result="ok"} 2.0' in text
+    active = [dict(labels) for (name, labels) in scrape(text) if name == "mlplat_model_active_info"]
+    assert active == [
+        {"model": "m", "version": "2", "bundle_id": second.bundle_id, "provider": "CPUExecutionProvider"}
+    ]
+    assert sample(text, "mlplat_model_swaps_total", model="m") == 1
+    assert sample(text, "mlplat_model_loads_total", model="m", result="ok") == 2
 
 
 @pytest.mark.parametrize(
@@ -73,7 +77,9 @@ def test_broken_bundles_are_refused_and_the_old_version_keeps_serving(
     (entry,) = repo.index()
     assert entry.state == ModelState.READY and entry.version == "1"
     assert entry.reason.startswith("last load rejected: ") and reason in entry.reason
-    assert 'mlplat_model_loads_total{model="m",result="rejected"} 1.0' in repo.metrics.render().decode()
+    assert (
+        sample(repo.metrics.render().decode(), "mlplat_model_loads_total", model="m", result="rejected") == 1
+    )
 
 
 def test_a_model_ort_refuses_is_caught_by_the_checker(repo: Repository, tmp_path: Path) -> None:
@@ -135,4 +141,4 @@ def test_unload(repo: Repository, tmp_path: Path) -> None:
     assert (entry.state, entry.reason) == (ModelState.UNAVAILABLE, "unloaded")
     with pytest.raises(NotFoundError):
         repo.unload("m")
-    assert "mlplat_model_active_info{" not in repo.metrics.render().decode()
+    assert not [k for k in scrape(repo.metrics.render().decode()) if k[0] == "mlplat_model_active_info"]

@@ -147,3 +147,30 @@ def test_watcher_reports_saves_not_reads_or_temp_files(tmp_path: Path) -> None:
     finally:
         watcher.stop()
     assert not watcher.running
+
+
+def test_watcher_follows_new_folders_but_never_watches_platform_state(tmp_path: Path) -> None:
+    (tmp_path / ".mlplat" / "runs").mkdir(parents=True)
+    (tmp_path / "data").mkdir()
+    seen = _Collector()
+    watcher = ProjectWatcher(tmp_path, _filter('[train]\nwatch = ["*.py", "data/**", "src/**"]\n'), seen)
+    watcher.start()
+    try:
+        assert watcher.watched == ("data",)
+        (tmp_path / "src" / "pkg").mkdir(parents=True)
+        (tmp_path / "src" / "pkg" / "model.py").write_text("x = 1\n")
+        assert seen.wait_for("src/pkg/model.py")
+        assert "src" in watcher.watched
+        # a folder that arrives whole (moved in) is reported with its files
+        staged = tmp_path.parent / f"{tmp_path.name}-staged"
+        (staged / "raw").mkdir(parents=True)
+        (staged / "raw" / "part.csv").write_text("a\n")
+        staged.replace(tmp_path / "data" / "batch")
+        assert seen.wait_for("data/batch/raw/part.csv")
+        (tmp_path / ".mlplat" / "runs" / "r1").mkdir()
+        (tmp_path / ".mlplat" / "runs" / "r1" / "train.py").write_text("")
+        time.sleep(0.3)
+        assert not any(p.startswith(".mlplat") for p in seen.paths)
+        assert ".mlplat" not in watcher.watched
+    finally:
+        watcher.stop()

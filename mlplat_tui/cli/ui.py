@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -31,11 +33,18 @@ def _process_start() -> float:
         return time.time()
 
 
-def open_dashboard(project_dir: str | Path | None, *, dev: bool = False, backend: str | None = None) -> None:
+def open_dashboard(
+    project_dir: str | Path | None,
+    *,
+    dev: bool = False,
+    backend: str | None = None,
+    dev_options: Mapping[str, Any] | None = None,
+) -> None:
     """Open the dashboard for the project in ``project_dir`` (default: the current folder).
 
     With ``dev=True`` the dev loop runs inside it: the stack comes up, the model trains, and
-    every save retrains and hot-swaps. Blocks until the user quits.
+    every save retrains and hot-swaps; ``dev_options`` are passed on to ``DevLoop`` (``warm``,
+    ``debounce_s``, ``down_on_exit``). Blocks until the user quits.
     """
     launched_at = _process_start()
     from mlplat_tui.config import load_project
@@ -55,7 +64,7 @@ def open_dashboard(project_dir: str | Path | None, *, dev: bool = False, backend
         from mlplat_tui.devloop.loop import DevLoop
 
         def factory(emit):  # type: ignore[no-untyped-def]
-            return DevLoop(project, backend=data.backend(), emit=emit)
+            return DevLoop(project, backend=data.backend(), emit=emit, **dict(dev_options or {}))
 
     DashboardApp(data, dev_loop=factory, launched_at=launched_at).run()
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 DEFAULT_DEBOUNCE_S = 0.15  # editors finish an atomic save in a few ms; 'save all' well within
 _HASH_CAP = 16 * 1024 * 1024  # bigger files are compared by size and mtime, not content
+_PRIME_HASH_CAP = 1024 * 1024  # at start-up only small files are read (code, small data)
 
 
 class ContentIndex:
@@ -54,23 +55,24 @@ class ContentIndex:
         self._seen: dict[str, tuple[Any, ...]] = {}
         self._lock = threading.Lock()
 
-    def _key(self, rel: str) -> tuple[Any, ...]:
+    def _key(self, rel: str, cap: int = _HASH_CAP) -> tuple[Any, ...]:
         path = self.root / rel
         try:
             st = path.stat()
         except OSError:
             return ("missing",)
-        if st.st_size > _HASH_CAP:
-            return ("big", st.st_size, st.st_mtime_ns)
+        if st.st_size > cap:
+            return ("stat", st.st_size, st.st_mtime_ns)
         try:
             return ("sha256", hashlib.sha256(path.read_bytes()).hexdigest())
         except OSError:
             return ("unreadable", st.st_mtime_ns)
 
     def prime(self, rels: Any) -> None:
+        """Remember the files as they are now (a big file's first save always counts)."""
         with self._lock:
             for rel in rels:
-                self._seen[rel] = self._key(rel)
+                self._seen[rel] = self._key(rel, _PRIME_HASH_CAP)
 
     def changed(self, rels: tuple[str, ...]) -> tuple[str, ...]:
         """The paths whose content differs from last time (and remember the new content)."""
@@ -433,7 +435,11 @@ class DevLoop:
         elif outcome == "rejected" or outcome == "failed":
             msg = (result.error or outcome).splitlines()[0]
         elif outcome == "cancelled":
-            msg = "cancelled by a newer change"
+            msg = (
+                "cancelled: the dev loop is stopping"
+                if self._stopping.is_set()
+                else "cancelled by a newer change"
+            )
         else:
             msg = "gates passed; not deployed (the stack is not up)"
         return Event(

@@ -43,6 +43,17 @@ class EventLog:
             assert event is not None
             return event
 
+    def wait_nth(self, kind: str, n: int, after: int = 0, timeout: float = 180.0) -> Event:
+        """The ``n``-th (1-based) event of ``kind`` after index ``after``."""
+
+        def found() -> list[Event]:
+            return [e for e in self.events[after:] if e.kind == kind]
+
+        with self.cond:
+            if not self.cond.wait_for(lambda: len(found()) >= n, timeout):
+                raise AssertionError(f"fewer than {n} {kind!r} events within {timeout:.0f}s")
+            return found()[n - 1]
+
     def kinds(self, after: int = 0) -> list[str]:
         with self.cond:
             return [e.kind for e in self.events[after:] if e.kind != "output"]

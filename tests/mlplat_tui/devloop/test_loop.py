@@ -22,7 +22,6 @@ import pytest
 from mlplat_runtime.bundle import open_bundle
 from mlplat_tui.config import load_project
 from mlplat_tui.devloop.loop import DevLoop
-from mlplat_tui.events import Event
 from mlplat_tui.metadata_client import MetadataClient
 from mlplat_tui.stack.base import Service
 from mlplat_tui.stack.local import LocalBackend
@@ -74,7 +73,7 @@ def test_save_swaps_crash_and_gate_miss_keep_serving_and_save_cancels(
             cycle.data["save_to_serving_s"] - cycle.data["train_s"], abs=1e-3
         )
         assert _serving_version(churn_stack, model) == "2"
-        assert open_bundle(loop.results[-1].bundle_path).manifest.params["C"] == "0.5"
+        assert open_bundle(_bundle_path(loop)).manifest.params["C"] == "0.5"
 
         # 2. a syntax error: the run fails with the traceback, v2 keeps serving
         mark = event_log.mark
@@ -105,10 +104,10 @@ def test_save_swaps_crash_and_gate_miss_keep_serving_and_save_cancels(
         event_log.wait("cancelled", mark)
         assert time.monotonic() - cancelled_at < 20  # not the 60 s the run would have slept
         assert event_log.wait("cycle", mark).data["outcome"] == "cancelled"
-        deployed = _next_outcome(event_log, mark)
+        deployed = event_log.wait_nth("cycle", 2, mark)
         assert deployed.data["outcome"] == "deployed", deployed.message
         assert _serving_version(churn_stack, model) == deployed.version
-        assert open_bundle(loop.results[-1].bundle_path).manifest.params["C"] == "0.25"
+        assert open_bundle(_bundle_path(loop)).manifest.params["C"] == "0.25"
     finally:
         loop.stop()
     assert loop.state == "stopped" and loop.error is None
@@ -125,16 +124,6 @@ def test_save_swaps_crash_and_gate_miss_keep_serving_and_save_cancels(
         e for e in stored if e.kind == "cycle" and e.payload.get("data", {}).get("outcome") == "deployed"
     ]
     assert cycles and all("save_to_serving_s" in e.payload["data"] for e in cycles)
-
-
-def _next_outcome(log: EventLog, after: int) -> Event:
-    """The first cycle after ``after`` that was not cancelled."""
-    start = after
-    while True:
-        event = log.wait("cycle", start)
-        if event.data.get("outcome") != "cancelled":
-            return event
-        start = log.events.index(event) + 1
 
 
 def _cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -216,3 +205,9 @@ def test_cli_once_then_ten_swaps_under_load_fail_no_request(
         # a client never sees an older version after a newer one: each swap is atomic
         seen = np.array([int(v) for c, _, v in outcomes if c == n])
         assert seen.size and np.all(np.diff(seen) >= 0), n
+
+
+def _bundle_path(loop: DevLoop) -> Path:
+    path = loop.results[-1].bundle_path
+    assert path is not None
+    return path

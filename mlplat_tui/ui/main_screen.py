@@ -180,12 +180,17 @@ class MainScreen(Screen[None]):
     def on_events_loaded(self, message: EventsLoaded) -> None:
         first = self._last_event_id is None
         self._last_event_id = message.batch.last_id
+        before = self.devloop.state
         for event in message.batch.events:
             self.show_event(event)
-        if first and not self.dev:
-            # History says what happened, not what runs now: no dev loop runs in this dashboard.
+        if first:
+            # History tells the last change and outcome, not what runs now: keep the phase.
             self.devloop.state = replace(
-                self.devloop.state, phase="off", step=None, step_started=None, watching=False
+                self.devloop.state,
+                phase=before.phase,
+                step=before.step,
+                step_started=before.step_started,
+                watching=before.watching,
             )
 
     def on_platform_event(self, message: PlatformEvent) -> None:

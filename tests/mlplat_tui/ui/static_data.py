@@ -13,7 +13,7 @@ from datetime import datetime
 
 from mlplat_runtime.bundle.manifest import GateResult
 from mlplat_runtime.errors import ServiceError
-from mlplat_tui.events import Event, EventSink, null_sink
+from mlplat_tui.events import Event, EventSink
 from mlplat_tui.stack.base import Service, ServiceStatus, StackStatus
 from mlplat_tui.ui.snapshots import (
     BundleView,
@@ -140,7 +140,7 @@ class StaticDashboardData:
     def train_now(self, emit: EventSink, cancel: threading.Event) -> str:
         return "nothing to train in the static snapshot data"
 
-    def serve_run(self, run_id: str, emit: EventSink = null_sink) -> str:
+    def serve_run(self, run_id: str, emit: EventSink | None = None) -> str:
         raise ServiceError("nothing to serve in the static snapshot data")
 
     def close(self) -> None:

@@ -12,8 +12,12 @@ from tests.helpers.stack import copy_sample
 
 def _mlplat(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mlplat_tui", *args], cwd=cwd, stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "mlplat_tui", *args],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

@@ -22,10 +22,12 @@ async def _loaded(pilot: Pilot[Any]) -> None:
     assert isinstance(screen, MainScreen)
     await wait_until(
         pilot,
-        lambda: screen.query_one(StackPanel).snapshot is not None
-        and screen.query_one(ServingPanel).snapshot is not None
-        and screen.query_one(RunsTable).grid.row_count > 0
-        and screen.events.count > 0,
+        lambda: (
+            screen.query_one(StackPanel).snapshot is not None
+            and screen.query_one(ServingPanel).snapshot is not None
+            and screen.query_one(RunsTable).grid.row_count > 0
+            and screen.events.count > 0
+        ),
         "every panel filled",
     )
     await pilot.pause(0.2)

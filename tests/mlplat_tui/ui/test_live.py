@@ -281,6 +281,55 @@ async def test_train_now_then_roll_back_to_the_first_version(live: Live) -> None
         assert current is not None and current.bundle_id == live.bundle_id and current.action == "rollback"
 
 
+async def test_dev_mode_hosts_the_dev_loop(live: Live) -> None:
+    """``mlplat dev``: the loop runs inside the dashboard, a save retrains, quitting stops it."""
+    from mlplat_tui.devloop.loop import DevLoop
+    from mlplat_tui.events import EventSink
+
+    loops: list[DevLoop] = []
+
+    def factory(emit: EventSink) -> DevLoop:
+        loops.append(DevLoop(live.project, backend=live.backend, emit=emit))
+        return loops[-1]
+
+    app = DashboardApp(DashboardData(live.project), dev_loop=factory, poll_s=0.5)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = _main(app)
+        serving = screen.query_one(ServingPanel)
+        assert "dev" in (screen.sub_title or "")
+        await wait_until(
+            pilot,
+            lambda: screen.devloop.state.phase == "watching" and screen.devloop.state.cycles,
+            "the first cycle, then watching",
+            timeout=120,
+        )
+        await wait_until(pilot, lambda: serving.snapshot and serving.snapshot.version, "a served version")
+        first = serving.snapshot
+        assert first is not None
+        train = live.root / "train.py"
+        train.write_text(train.read_text() + "\n# edited from the dashboard test\n")
+        await wait_until(
+            pilot, lambda: screen.devloop.state.last_change == ("train.py",), "the change", timeout=30
+        )
+        assert "train.py" in text_of(screen.devloop)
+        await wait_until(
+            pilot,
+            lambda: (s := serving.snapshot) and s.version != first.version,
+            "the retrained version to serve",
+            timeout=120,
+        )
+        await wait_until(
+            pilot, lambda: screen.devloop.state.phase == "watching", "watching again", timeout=30
+        )
+        assert screen.devloop.state.last_result_ok is True
+        assert any(
+            ln for ln in screen.devloop.query_one("#devloop-output", Log).lines
+        )  # training output tail
+        await pilot.press("q")
+        await wait_until(pilot, lambda: not app.is_running, "the app to leave", timeout=60)
+    assert loops and loops[0].join(10), "quitting stopped the dev loop"
+
+
 async def test_stop_and_start_the_stack_while_keys_keep_working(live: Live) -> None:
     """Last in the file: it restarts the shared stack."""
     app = _app(live)

@@ -10,7 +10,7 @@ extension over ``Repository``.
 
 The token file is read, or created with mode 0600 when missing; the comparison is constant
 time. A load runs in a worker thread so the event loop keeps answering inference requests
-while the new version is checked and warmed up.
+while the new version is checked and warmed up. Unexpected errors become 500s in ``http``.
 
 Must not import textual, mlflow, docker or mlplat_tui.
 """
@@ -22,15 +22,15 @@ import hmac
 import logging
 import os
 import secrets
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mlplat_runtime.errors import AuthError, MlplatError, NotFoundError, RequestError, UsageError
-from mlplat_runtime.serving import protocol
-from mlplat_runtime.serving.app import Receive, Scope, Send, method_not_allowed, read_body, respond
+from mlplat_runtime.serving.app import error_response, method_not_allowed
+from mlplat_runtime.serving.http import Request, Response
 from mlplat_runtime.serving.repository import Repository
 
 log = logging.getLogger("mlplat.serving")
@@ -93,8 +93,8 @@ def parse_load_request(body: bytes) -> LoadParameters:
         ) from None
 
 
-class AdminApp:
-    """ASGI callable for the admin port."""
+class AdminHandler:
+    """The admin port's handler: ``handler(request) -> Response | Awaitable[Response]``."""
 
     def __init__(self, repo: Repository, token: str) -> None:
         if not token:
@@ -102,51 +102,45 @@ class AdminApp:
         self.repo = repo
         self._expected = f"Bearer {token}".encode()
 
-    def _authorized(self, scope: Scope) -> bool:
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                return hmac.compare_digest(value, self._expected)
-        return False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        method: str = scope["method"]
-        path: str = scope["path"]
+    def __call__(self, req: Request) -> Response | Awaitable[Response]:
         try:
-            if not self._authorized(scope):
+            if not hmac.compare_digest(req.header(b"authorization") or b"", self._expected):
                 raise AuthError("missing or wrong admin token", hint="send 'Authorization: Bearer <token>'")
-            status, doc = await self._route(method, path, receive)
-            await respond(send, status, orjson.dumps(doc))
-        except MlplatError as exc:
-            extra = list(getattr(exc, "headers", []) or [])
-            if isinstance(exc, AuthError):
-                extra.append((b"www-authenticate", b'Bearer realm="mlplat-admin"'))
-            await respond(send, exc.http_status, protocol.error_body(exc.message), extra=extra)
-        except Exception as exc:
-            log.exception("internal error on admin %s %s", method, path)
-            await respond(send, 500, protocol.error_body(f"internal error: {type(exc).__name__}: {exc}"))
-
-    async def _route(self, method: str, path: str, receive: Receive) -> tuple[int, Any]:
-        if path == "/v2/repository/index":
-            if method != "POST":
-                raise method_not_allowed(method, path, "POST")
-            return 200, [e.to_json() for e in self.repo.index()]
-        if path.startswith(_PREFIX):
-            name, _, action = path[len(_PREFIX) :].partition("/")
-            if name and action in ("load", "unload"):
+            path, method = req.path, req.method
+            if path == "/v2/repository/index":
                 if method != "POST":
                     raise method_not_allowed(method, path, "POST")
-                body = await read_body(receive)
-                if action == "unload":
-                    await asyncio.to_thread(self.repo.unload, name)
-                    return 200, {"name": name, "state": "UNAVAILABLE"}
-                params = parse_load_request(body)
-                result = await asyncio.to_thread(
-                    self.repo.load,
-                    params.bundle,
-                    name=name,
-                    allow_signature_change=params.allow_signature_change,
-                )
-                return 200, result.to_json()
-        raise NotFoundError(f"no admin route for {path}")
+                return Response(200, orjson.dumps([e.to_json() for e in self.repo.index()]))
+            if path.startswith(_PREFIX):
+                name, _, action = path[len(_PREFIX) :].partition("/")
+                if name and action in ("load", "unload"):
+                    if method != "POST":
+                        raise method_not_allowed(method, path, "POST")
+                    return self._change(name, action, req.body)
+            raise NotFoundError(f"no admin route for {path}")
+        except MlplatError as exc:
+            return self._error(exc)
+
+    async def _change(self, name: str, action: str, body: bytes) -> Response:
+        # Loads run in a worker thread: the event loop keeps answering inference requests
+        # while the new version is checked and warmed up.
+        try:
+            if action == "unload":
+                await asyncio.to_thread(self.repo.unload, name)
+                return Response(200, orjson.dumps({"name": name, "state": "UNAVAILABLE"}))
+            params = parse_load_request(body)
+            result = await asyncio.to_thread(
+                self.repo.load, params.bundle, name=name, allow_signature_change=params.allow_signature_change
+            )
+            return Response(200, orjson.dumps(result.to_json()))
+        except MlplatError as exc:
+            return self._error(exc)
+
+    @staticmethod
+    def _error(exc: MlplatError) -> Response:
+        resp = error_response(exc)
+        if isinstance(exc, AuthError):
+            return resp._replace(
+                headers=(*resp.headers, (b"www-authenticate", b'Bearer realm="mlplat-admin"'))
+            )
+        return resp

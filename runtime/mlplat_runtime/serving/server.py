@@ -1,5 +1,5 @@
 """Run the serving process: the inference port and the admin port in one process, one uvloop
-event loop (two uvicorn ``Server``s under ``asyncio.gather``), one repository.
+event loop (two ``http.serve_http`` servers under ``asyncio.wait``), one repository.
 
 The sockets are bound here before anything starts, so a port in use is a clear error and
 not a half-started server. The start-up load (a BUNDLE on the command line) happens before
@@ -7,9 +7,8 @@ the ports open: when ``/v2/health/live`` answers, the model is already warm. It 
 child-process check (nothing is serving yet that a crash could take down); the warm check
 process is started right after, off the start-up path, for the hot swaps that follow.
 
-uvicorn settings chosen for throughput: httptools parser, uvloop, no access log (a log line
-costs more than a tabular inference), no lifespan, no proxy-header rewriting, no
-Server/Date headers.
+No access log: a log line costs more than a tabular inference; ``/metrics`` counts requests.
+Why our own small HTTP protocol rather than uvicorn: see ``http.py``.
 
 Must not import textual, mlflow, docker or mlplat_tui.
 """
@@ -24,15 +23,16 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlplat_runtime.errors import ServiceError
-from mlplat_runtime.serving.admin import AdminApp, ensure_admin_token
-from mlplat_runtime.serving.app import InferenceApp
+from mlplat_runtime.serving.admin import AdminHandler, ensure_admin_token
+from mlplat_runtime.serving.app import InferenceHandler
 from mlplat_runtime.serving.checker import Checker
+from mlplat_runtime.serving.http import serve_http
 from mlplat_runtime.serving.metrics import ServingMetrics
 from mlplat_runtime.serving.repository import Repository
 
@@ -88,30 +88,6 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _uvicorn_server(app: object, sock: socket.socket) -> object:
-    import uvicorn
-
-    class _Server(uvicorn.Server):
-        # Two servers share one loop; signals are handled once, by run_server.
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            yield
-
-    config = uvicorn.Config(
-        app,  # type: ignore[arg-type]
-        loop="none",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
-        timeout_graceful_shutdown=5,
-    )
-    return _Server(config)
-
-
 async def serve(
     config: ServerConfig,
     *,
@@ -130,43 +106,40 @@ async def serve(
     checker = Checker(providers=config.providers)
     repo = Repository(checker=checker, metrics=metrics, providers=config.providers)
     executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="mlplat-infer")
+    stop = stop or asyncio.Event()
     try:
         if config.bundle is not None:
             await asyncio.to_thread(repo.load, config.bundle, check=False)
-        servers = [
-            _uvicorn_server(InferenceApp(repo, metrics, executor=executor), main_sock),
-            _uvicorn_server(AdminApp(repo, token), admin_sock),
-        ]
-        stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
+        opened: list[str] = []
 
-        async def stopper() -> None:
-            await stop.wait()
-            for s in servers:
-                s.should_exit = True  # type: ignore[attr-defined]
+        def on_ready(which: str) -> Callable[[], None]:
+            def ready() -> None:
+                opened.append(which)
+                if len(opened) == 2:
+                    echo(startup_line(_url(main_sock), repo, _url(admin_sock), token_path))
+                    checker.start()  # the warm child for hot swaps, started once we are ready
+
+            return ready
 
         tasks = [
-            asyncio.ensure_future(servers[0].serve(sockets=[main_sock])),  # type: ignore[attr-defined]
-            asyncio.ensure_future(servers[1].serve(sockets=[admin_sock])),  # type: ignore[attr-defined]
-        ]
-        watcher = asyncio.ensure_future(stopper())
-        while not all(s.started for s in servers):  # type: ignore[attr-defined]
-            if any(t.done() for t in tasks):
-                break
-            await asyncio.sleep(0.005)
-        else:
-            echo(startup_line(_url(main_sock), repo, _url(admin_sock), token_path))
-            checker.start()  # warm child for hot swaps, started after we are ready
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        stop.set()  # one server ended (or a signal came): end the other too
-        await asyncio.gather(*tasks, return_exceptions=True)
-        watcher.cancel()
-        for t in done:
-            if t.exception() is not None:
-                raise ServiceError(f"serving stopped: {t.exception()}")
+            asyncio.ensure_future(
+                serve_http(InferenceHandler(repo, metrics, executor=executor), main_sock, stop=stop,
+                           on_ready=on_ready("inference"))
+            ),
+            asyncio.ensure_future(
+                serve_http(AdminHandler(repo, token), admin_sock, stop=stop, on_ready=on_ready("admin"))
+            ),
+        ]  # fmt: skip
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        stop.set()  # one server failed (or a signal came): end the other too
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise ServiceError(f"serving stopped: {result}") from result
     finally:
         checker.close()
         repo.close()

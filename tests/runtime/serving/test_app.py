@@ -1,4 +1,4 @@
-"""The inference and admin ASGI apps, driven in-process through httpx's ASGI transport."""
+"""The inference and admin handlers, driven in-process through ``as_asgi`` and httpx's ASGI transport."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from mlplat_runtime.errors import UsageError
-from mlplat_runtime.serving.admin import AdminApp, default_token_path, ensure_admin_token
-from mlplat_runtime.serving.app import InferenceApp
+from mlplat_runtime.serving.admin import AdminHandler, default_token_path, ensure_admin_token
+from mlplat_runtime.serving.app import InferenceHandler
 from mlplat_runtime.serving.checker import Checker
+from mlplat_runtime.serving.http import as_asgi
 from mlplat_runtime.serving.repository import Repository
 from tests.runtime.serving.conftest import build_version, logreg_expected, sample, scrape, tampered_bundle
 
@@ -32,14 +33,14 @@ def repo(tmp_path: Path) -> object:
 
 @pytest.fixture
 async def client(repo: Repository) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=InferenceApp(repo))
+    transport = httpx.ASGITransport(app=as_asgi(InferenceHandler(repo)))
     async with httpx.AsyncClient(transport=transport, base_url="http://serving") as c:
         yield c
 
 
 @pytest.fixture
 async def admin(repo: Repository) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=AdminApp(repo, TOKEN))
+    transport = httpx.ASGITransport(app=as_asgi(AdminHandler(repo, TOKEN)))
     async with httpx.AsyncClient(transport=transport, base_url="http://admin") as c:
         yield c
 

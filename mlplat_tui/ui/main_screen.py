@@ -122,34 +122,37 @@ class MainScreen(Screen[None]):
     # ---- polling -----------------------------------------------------------------------------
     def _tick(self) -> None:
         self.devloop.now = self.data.now()
-        self._poll("stack", self._read_stack)
-        self._poll("serving", self._read_serving)
-        self._poll("events", self._read_events)
+        self._poll("stack")
+        self._poll("serving")
+        self._poll("events")
         if self._ticks % RUNS_EVERY_TICKS == 0:
-            self._poll("runs", self._read_runs)
+            self._poll("runs")
         self._ticks += 1
 
-    def _poll(self, name: str, fn: Callable[[], None]) -> None:
+    def _poll(self, name: str) -> None:
+        """Read one source in a worker, unless its last read is still running (then once after)."""
         if name in self._inflight:
             self._pending.add(name)
             return
         self._inflight.add(name)
-        self.run_worker(fn, name=name, group=f"poll-{name}", thread=True, exit_on_error=False)
+        self.run_worker(self._reader(name), name=name, group=f"poll-{name}", thread=True, exit_on_error=False)
 
-    def _read_stack(self) -> None:
-        self.post_message(StackUpdated(self.data.stack()))
-
-    def _read_serving(self) -> None:
-        self.post_message(ServingUpdated(self.data.serving()))
-
-    def _read_events(self) -> None:
-        self.post_message(EventsLoaded(self.data.events_since(self._last_event_id)))
-
-    def _read_runs(self) -> None:
-        self.post_message(RunsLoaded(self.data.runs(self.runs.runs_query)))
+    def _reader(self, name: str) -> Callable[[], object]:
+        # What a read needs from the screen is taken here, on the UI thread; the worker only
+        # calls the data source and posts the answer.
+        data, post = self.data, self.post_message
+        if name == "stack":
+            return lambda: post(StackUpdated(data.stack()))
+        if name == "serving":
+            return lambda: post(ServingUpdated(data.serving()))
+        if name == "events":
+            after = self._last_event_id
+            return lambda: post(EventsLoaded(data.events_since(after)))
+        query = self.runs.runs_query
+        return lambda: post(RunsLoaded(data.runs(query)))
 
     def refresh_runs(self) -> None:
-        self._poll("runs", self._read_runs)
+        self._poll("runs")
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         worker, name = event.worker, event.worker.name
@@ -165,7 +168,7 @@ class MainScreen(Screen[None]):
             self._inflight.discard(name)
             if name in self._pending:
                 self._pending.discard(name)
-                self._poll(name, getattr(self, f"_read_{name}"))
+                self._poll(name)
 
     # ---- data in -----------------------------------------------------------------------------
     def on_stack_updated(self, message: StackUpdated) -> None:
@@ -208,7 +211,7 @@ class MainScreen(Screen[None]):
         if event.kind in _REFRESH_KINDS:
             self.refresh_runs()
             if event.kind == "swapped":
-                self._poll("serving", self._read_serving)
+                self._poll("serving")
 
     @on(RunsTable.QueryChanged)
     def _query_changed(self) -> None:
@@ -341,12 +344,12 @@ class MainScreen(Screen[None]):
     def on_action_done(self, message: ActionDone) -> None:
         if message.action in ("stack_up", "stack_down"):
             self._set_busy(None)
-            self._poll("stack", self._read_stack)
+            self._poll("stack")
         if message.action == "train_now":
             self._training = None
         if message.action in ("serve", "train_now", "stack_up"):
             self.refresh_runs()
-            self._poll("serving", self._read_serving)
+            self._poll("serving")
         self.notify(
             message.message,
             title=message.action.replace("_", " "),

@@ -177,6 +177,8 @@ class HttpProtocol(asyncio.Protocol):
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        if self.parser.should_upgrade():
+            self._error = json_error(400, "protocol upgrades are not supported")
         for name, value in self._headers:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
                 self._error = json_error(413, f"request body over {self.max_body} bytes")
@@ -279,6 +281,8 @@ async def serve_http(
     stop: asyncio.Event,
     max_body: int = MAX_BODY,
     grace_s: float = 5.0,
+    idle_s: float = KEEP_ALIVE_S,
+    sweep_s: float = 1.0,
     on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Serve ``handler`` on a bound, listening socket until ``stop`` is set, then close gracefully:
@@ -291,9 +295,9 @@ async def serve_http(
     try:
         while not stop.is_set():
             try:
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
+                await asyncio.wait_for(stop.wait(), timeout=sweep_s)
             except TimeoutError:
-                state.sweep(loop.time())
+                state.sweep(loop.time(), idle_s)
     finally:
         server.close()
         state.close_idle()

@@ -251,20 +251,23 @@ class DashboardData:
         sql = (
             "SELECT run_id, epoch(created_at), status, CAST(metrics AS VARCHAR), gates_passed, bundle_id,"
             " version, (SELECT string_agg(g.name, ',' ORDER BY g.name) FROM gate_results g"
-            "  WHERE g.bundle_id = r.bundle_id AND NOT g.passed)"
+            "  WHERE g.bundle_id = r.bundle_id AND NOT g.passed), count(*) OVER ()"
             f" FROM runs r {where} ORDER BY {self._order(query)}"
             f" LIMIT {int(query.limit)} OFFSET {int(query.offset)}"
         )
         try:
             meta = self.metadata()
-            total = int(meta.sql(f"SELECT count(*) FROM runs {where}").rows[0][0])
-            result = meta.sql(sql)
+            result = meta.sql(sql)  # one round trip: the total rides along as a window count
+            if result.rows:
+                total = int(result.rows[0][-1])
+            else:  # past the last page, or nothing matches
+                total = int(meta.sql(f"SELECT count(*) FROM runs {where}").rows[0][0]) if query.offset else 0
         except MlplatError as exc:
             return RunsPage(query, (), 0, self._key_metrics([]), taken_at=now, error=str(exc))
         served = self._served_bundle()
         rows: list[RunRow] = []
         seen: list[str] = []
-        for run_id, created, status, metrics_text, passed, bundle_id, version, failed in result.rows:
+        for run_id, created, status, metrics_text, passed, bundle_id, version, failed, _ in result.rows:
             metrics = {
                 k: float(v) for k, v in json.loads(metrics_text or "{}").items() if isinstance(v, int | float)
             }

@@ -1,7 +1,7 @@
 """A model ready to serve: an ONNX Runtime session that has loaded, warmed up and passed its
 sample check, with the signature requests are decoded against.
 
-Plain classes and functions, no HTTP (MLServer's split): the ASGI layers and the admin API
+Plain classes and functions, no HTTP (MLServer's split): the HTTP handlers (``app``, ``admin``)
 call ``load_bundle`` / ``LoadedModel.predict`` and map the exceptions to status codes.
 
 A ``LoadedModel`` exists only after a warm-up inference succeeded, so "loaded" and "ready"

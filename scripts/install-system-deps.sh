@@ -1,16 +1,28 @@
 #!/usr/bin/env bash
-# Debian packages the test suite and the docker backend need. Idempotent; quiet when done.
+# Debian packages the test suite and the docker backend need: the Docker engine (docker.io),
+# mmdebstrap (scripts/make-base-image.sh), tmux and git. Idempotent and quiet: installs only
+# what is missing, prints one line when it does.
 set -euo pipefail
 need=()
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v git >/dev/null 2>&1 || need+=(git)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "missing system packages: ${need[*]} (run as root or install them)" >&2
-    exit 0
-  fi
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}"
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "missing system packages: ${need[*]} (install them as root: apt-get install ${need[*]})" >&2
+  exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "missing system packages: ${need[*]} (not a Debian-based system: install them yourself)" >&2
+  exit 0
+fi
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+echo "installing ${need[*]} ..."
+export DEBIAN_FRONTEND=noninteractive
+if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"; } >"$log" 2>&1; then
+  tail -n 20 "$log" >&2
+  echo "installing ${need[*]} failed" >&2
+  exit 1
 fi

@@ -1,0 +1,781 @@
+"""The ``docker`` backend: the three services as containers of the project's images, the same
+images a production cluster runs (``Dockerfile``, ``mlplat images build``).
+
+Per project ``P``: containers ``mlplat-P-tracker|metadata|serving`` on the network ``mlplat-P``,
+labelled ``io.mlplat.project`` / ``io.mlplat.service`` (plus the project folder and a digest of
+the container's settings), named volumes ``mlplat-P-tracker|metadata|bundles`` for the MLflow
+store, the DuckDB file and staged bundles, ports published on ``[stack] host`` (127.0.0.1)
+at the same numbers as the local backend, so clients cannot tell the backends apart. The
+admin token is ``.mlplat/stack/admin.token`` on the host (0600), copied into the serving
+container before it starts: never an environment variable, which ``docker inspect`` shows.
+
+``up`` is idempotent and all-or-nothing: it checks images, names and ports before creating
+anything, keeps running containers whose settings are unchanged, and on any failure removes
+what it created and raises ``StackError`` with the failing service's log tail.
+
+Imports docker inside functions (``mlplat --help`` stays fast); never imports textual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import tarfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlplat_runtime.errors import StackError
+from mlplat_tui.config import Project
+from mlplat_tui.stack.base import SERVICES, Ports, Progress, Service, ServiceStatus, StackStatus
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
+
+LABEL_PROJECT = "io.mlplat.project"
+LABEL_SERVICE = "io.mlplat.service"
+LABEL_ROOT = "io.mlplat.root"
+LABEL_SPEC = "io.mlplat.spec"
+RUNTIME_UID = 10001  # the image's `mlplat` user (Dockerfile)
+INTERNAL = {Service.TRACKER: 7800, Service.METADATA: 7801, Service.SERVING: 7802}
+INTERNAL_ADMIN = 7803
+HEALTH_PATHS = {Service.TRACKER: "/health", Service.METADATA: "/health", Service.SERVING: "/v2/health/ready"}
+START_TIMEOUT_S = {Service.TRACKER: 180.0, Service.METADATA: 60.0, Service.SERVING: 60.0}
+VOLUMES = {
+    Service.TRACKER: ("tracker", "/var/lib/mlplat/tracker"),
+    Service.METADATA: ("metadata", "/var/lib/mlplat/metadata"),
+    Service.SERVING: ("bundles", "/bundles"),
+}
+TOKEN_IN_CONTAINER = "/etc/mlplat/admin.token"
+NO_ENGINE_HINT = (
+    "start the Docker engine (`sudo systemctl start docker`, or scripts/ensure-docker.sh), "
+    'or use the local backend: `mlplat up --backend local` ([stack] backend = "local")'
+)
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def connect() -> docker.DockerClient:
+    """A client for the engine ``DOCKER_HOST`` names (else the local socket), checked with a ping.
+
+    Raises ``StackError`` saying which engine and why: none answers, or it refused us.
+    """
+    import docker
+
+    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        text = str(exc)
+        if "Permission denied" in text or "PermissionError" in text:
+            raise StackError(
+                f"the Docker engine at {where} refused the connection: permission denied",
+                hint="add your user to the `docker` group (`sudo usermod -aG docker $USER`, then log in "
+                "again), or use the local backend: `mlplat up --backend local`",
+            ) from None
+        raise StackError(
+            f"no Docker engine answers at {where} ({_reason(text)})", hint=NO_ENGINE_HINT
+        ) from None
+    return client
+
+
+def _reason(text: str) -> str:
+    for needle in (
+        "No such file or directory",
+        "Connection refused",
+        "timed out",
+        "Name or service not known",
+    ):
+        if needle in text:
+            return needle.lower()
+    return text.splitlines()[0][:200] if text else "unknown error"
+
+
+def port_in_use(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def engine_has_gpu_support(info: dict[str, Any]) -> bool:
+    """The engine can hand NVIDIA GPUs to containers (nvidia runtime or the toolkit's hook)."""
+    return (
+        "nvidia" in (info.get("Runtimes") or {}) or shutil.which("nvidia-container-runtime-hook") is not None
+    )
+
+
+class DockerBackend:
+    """Containers of the project's images; see the module docstring for names and guarantees."""
+
+    name = "docker"
+
+    def __init__(self, project: Project, *, client: docker.DockerClient | None = None) -> None:
+        self.project = project
+        self.ports = Ports.from_project(project)
+        self.dir = project.state_dir / "stack"
+        self._client = client
+
+    # -- names ---------------------------------------------------------------------------
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = connect()
+        return self._client
+
+    @property
+    def network_name(self) -> str:
+        return f"mlplat-{self.project.name}"
+
+    def container_name(self, service: Service) -> str:
+        return f"mlplat-{self.project.name}-{service}"
+
+    def volume_name(self, service: Service) -> str:
+        return f"mlplat-{self.project.name}-{VOLUMES[service][0]}"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.dir / "admin.token"
+
+    def image(self, service: Service) -> str:
+        s = self.project.config.stack
+        return s.tracker_image if service is Service.TRACKER else s.runtime_image
+
+    def _labels(self, **extra: str) -> dict[str, str]:
+        return {LABEL_PROJECT: self.project.name, LABEL_ROOT: str(self.project.root), **extra}
+
+    def _host_ports(self, service: Service) -> dict[str, tuple[str, int]]:
+        host = "127.0.0.1" if self.ports.host == "localhost" else self.ports.host
+        port = {
+            Service.TRACKER: self.ports.tracker,
+            Service.METADATA: self.ports.metadata,
+            Service.SERVING: self.ports.serving,
+        }[service]
+        out = {f"{INTERNAL[service]}/tcp": (host, port)}
+        if service is Service.SERVING:
+            out[f"{INTERNAL_ADMIN}/tcp"] = (host, self.ports.admin)
+        return out
+
+    def command(self, service: Service) -> list[str]:
+        """Each service's entry point inside its container (binds 0.0.0.0: only the published
+        host ports, on ``[stack] host``, reach it from outside)."""
+        port = str(INTERNAL[service])
+        if service is Service.TRACKER:
+            data = VOLUMES[service][1]
+            return [
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{data}/mlflow.db",
+                "--serve-artifacts",
+                "--artifacts-destination",
+                f"{data}/artifacts",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                port,
+                "--workers",
+                "1",
+            ]
+        if service is Service.METADATA:
+            return [
+                "python",
+                "-m",
+                "mlplat_runtime.metadata",
+                "--db",
+                f"{VOLUMES[service][1]}/metadata.duckdb",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                port,
+            ]
+        return [
+            "python",
+            "-m",
+            "mlplat_runtime.serving",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            port,
+            "--admin-host",
+            "0.0.0.0",
+            "--admin-port",
+            str(INTERNAL_ADMIN),
+            "--admin-token-file",
+            TOKEN_IN_CONTAINER,
+        ]
+
+    # -- helpers -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "docker.lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StackError(
+                    f"another `mlplat up`/`down` is already running for project '{self.project.name}'",
+                    hint="wait for it to finish, then run `mlplat status`",
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _admin_token(self) -> str:
+        from mlplat_runtime.serving.admin import ensure_admin_token
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        token, _ = ensure_admin_token(self.admin_token_file)
+        return token
+
+    def _want_gpu(self) -> bool:
+        mode = self.project.config.stack.gpu
+        if mode != "auto":
+            return mode == "on"
+        from mlplat_runtime.providers import gpu_info
+
+        return gpu_info() is not None and engine_has_gpu_support(self.client.info())
+
+    def containers(self) -> dict[Service, Container]:
+        found = self.client.containers.list(
+            all=True, filters={"label": f"{LABEL_PROJECT}={self.project.name}"}
+        )
+        out: dict[Service, Container] = {}
+        for c in found:
+            svc = (c.labels or {}).get(LABEL_SERVICE)
+            if svc in {s.value for s in SERVICES} and c.name == self.container_name(Service(svc)):
+                out[Service(svc)] = c
+        return out
+
+    def _spec(self, service: Service, image_id: str, gpu: bool, token: str) -> tuple[dict[str, Any], str]:
+        import docker
+
+        path = VOLUMES[service][1]
+        kwargs: dict[str, Any] = {
+            "image": image_id,
+            "command": self.command(service),
+            "name": self.container_name(service),
+            "hostname": str(service),
+            "environment": {"MLPLAT_SERVICE": str(service), "MLPLAT_PORT": str(INTERNAL[service])},
+            "ports": self._host_ports(service),
+            "volumes": {self.volume_name(service): {"bind": path, "mode": "rw"}},
+            "network": self.network_name,
+            "init": True,  # forwards SIGTERM (python as PID 1 ignores it) and reaps children
+            "detach": True,
+        }
+        if gpu and service is Service.SERVING:
+            kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        described = {k: v for k, v in kwargs.items() if k != "device_requests"}
+        described["gpu"] = "device_requests" in kwargs
+        if service is Service.SERVING:
+            described["token"] = hashlib.sha256(token.encode()).hexdigest()
+        digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        kwargs["labels"] = self._labels(**{LABEL_SERVICE: str(service), LABEL_SPEC: digest})
+        return kwargs, digest
+
+    def _log_tail(self, container: Container, lines: int = 20) -> str:
+        with contextlib.suppress(Exception):
+            return bytes(container.logs(tail=lines)).decode("utf-8", "replace").rstrip()
+        return "(no log)"
+
+    def _probe(self, service: Service, timeout: float = 1.0) -> bool:
+        import httpx
+
+        url = self.ports.url(service) + HEALTH_PATHS[service]
+        try:
+            return httpx.get(url, timeout=timeout, trust_env=False).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def _preflight(self) -> tuple[dict[Service, str], dict[Service, Container]]:
+        """Images present, no foreign owner of our names: checked before anything is created."""
+        import docker
+
+        client = self.client
+        image_ids: dict[Service, str] = {}
+        missing: dict[str, list[str]] = {}
+        for service in SERVICES:
+            tag = self.image(service)
+            try:
+                image_ids[service] = client.images.get(tag).id
+            except docker.errors.ImageNotFound:
+                missing.setdefault(tag, []).append(str(service))
+        if missing:
+            what = "; ".join(f"{tag} (for {', '.join(svcs)})" for tag, svcs in missing.items())
+            raise StackError(
+                f"image not found in the Docker engine: {what}",
+                hint="build the images first: `mlplat images build` (see docs/docker.md)",
+            )
+        ours = self.containers()
+        for service in SERVICES:
+            if service in ours:
+                root = (ours[service].labels or {}).get(LABEL_ROOT)
+                if root and root != str(self.project.root):
+                    raise StackError(
+                        f"a stack named '{self.project.name}' from another folder ({root}) owns "
+                        f"the container {self.container_name(service)}",
+                        hint="run `mlplat down` in that folder, or give this project another [project] name",
+                    )
+                continue
+            with contextlib.suppress(docker.errors.NotFound):
+                other = client.containers.get(self.container_name(service))
+                raise StackError(
+                    f"a container named {other.name} already exists and is not part of mlplat's "
+                    f"'{self.project.name}' stack (image {other.attrs.get('Config', {}).get('Image', '?')})",
+                    hint=f"remove or rename it (`docker rm -f {other.name}`), or give this project another "
+                    "[project] name in mlplat.toml",
+                )
+        for net in client.networks.list(names=[self.network_name]):
+            if (
+                net.name == self.network_name
+                and (net.attrs.get("Labels") or {}).get(LABEL_PROJECT) != self.project.name
+            ):
+                raise StackError(
+                    f"a network named {self.network_name} already exists and was not made by mlplat",
+                    hint=f"remove it (`docker network rm {self.network_name}`) or rename this project",
+                )
+        for service in SERVICES:
+            with contextlib.suppress(docker.errors.NotFound):
+                vol = client.volumes.get(self.volume_name(service))
+                if (vol.attrs.get("Labels") or {}).get(LABEL_PROJECT) != self.project.name:
+                    raise StackError(
+                        f"a volume named {vol.name} already exists and was not made by mlplat; "
+                        "mlplat will not write into it",
+                        hint=f"remove or rename it (`docker volume rm {vol.name}`), or rename this project",
+                    )
+        return image_ids, ours
+
+    def up(self, progress: Progress | None = None) -> StackStatus:
+        say = progress or _quiet
+        with self._lock():
+            image_ids, ours = self._preflight()
+            token = self._admin_token()
+            gpu = self._want_gpu()
+            specs = {s: self._spec(s, image_ids[s], gpu, token) for s in SERVICES}
+            keep: list[Service] = []
+            replace: list[Service] = []
+            for service in SERVICES:
+                c = ours.get(service)
+                if c is None:
+                    continue
+                if c.status == "running" and (c.labels or {}).get(LABEL_SPEC) == specs[service][1]:
+                    keep.append(service)
+                    say(f"{service}: container {c.name} already running")
+                else:
+                    replace.append(service)
+            to_create = [s for s in SERVICES if s not in keep]
+            # Ports first: a clash must leave nothing behind, and our own old containers
+            # (about to be replaced) hold their ports legitimately.
+            held = {
+                int(b["HostPort"])
+                for s in replace
+                for bs in (ours[s].attrs.get("HostConfig", {}).get("PortBindings") or {}).values()
+                for b in bs or []
+            }
+            for service in to_create:
+                for host, port in specs[service][0]["ports"].values():
+                    if port not in held and port_in_use(host, port):
+                        raise StackError(
+                            f"cannot start {service}: port {host}:{port} is already in use "
+                            "by another program",
+                            hint="stop that program, or set [stack] port_base in mlplat.toml to the start "
+                            "of a free range of 4 ports",
+                        )
+            for service in replace:
+                say(f"{service}: settings or image changed, or not running: recreating {ours[service].name}")
+                ours[service].remove(force=True)
+            created: list[Container] = []
+            made_network = False
+            made_volumes: list[str] = []
+            try:
+                made_network = self._ensure_network()
+                made_volumes = self._ensure_volumes()
+                for service in to_create:
+                    created.append(self._create(service, specs[service][0], token, say))
+                self._wait_healthy(keep + to_create, say, announce=set(to_create))
+            except BaseException as exc:
+                tails = {c.name: self._log_tail(c) for c in created}
+                self._remove(created, made_volumes, made_network)
+                if created or made_network or made_volumes:
+                    say("removed what this `up` created")
+                if isinstance(exc, StackError) or not isinstance(exc, Exception):
+                    raise
+                import docker
+
+                if isinstance(exc, docker.errors.DockerException):
+                    logs = "\n".join(f"--- {n} ---\n{t}" for n, t in tails.items() if t)
+                    raise StackError(
+                        f"the Docker engine refused: {exc}" + (f"\n{logs}" if logs else ""),
+                        hint="see the message above; `mlplat up` again once fixed",
+                    ) from None
+                raise
+        # Memory only: a CPU sample costs the engine a second per container, and up is timed.
+        return self.status(cpu=False)
+
+    def _ensure_network(self) -> bool:
+        if any(n.name == self.network_name for n in self.client.networks.list(names=[self.network_name])):
+            return False
+        self.client.networks.create(self.network_name, driver="bridge", labels=self._labels())
+        return True
+
+    def _ensure_volumes(self) -> list[str]:
+        import docker
+
+        made = []
+        for service in SERVICES:
+            name = self.volume_name(service)
+            try:
+                self.client.volumes.get(name)
+            except docker.errors.NotFound:
+                self.client.volumes.create(
+                    name, labels=self._labels(**{"io.mlplat.volume": VOLUMES[service][0]})
+                )
+                made.append(name)
+        return made
+
+    def _create(self, service: Service, kwargs: dict[str, Any], token: str, say: Progress) -> Container:
+        import docker
+
+        container = self.client.containers.create(**kwargs)
+        try:
+            if service is Service.SERVING:
+                container.put_archive(
+                    "/etc/mlplat", _tar({"admin.token": (token + "\n").encode()}, mode=0o600)
+                )
+            container.start()
+        except docker.errors.APIError as exc:
+            container.remove(force=True)
+            raise StackError(f"cannot start {service}: {_explain(exc)}", hint=_start_hint(exc)) from None
+        say(f"{service}: started {container.name} ({kwargs['image'][7:19]}) on {self.ports.url(service)}")
+        return container
+
+    def _wait_healthy(self, services: list[Service], say: Progress, announce: set[Service]) -> None:
+        pending = set(services)
+        begun = time.monotonic()
+        last_note = begun
+        while pending:
+            ours = self.containers()
+            for service in sorted(pending):
+                c = ours.get(service)
+                if c is None:
+                    raise StackError(
+                        f"{service}: its container {self.container_name(service)} disappeared",
+                        hint="something removed it; run `mlplat up` again",
+                    )
+                health = (c.attrs.get("State", {}).get("Health") or {}).get("Status")
+                if c.status in ("exited", "dead") or health == "unhealthy":
+                    code = c.attrs.get("State", {}).get("ExitCode")
+                    why = (
+                        f"exited with status {code}"
+                        if c.status in ("exited", "dead")
+                        else "reported unhealthy"
+                    )
+                    raise StackError(
+                        f"{service} failed to start: its container {why}. Last lines of its log:\n"
+                        f"{self._log_tail(c)}",
+                        hint="the stack was removed again; fix the cause shown in the log, then `mlplat up`",
+                    )
+                if health == "healthy" or (c.status == "running" and self._probe(service, timeout=0.5)):
+                    pending.discard(service)
+                    if service in announce:
+                        say(f"{service}: healthy after {time.monotonic() - begun:.1f}s")
+                elif time.monotonic() - begun > START_TIMEOUT_S[service]:
+                    raise StackError(
+                        f"{service} did not become healthy within {START_TIMEOUT_S[service]:.0f}s. "
+                        f"Last lines of its log:\n{self._log_tail(c)}",
+                        hint="the stack was removed again; see the log above",
+                    )
+            if pending:
+                if time.monotonic() - last_note > 3:
+                    last_note = time.monotonic()
+                    say(f"waiting for {', '.join(sorted(pending))} ({time.monotonic() - begun:.0f}s)")
+                time.sleep(0.2)
+
+    def _remove(self, containers: list[Container], volumes: list[str], network: bool) -> None:
+        import docker
+
+        for c in containers:
+            with contextlib.suppress(docker.errors.DockerException):
+                c.remove(force=True)
+        for name in volumes:
+            with contextlib.suppress(docker.errors.DockerException):
+                self.client.volumes.get(name).remove(force=True)
+        if network:
+            for net in self.client.networks.list(names=[self.network_name]):
+                with contextlib.suppress(docker.errors.DockerException):
+                    net.remove()
+
+    def down(self, *, volumes: bool = False, progress: Progress | None = None) -> None:
+        import docker
+
+        say = progress or _quiet
+        with self._lock():
+            ours = self.containers()
+
+            def remove(service: Service) -> None:
+                c = ours[service]
+                with contextlib.suppress(docker.errors.NotFound):
+                    if c.status == "running":
+                        c.stop(timeout=10)  # SIGTERM first: metadata checkpoints DuckDB
+                    c.remove(force=True)
+                    say(f"{service}: removed {c.name}")
+
+            # In parallel: nothing depends on the order, and each stop waits for a clean exit.
+            with ThreadPoolExecutor(max_workers=len(SERVICES)) as pool:
+                list(pool.map(remove, [s for s in reversed(SERVICES) if s in ours]))
+            for net in self.client.networks.list(filters={"label": f"{LABEL_PROJECT}={self.project.name}"}):
+                if net.name == self.network_name:
+                    with contextlib.suppress(docker.errors.NotFound):
+                        net.remove()
+                        say(f"network {net.name} removed")
+            if volumes:
+                for vol in self.client.volumes.list(
+                    filters={"label": f"{LABEL_PROJECT}={self.project.name}"}
+                ):
+                    if vol.name in {self.volume_name(s) for s in SERVICES}:
+                        with contextlib.suppress(docker.errors.NotFound):
+                            vol.remove(force=True)
+                            say(f"volume {vol.name} removed")
+
+    # -- looking -------------------------------------------------------------------------
+    def status(self, *, cpu: bool = True) -> StackStatus:
+        """State, health and usage of each service; ``cpu=False`` skips the CPU sample (faster)."""
+        ours = self.containers()
+        running = [c for c in ours.values() if c.status == "running"]
+        with ThreadPoolExecutor(max_workers=max(1, len(running))) as pool:
+            usage = dict(
+                zip(
+                    [c.id for c in running],
+                    pool.map(functools.partial(_usage, cpu=cpu), running),
+                    strict=True,
+                )
+            )
+        services = tuple(self._service_status(s, ours.get(s), usage) for s in SERVICES)
+        gpu = None
+        serving = ours.get(Service.SERVING)
+        if serving is not None and serving.attrs.get("HostConfig", {}).get("DeviceRequests"):
+            from mlplat_runtime.providers import gpu_info
+
+            gpu = gpu_info()
+        extra = {
+            "network": self.network_name,
+            "runtime_image": self.image(Service.SERVING),
+            "tracker_image": self.image(Service.TRACKER),
+            "volumes": ", ".join(self.volume_name(s) for s in SERVICES),
+        }
+        return StackStatus(
+            project=self.project.name, backend=self.name, services=services, gpu=gpu, extra=extra
+        )
+
+    def _service_status(
+        self, service: Service, c: Container | None, usage: dict[str, tuple[float | None, int | None]]
+    ) -> ServiceStatus:
+        address = self.ports.url(service)
+        if c is None:
+            return ServiceStatus(service, self.name, "stopped", False, address)
+        state = c.attrs.get("State", {})
+        health = (state.get("Health") or {}).get("Status")
+        if c.status == "running":
+            healthy = health == "healthy" or self._probe(service, timeout=0.5)
+            label = "running" if healthy else ("unhealthy" if health == "unhealthy" else "starting")
+        else:
+            healthy = False
+            label = {"exited": "exited", "dead": "exited", "restarting": "starting"}.get(c.status, "stopped")
+        cpu, mem = usage.get(c.id, (None, None))
+        detail = f"container {c.name}, health {health or 'none'}"
+        if label == "exited":
+            detail += f", exit status {state.get('ExitCode')}"
+        return ServiceStatus(
+            service,
+            self.name,
+            label,
+            healthy,
+            address,
+            ident=c.short_id,
+            started_at=_epoch(state.get("StartedAt")) if c.status == "running" else None,
+            cpu_percent=cpu,
+            memory_bytes=mem,
+            detail=detail,
+        )
+
+    def logs(self, service: Service, *, follow: bool = False, tail: int = 200) -> Iterator[str]:
+        c = self.containers().get(Service(service))
+        if c is None:
+            return
+        if not follow:
+            text = bytes(c.logs(tail=tail)).decode("utf-8", "replace")
+            yield from text.splitlines()
+            return
+        buf = ""
+        for chunk in c.logs(stream=True, follow=True, tail=tail):
+            buf += bytes(chunk).decode("utf-8", "replace")
+            *lines, buf = buf.split("\n")
+            yield from (line.rstrip("\r") for line in lines)
+        if buf:
+            yield buf
+
+    def serving_bundle_path(self, bundle_dir: Path) -> str:
+        """Copy the bundle into the bundles volume (through the serving container) once; returns
+        ``/bundles/<bundle id hex>`` (a ``.mlbundle`` archive: ``/bundles/<name>-<sha>.mlbundle``)."""
+        src = Path(bundle_dir).resolve()
+        c = self.containers().get(Service.SERVING)
+        if c is None or c.status != "running":
+            raise StackError(
+                f"serving is not running in the docker stack of '{self.project.name}'",
+                hint="start the stack: `mlplat up --backend docker`",
+            )
+        if src.is_dir():
+            manifest = (src / "manifest.json").read_bytes()
+            # "sha256:<hex>": the hex names the folder (no colon in paths).
+            name = str(json.loads(manifest).get("bundle_id") or "").rpartition(":")[2]
+            files = {
+                p.relative_to(src).as_posix(): p.read_bytes() for p in sorted(src.rglob("*")) if p.is_file()
+            }
+            marker = "manifest.json"
+            digest = hashlib.sha256(manifest).hexdigest()
+        else:
+            data = src.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            name = f"{src.name.removesuffix('.mlbundle')}-{digest[:12]}.mlbundle"
+            files, marker = {"": data}, ""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}", name):
+            raise StackError(
+                f"{src}: not a bundle (no usable bundle id)", hint="build it with `mlplat bundle build`"
+            )
+        target = f"/bundles/{name}"
+        check = f"{target}/{marker}" if marker else target
+        # Same id but a rewritten manifest (gates added) is copied again; same content is not.
+        res = c.exec_run(["sha256sum", check], user=str(RUNTIME_UID))
+        if res.exit_code == 0 and bytes(res.output).split(b" ")[0].decode() == digest:
+            return target
+        incoming = f".incoming-{secrets.token_hex(6)}"
+        if marker:
+            c.put_archive("/bundles", _tar({f"{incoming}/{name}/{rel}": b for rel, b in files.items()}))
+        else:
+            c.put_archive("/bundles", _tar({f"{incoming}/{name}": files[""]}))
+        # Swap in with two renames so the serving process never reads a half-copied bundle.
+        script = (
+            f'set -e; cd /bundles; rm -rf "{name}.old"; '
+            f'if [ -e "{name}" ]; then mv "{name}" "{name}.old"; fi; '
+            f'mv "{incoming}/{name}" "{name}"; rm -rf "{incoming}" "{name}.old"'
+        )
+        res = c.exec_run(["sh", "-c", script], user=str(RUNTIME_UID))
+        if res.exit_code != 0:
+            raise StackError(
+                f"could not stage {src} in the serving container: "
+                f"{bytes(res.output).decode(errors='replace').strip()}",
+                hint="check the bundles volume (`mlplat logs serving`)",
+            )
+        return target
+
+
+def _tar(files: dict[str, bytes], mode: int = 0o644) -> bytes:
+    """A tar owned by the image's user; folders are added for every path."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        dirs: set[str] = set()
+        for path in files:
+            parts = path.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                dirs.add("/".join(parts[:i]))
+        for d in sorted(dirs):
+            info = tarfile.TarInfo(d)
+            info.type, info.mode, info.uid, info.gid, info.mtime = (
+                tarfile.DIRTYPE,
+                0o755,
+                RUNTIME_UID,
+                RUNTIME_UID,
+                0,
+            )
+            tar.addfile(info)
+        for path, data in files.items():
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.uid, info.gid, info.mtime = (
+                len(data),
+                mode,
+                RUNTIME_UID,
+                RUNTIME_UID,
+                0,
+            )
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _explain(exc: Exception) -> str:
+    return str(getattr(exc, "explanation", None) or exc)
+
+
+def _start_hint(exc: Exception) -> str:
+    text = _explain(exc).lower()
+    if "port is already allocated" in text or "address already in use" in text:
+        return "another program holds the port: stop it, or set [stack] port_base in mlplat.toml"
+    if "device driver" in text or "nvidia" in text or "gpu" in text:
+        return (
+            "this engine cannot hand GPUs to containers: install the NVIDIA Container Toolkit, "
+            'or set [stack] gpu = "off" in mlplat.toml'
+        )
+    return "see the message above; `mlplat up` again once fixed"
+
+
+def _epoch(stamp: str | None) -> float | None:
+    if not stamp or stamp.startswith("0001-"):
+        return None
+    # Docker gives nanoseconds; fromisoformat takes at most microseconds.
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?$", stamp)
+    if not m:
+        return None
+    frac = (m.group(2) or ".0")[:7]
+    tz = "+00:00" if m.group(3) in (None, "Z") else m.group(3)
+    return datetime.fromisoformat(f"{m.group(1)}{frac}{tz}").timestamp()
+
+
+def _usage(container: Container, cpu: bool = True) -> tuple[float | None, int | None]:
+    """CPU % (of one core, summed over cores like `docker stats`) and memory less page cache."""
+    try:
+        # one_shot: the engine answers at once, without the second sample CPU % needs.
+        s = container.stats(stream=False, one_shot=not cpu)
+    except Exception:
+        return None, None
+    return (_cpu_percent(s) if cpu else None), _memory(s)
+
+
+def _cpu_percent(s: dict[str, Any]) -> float | None:
+    try:
+        now, before = s["cpu_stats"], s["precpu_stats"]
+        cpu_delta = now["cpu_usage"]["total_usage"] - before["cpu_usage"]["total_usage"]
+        sys_delta = now.get("system_cpu_usage", 0) - before.get("system_cpu_usage", 0)
+        ncpu = now.get("online_cpus") or len(now["cpu_usage"].get("percpu_usage") or []) or 1
+    except (KeyError, TypeError):
+        return None
+    return round(cpu_delta / sys_delta * ncpu * 100.0, 1) if sys_delta > 0 and cpu_delta >= 0 else 0.0
+
+
+def _memory(s: dict[str, Any]) -> int | None:
+    try:
+        m = s["memory_stats"]
+        st = m.get("stats") or {}
+        return int(m["usage"]) - int(st.get("inactive_file", st.get("total_inactive_file", 0)))
+    except (KeyError, TypeError, ValueError):
+        return None

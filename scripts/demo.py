@@ -79,6 +79,8 @@ def _request_body(base: str, model: str) -> dict | None:
 
 def traffic(base: str, model: str, stop: threading.Event, per_second: float = 20.0) -> None:
     """A steady trickle of inference requests, so req/s and latency have something to show."""
+    if stop.wait(2.0):  # let the dashboard paint first: imports here would compete for the GIL
+        return
     import httpx
 
     body: dict | None = None

@@ -203,7 +203,11 @@ class HttpProtocol(asyncio.Protocol):
             self._fail(self._error)
             return
         method = self.parser.get_method().decode("ascii", "replace")
-        raw_path = httptools.parse_url(self._url).path or b"/"
+        try:
+            raw_path = httptools.parse_url(self._url).path or b"/"
+        except httptools.HttpParserInvalidURLError:
+            self._fail(json_error(400, f"malformed request target {self._url[:200]!r}"))
+            return
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path)

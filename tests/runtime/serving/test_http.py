@@ -132,6 +132,8 @@ async def test_limits_and_malformed_requests_get_an_error_and_a_close(server: An
     assert out.startswith(b"HTTP/1.1 431 ")
     out = await exchange(port, b"NOT HTTP AT ALL\r\n\r\n", until_closed=True)
     assert out.startswith(b"HTTP/1.1 400 ") and b"malformed HTTP request" in out
+    out = await exchange(port, b"GET http://[bad/ HTTP/1.1\r\nHost: x\r\n\r\n", until_closed=True)
+    assert out.startswith(b"HTTP/1.1 400 ")
     upgrade = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
     out = await exchange(port, upgrade, until_closed=True)
     assert out.startswith(b"HTTP/1.1 400 ") and b"upgrades are not supported" in out

@@ -246,7 +246,7 @@ def build_images(
     import docker
     import requests
 
-    from mlplat_tui.stack.docker import connect
+    from mlplat_tui.stack.docker_engine import connect
 
     say = progress or _quiet
     root = Path(root).resolve() if root else source_root()

@@ -22,23 +22,27 @@ import contextlib
 import fcntl
 import functools
 import hashlib
-import io
 import json
-import os
-import re
-import secrets
-import shutil
-import tarfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlplat_runtime.errors import StackError
 from mlplat_tui.config import Project
 from mlplat_tui.stack.base import SERVICES, Ports, Progress, Service, ServiceStatus, StackStatus
+from mlplat_tui.stack.docker_engine import (
+    connect,
+    engine_has_gpu_support,
+    epoch,
+    explain,
+    port_in_use,
+    stage_bundle,
+    start_hint,
+    tar_bytes,
+    usage,
+)
 
 if TYPE_CHECKING:
     import docker
@@ -48,7 +52,6 @@ LABEL_PROJECT = "io.mlplat.project"
 LABEL_SERVICE = "io.mlplat.service"
 LABEL_ROOT = "io.mlplat.root"
 LABEL_SPEC = "io.mlplat.spec"
-RUNTIME_UID = 10001  # the image's `mlplat` user (Dockerfile)
 INTERNAL = {Service.TRACKER: 7800, Service.METADATA: 7801, Service.SERVING: 7802}
 INTERNAL_ADMIN = 7803
 HEALTH_PATHS = {Service.TRACKER: "/health", Service.METADATA: "/health", Service.SERVING: "/v2/health/ready"}
@@ -59,70 +62,10 @@ VOLUMES = {
     Service.SERVING: ("bundles", "/bundles"),
 }
 TOKEN_IN_CONTAINER = "/etc/mlplat/admin.token"
-NO_ENGINE_HINT = (
-    "start the Docker engine (`sudo systemctl start docker`, or scripts/ensure-docker.sh), "
-    'or use the local backend: `mlplat up --backend local` ([stack] backend = "local")'
-)
 
 
 def _quiet(_: str) -> None:
     return None
-
-
-def connect() -> docker.DockerClient:
-    """A client for the engine ``DOCKER_HOST`` names (else the local socket), checked with a ping.
-
-    Raises ``StackError`` saying which engine and why: none answers, or it refused us.
-    """
-    import docker
-
-    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as exc:
-        text = str(exc)
-        if "Permission denied" in text or "PermissionError" in text:
-            raise StackError(
-                f"the Docker engine at {where} refused the connection: permission denied",
-                hint="add your user to the `docker` group (`sudo usermod -aG docker $USER`, then log in "
-                "again), or use the local backend: `mlplat up --backend local`",
-            ) from None
-        raise StackError(
-            f"no Docker engine answers at {where} ({_reason(text)})", hint=NO_ENGINE_HINT
-        ) from None
-    return client
-
-
-def _reason(text: str) -> str:
-    for needle in (
-        "No such file or directory",
-        "Connection refused",
-        "timed out",
-        "Name or service not known",
-    ):
-        if needle in text:
-            return needle.lower()
-    return text.splitlines()[0][:200] if text else "unknown error"
-
-
-def port_in_use(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def engine_has_gpu_support(info: dict[str, Any]) -> bool:
-    """The engine can hand NVIDIA GPUs to containers (nvidia runtime or the toolkit's hook)."""
-    return (
-        "nvidia" in (info.get("Runtimes") or {}) or shutil.which("nvidia-container-runtime-hook") is not None
-    )
 
 
 class DockerBackend:
@@ -461,13 +404,11 @@ class DockerBackend:
         container = self.client.containers.create(**kwargs)
         try:
             if service is Service.SERVING:
-                container.put_archive(
-                    "/etc/mlplat", _tar({"admin.token": (token + "\n").encode()}, mode=0o600)
-                )
+                container.put_archive("/etc/mlplat", tar_bytes("admin.token", (token + "\n").encode(), 0o600))
             container.start()
         except docker.errors.APIError as exc:
             container.remove(force=True)
-            raise StackError(f"cannot start {service}: {_explain(exc)}", hint=_start_hint(exc)) from None
+            raise StackError(f"cannot start {service}: {explain(exc)}", hint=start_hint(exc)) from None
         say(f"{service}: started {container.name} ({kwargs['image'][7:19]}) on {self.ports.url(service)}")
         return container
 
@@ -565,14 +506,14 @@ class DockerBackend:
         ours = self.containers()
         running = [c for c in ours.values() if c.status == "running"]
         with ThreadPoolExecutor(max_workers=max(1, len(running))) as pool:
-            usage = dict(
+            used = dict(
                 zip(
                     [c.id for c in running],
-                    pool.map(functools.partial(_usage, cpu=cpu), running),
+                    pool.map(functools.partial(usage, cpu=cpu), running),
                     strict=True,
                 )
             )
-        services = tuple(self._service_status(s, ours.get(s), usage) for s in SERVICES)
+        services = tuple(self._service_status(s, ours.get(s), used) for s in SERVICES)
         gpu = None
         serving = ours.get(Service.SERVING)
         if serving is not None and serving.attrs.get("HostConfig", {}).get("DeviceRequests"):
@@ -590,7 +531,7 @@ class DockerBackend:
         )
 
     def _service_status(
-        self, service: Service, c: Container | None, usage: dict[str, tuple[float | None, int | None]]
+        self, service: Service, c: Container | None, used: dict[str, tuple[float | None, int | None]]
     ) -> ServiceStatus:
         address = self.ports.url(service)
         if c is None:
@@ -603,7 +544,7 @@ class DockerBackend:
         else:
             healthy = False
             label = {"exited": "exited", "dead": "exited", "restarting": "starting"}.get(c.status, "stopped")
-        cpu, mem = usage.get(c.id, (None, None))
+        cpu, mem = used.get(c.id, (None, None))
         detail = f"container {c.name}, health {health or 'none'}"
         if label == "exited":
             detail += f", exit status {state.get('ExitCode')}"
@@ -614,7 +555,7 @@ class DockerBackend:
             healthy,
             address,
             ident=c.short_id,
-            started_at=_epoch(state.get("StartedAt")) if c.status == "running" else None,
+            started_at=epoch(state.get("StartedAt")) if c.status == "running" else None,
             cpu_percent=cpu,
             memory_bytes=mem,
             detail=detail,
@@ -646,136 +587,4 @@ class DockerBackend:
                 f"serving is not running in the docker stack of '{self.project.name}'",
                 hint="start the stack: `mlplat up --backend docker`",
             )
-        if src.is_dir():
-            manifest = (src / "manifest.json").read_bytes()
-            # "sha256:<hex>": the hex names the folder (no colon in paths).
-            name = str(json.loads(manifest).get("bundle_id") or "").rpartition(":")[2]
-            files = {
-                p.relative_to(src).as_posix(): p.read_bytes() for p in sorted(src.rglob("*")) if p.is_file()
-            }
-            marker = "manifest.json"
-            digest = hashlib.sha256(manifest).hexdigest()
-        else:
-            data = src.read_bytes()
-            digest = hashlib.sha256(data).hexdigest()
-            name = f"{src.name.removesuffix('.mlbundle')}-{digest[:12]}.mlbundle"
-            files, marker = {"": data}, ""
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}", name):
-            raise StackError(
-                f"{src}: not a bundle (no usable bundle id)", hint="build it with `mlplat bundle build`"
-            )
-        target = f"/bundles/{name}"
-        check = f"{target}/{marker}" if marker else target
-        # Same id but a rewritten manifest (gates added) is copied again; same content is not.
-        res = c.exec_run(["sha256sum", check], user=str(RUNTIME_UID))
-        if res.exit_code == 0 and bytes(res.output).split(b" ")[0].decode() == digest:
-            return target
-        incoming = f".incoming-{secrets.token_hex(6)}"
-        if marker:
-            c.put_archive("/bundles", _tar({f"{incoming}/{name}/{rel}": b for rel, b in files.items()}))
-        else:
-            c.put_archive("/bundles", _tar({f"{incoming}/{name}": files[""]}))
-        # Swap in with two renames so the serving process never reads a half-copied bundle.
-        script = (
-            f'set -e; cd /bundles; rm -rf "{name}.old"; '
-            f'if [ -e "{name}" ]; then mv "{name}" "{name}.old"; fi; '
-            f'mv "{incoming}/{name}" "{name}"; rm -rf "{incoming}" "{name}.old"'
-        )
-        res = c.exec_run(["sh", "-c", script], user=str(RUNTIME_UID))
-        if res.exit_code != 0:
-            raise StackError(
-                f"could not stage {src} in the serving container: "
-                f"{bytes(res.output).decode(errors='replace').strip()}",
-                hint="check the bundles volume (`mlplat logs serving`)",
-            )
-        return target
-
-
-def _tar(files: dict[str, bytes], mode: int = 0o644) -> bytes:
-    """A tar owned by the image's user; folders are added for every path."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        dirs: set[str] = set()
-        for path in files:
-            parts = path.split("/")[:-1]
-            for i in range(1, len(parts) + 1):
-                dirs.add("/".join(parts[:i]))
-        for d in sorted(dirs):
-            info = tarfile.TarInfo(d)
-            info.type, info.mode, info.uid, info.gid, info.mtime = (
-                tarfile.DIRTYPE,
-                0o755,
-                RUNTIME_UID,
-                RUNTIME_UID,
-                0,
-            )
-            tar.addfile(info)
-        for path, data in files.items():
-            info = tarfile.TarInfo(path)
-            info.size, info.mode, info.uid, info.gid, info.mtime = (
-                len(data),
-                mode,
-                RUNTIME_UID,
-                RUNTIME_UID,
-                0,
-            )
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def _explain(exc: Exception) -> str:
-    return str(getattr(exc, "explanation", None) or exc)
-
-
-def _start_hint(exc: Exception) -> str:
-    text = _explain(exc).lower()
-    if "port is already allocated" in text or "address already in use" in text:
-        return "another program holds the port: stop it, or set [stack] port_base in mlplat.toml"
-    if "device driver" in text or "nvidia" in text or "gpu" in text:
-        return (
-            "this engine cannot hand GPUs to containers: install the NVIDIA Container Toolkit, "
-            'or set [stack] gpu = "off" in mlplat.toml'
-        )
-    return "see the message above; `mlplat up` again once fixed"
-
-
-def _epoch(stamp: str | None) -> float | None:
-    if not stamp or stamp.startswith("0001-"):
-        return None
-    # Docker gives nanoseconds; fromisoformat takes at most microseconds.
-    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?$", stamp)
-    if not m:
-        return None
-    frac = (m.group(2) or ".0")[:7]
-    tz = "+00:00" if m.group(3) in (None, "Z") else m.group(3)
-    return datetime.fromisoformat(f"{m.group(1)}{frac}{tz}").timestamp()
-
-
-def _usage(container: Container, cpu: bool = True) -> tuple[float | None, int | None]:
-    """CPU % (of one core, summed over cores like `docker stats`) and memory less page cache."""
-    try:
-        # one_shot: the engine answers at once, without the second sample CPU % needs.
-        s = container.stats(stream=False, one_shot=not cpu)
-    except Exception:
-        return None, None
-    return (_cpu_percent(s) if cpu else None), _memory(s)
-
-
-def _cpu_percent(s: dict[str, Any]) -> float | None:
-    try:
-        now, before = s["cpu_stats"], s["precpu_stats"]
-        cpu_delta = now["cpu_usage"]["total_usage"] - before["cpu_usage"]["total_usage"]
-        sys_delta = now.get("system_cpu_usage", 0) - before.get("system_cpu_usage", 0)
-        ncpu = now.get("online_cpus") or len(now["cpu_usage"].get("percpu_usage") or []) or 1
-    except (KeyError, TypeError):
-        return None
-    return round(cpu_delta / sys_delta * ncpu * 100.0, 1) if sys_delta > 0 and cpu_delta >= 0 else 0.0
-
-
-def _memory(s: dict[str, Any]) -> int | None:
-    try:
-        m = s["memory_stats"]
-        st = m.get("stats") or {}
-        return int(m["usage"]) - int(st.get("inactive_file", st.get("total_inactive_file", 0)))
-    except (KeyError, TypeError, ValueError):
-        return None
+        return stage_bundle(c, src)

@@ -42,7 +42,7 @@ BUILD_LOCK = Path(tempfile.gettempdir()) / "mlplat-test-images.lock"
 @pytest.fixture(scope="session")
 def docker_client() -> docker.DockerClient:
     """The engine (``scripts/ensure-docker.sh`` starts one); a clear error, not a skip, without."""
-    from mlplat_tui.stack.docker import connect
+    from mlplat_tui.stack.docker_engine import connect
 
     return connect()
 

@@ -131,6 +131,17 @@ def test_docker_stack_lifecycle(docker_project, docker_client, mlplat_images, tm
     inputs, expected = bundle.samples()
     outputs = _infer(backend, "churn", inputs)
     np.testing.assert_allclose(outputs["probabilities"], expected["probabilities"], rtol=1e-5)
+    # An .mlbundle archive is staged as a file and loads the same way.
+    archive = make_bundle(tmp_path, name="arch", out=tmp_path / "arch.mlbundle", archive=True)
+    staged_archive = backend.serving_bundle_path(archive)
+    assert staged_archive.startswith("/bundles/arch-") and staged_archive.endswith(".mlbundle")
+    loaded = httpx.post(
+        backend.ports.url("admin") + "/v2/repository/models/arch/load",
+        json={"parameters": {"bundle": staged_archive}},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+    assert loaded.status_code == 200, loaded.text
 
     # Tracker and metadata answer at the same host addresses the local backend uses.
     run_id = _track_a_run(backend.ports.url("tracker"), tmp_path)

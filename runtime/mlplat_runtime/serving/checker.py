@@ -80,6 +80,11 @@ class Checker:
         return self._proc.pid if self._proc is not None else None
 
     @property
+    def started(self) -> bool:
+        """Whether ``start`` was ever called (and ``close`` not since)."""
+        return self._proc is not None
+
+    @property
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

@@ -138,9 +138,11 @@ async def serve(
                 serve_http(AdminHandler(repo, token), admin_sock, stop=stop, on_ready=on_ready("admin"))
             ),
         ]  # fmt: skip
+        keeper = asyncio.ensure_future(_keep_warm(checker, stop))
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         stop.set()  # one server failed (or a signal came): end the other too
         results = await asyncio.gather(*tasks, return_exceptions=True)
+        keeper.cancel()
         for result in results:
             if isinstance(result, BaseException):
                 raise ServiceError(f"serving stopped: {result}") from result
@@ -150,6 +152,16 @@ async def serve(
         executor.shutdown(wait=False, cancel_futures=True)
         main_sock.close()
         admin_sock.close()
+
+
+async def _keep_warm(checker: Checker, stop: asyncio.Event, every_s: float = 2.0) -> None:
+    """Restart the check process soon after it dies (OOM killer, a crash), not at the next load."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every_s)
+        if not stop.is_set() and checker.started and not checker.alive:
+            log.warning("the check process exited; starting a new one")
+            checker.start()
 
 
 def run_server(config: ServerConfig, *, echo: Callable[[str], None] = print) -> None:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +151,19 @@ def test_mlplat_serve_cli(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=15)
     assert proc.returncode == 0
+
+
+def test_a_check_process_that_dies_while_idle_is_replaced(tmp_path: Path, serving_factory: Any) -> None:
+    s = serving_factory(build_version(tmp_path, "1"))
+    deadline = time.monotonic() + 30
+    while not psutil.Process(s.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (checker,) = psutil.Process(s.pid).children()
+    checker.kill()
+    checker.wait(10)
+    new: list[psutil.Process] = []
+    while not new and time.monotonic() < deadline:
+        time.sleep(0.1)
+        new = [c for c in psutil.Process(s.pid).children() if c.pid != checker.pid]
+    assert new, "no new check process"
+    assert s.load(build_version(tmp_path, "2", seed=2)).status_code == 200

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import queue
 import threading
 import time
@@ -301,6 +302,9 @@ class DevLoop:
         start = getattr(self.runner, "start", None)
         if callable(start):
             start()  # the warm worker imports while the stack comes up
+        if self.backend is not None:
+            # the pipeline's tracker client imports mlflow (seconds): do it while the stack starts
+            threading.Thread(target=_import_quietly, args=("mlflow",), daemon=True).start()
         if self.backend is not None and self.start_stack:
             status = self.backend.status()
             if status.up:
@@ -452,6 +456,11 @@ class DevLoop:
             error=result.error if outcome == "failed" else None,
             data=data,
         )
+
+
+def _import_quietly(module: str) -> None:
+    with contextlib.suppress(Exception):
+        importlib.import_module(module)
 
 
 def _merge(a: _Trigger | None, b: _Trigger) -> _Trigger:

@@ -85,8 +85,9 @@ def _child(req: dict[str, Any], out_w: int) -> NoReturn:
     """Runs in the forked child: become a fresh ``python script.py args`` and exit."""
     code = 70
     try:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
@@ -250,6 +251,8 @@ def main() -> None:
     _proto = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # stray prints from imported modules go to the worker log, not the protocol
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the dev loop stops us, not the terminal
+    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+        sys.path.pop(0)  # our own folder must not shadow a preloaded module (loop, worker, ...)
     preload: list[str] = json.loads(sys.argv[1]) if len(sys.argv) > 1 else []
     started = time.monotonic()
     loaded, failed = _preload(preload)

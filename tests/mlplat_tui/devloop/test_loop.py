@@ -176,9 +176,9 @@ def test_cli_once_then_ten_swaps_under_load_fail_no_request(
                     item = (n, 0, repr(exc))
                 with lock:
                     outcomes.append(item)
-                time.sleep(0.005)  # bounded: each client waits for its answer, then pauses
+                time.sleep(0.01)  # bounded: each client waits for its answer, then pauses
 
-    clients = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(3)]
+    clients = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(2)]
     loop = DevLoop(project, backend=churn_stack, emit=event_log, debounce_s=0.1)
     loop.start()
     for t in clients:
@@ -201,7 +201,7 @@ def test_cli_once_then_ten_swaps_under_load_fail_no_request(
     assert not failures, f"{len(failures)} of {len(outcomes)} requests failed: {failures[:5]}"
     versions = {v for _, _, v in outcomes}
     assert len(outcomes) > 100 and len(versions) >= 5, (len(outcomes), versions)
-    for n in range(3):
+    for n in range(2):
         # a client never sees an older version after a newer one: each swap is atomic
         seen = np.array([int(v) for c, _, v in outcomes if c == n])
         assert seen.size and np.all(np.diff(seen) >= 0), n

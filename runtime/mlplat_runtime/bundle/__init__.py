@@ -18,13 +18,45 @@ docker or mlplat_tui; onnx and onnxruntime are imported inside functions.
 
 from __future__ import annotations
 
-from mlplat_runtime.bundle.archive import extract_archive, pack_archive
-from mlplat_runtime.bundle.build import build_bundle
-from mlplat_runtime.bundle.gates import with_gates
-from mlplat_runtime.bundle.manifest import GateResult, Lineage, Manifest, Signature, TensorSpec
-from mlplat_runtime.bundle.reader import Bundle, open_bundle
-from mlplat_runtime.bundle.safety import Limits
-from mlplat_runtime.bundle.verify import verify_bundle
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlplat_runtime.bundle.archive import extract_archive, pack_archive
+    from mlplat_runtime.bundle.build import build_bundle
+    from mlplat_runtime.bundle.gates import with_gates
+    from mlplat_runtime.bundle.manifest import GateResult, Lineage, Manifest, Signature, TensorSpec
+    from mlplat_runtime.bundle.reader import Bundle, open_bundle
+    from mlplat_runtime.bundle.safety import Limits
+    from mlplat_runtime.bundle.verify import verify_bundle
+
+# Exports are resolved on first use (PEP 562): importing the light ``manifest`` types must not
+# pull numpy into every control-plane module (``mlplat --help``, first paint of the dashboard).
+_EXPORTS = {
+    "extract_archive": "archive",
+    "pack_archive": "archive",
+    "build_bundle": "build",
+    "with_gates": "gates",
+    "GateResult": "manifest",
+    "Lineage": "manifest",
+    "Manifest": "manifest",
+    "Signature": "manifest",
+    "TensorSpec": "manifest",
+    "Bundle": "reader",
+    "open_bundle": "reader",
+    "Limits": "safety",
+    "verify_bundle": "verify",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Bundle",

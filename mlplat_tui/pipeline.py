@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import shutil
 import threading
 import time
@@ -98,6 +99,8 @@ class Pipeline:
         self._metadata: Any = None
         self._admin: Any = None
         self._stack_checked = 0.0
+        self._events: queue.Queue[Event] = queue.Queue()
+        self._events_thread: threading.Thread | None = None
 
     # -- connections ---------------------------------------------------------------------
     def connect(self) -> bool:
@@ -133,6 +136,19 @@ class Pipeline:
 
     # -- the cycle -----------------------------------------------------------------------
     def run_cycle(
+        self,
+        *,
+        emit: EventSink = null_sink,
+        cancel: threading.Event | None = None,
+        deploy: bool = True,
+        changed: tuple[str, ...] = (),
+    ) -> CycleResult:
+        try:
+            return self._run_cycle(emit=emit, cancel=cancel, deploy=deploy, changed=changed)
+        finally:
+            self.flush()
+
+    def _run_cycle(
         self,
         *,
         emit: EventSink = null_sink,
@@ -244,10 +260,7 @@ class Pipeline:
             train_s=train_s,
             metrics=dict(manifest.metrics),
         )
-        if tracked:
-            self._track(run_id, manifest, bundle_dir)
-
-        # 4. deploy
+        # 4. deploy first (what the user waits for), then track
         serving_before = champion.version if champion else None
         deployed, serving_version, error = False, serving_before, None
         if not passed:
@@ -267,6 +280,11 @@ class Pipeline:
             deployed, serving_version, error = self._deploy(
                 record, run_id, manifest, bundle_dir, serving_before
             )
+        if tracked:
+            try:
+                self._track(run_id, manifest, bundle_dir)
+            except Exception as exc:  # MLflow errors are many types; the outcome still stands
+                record(Event("stack", f"tracking the run in MLflow failed: {exc}", run_id=run_id))
         status = "deployed" if deployed else ("finished" if passed and error is None else "rejected")
         self._close_run(
             run_id,
@@ -295,12 +313,36 @@ class Pipeline:
     def _recorder(self, emit: EventSink) -> EventSink:
         def record(event: Event) -> None:
             emit(event)
-            if self._metadata is not None:
-                # Events are best effort; the run record carries the outcome.
-                with contextlib.suppress(MlplatError):
-                    self._metadata.record_event(event)
+            if self._metadata is not None and event.kind != "output":
+                self._enqueue(event)
 
         return record
+
+    def _enqueue(self, event: Event) -> None:
+        # Events are written by one background thread, in order, off the path from save to
+        # serving; ``flush`` waits for them (end of a cycle, end of the process).
+        if self._events_thread is None:
+            self._events_thread = threading.Thread(target=self._drain, name="mlplat-events", daemon=True)
+            self._events_thread.start()
+        self._events.put(event)
+
+    def _drain(self) -> None:
+        while True:
+            event = self._events.get()
+            try:
+                client = self._metadata
+                if client is not None:
+                    # Events are best effort; the run record carries the outcome.
+                    with contextlib.suppress(MlplatError):
+                        client.record_event(event)
+            finally:
+                self._events.task_done()
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until every queued event is in the metadata store (bounded)."""
+        deadline = time.monotonic() + timeout_s
+        while self._events.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def _train_env(self, out_dir: Path, run_id: str | None) -> dict[str, str]:
         import os

@@ -333,6 +333,8 @@ class DevLoop:
             self._records.put(None)  # record what is queued, then end
             self._recorder.join(timeout=5)
             self._recorder = None
+        if self._pipeline is not None:
+            self._pipeline.flush(timeout_s=5)
         close = getattr(self.runner, "close", None)
         if self._own_runner and callable(close):
             with contextlib.suppress(Exception):

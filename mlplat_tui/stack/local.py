@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -305,6 +306,10 @@ class LocalBackend:
                 for service in started:
                     self._stop(service)
                 raise
+            if Service.SERVING in started:
+                from mlplat_tui.stack.restore import restore_serving
+
+                restore_serving(self, say)
         return self.status()
 
     def _wait_healthy(self, services: list[Service], say: Progress) -> None:
@@ -350,10 +355,8 @@ class LocalBackend:
                 say("data removed")
 
     def status(self) -> StackStatus:
-        from mlplat_runtime.providers import gpu_info
-
         services = tuple(self._service_status(s) for s in SERVICES)
-        return StackStatus(project=self.project.name, backend=self.name, services=services, gpu=gpu_info())
+        return StackStatus(project=self.project.name, backend=self.name, services=services, gpu=_gpu())
 
     def _service_status(self, service: Service) -> ServiceStatus:
         address = self.ports.url(service)
@@ -393,6 +396,14 @@ class LocalBackend:
 
 
 _CPU_CACHE: dict[int, object] = {}
+
+
+@functools.cache
+def _gpu() -> str | None:
+    """The GPU does not change while we run; ask nvidia-smi once, not on every status poll."""
+    from mlplat_runtime.providers import gpu_info
+
+    return gpu_info()
 
 
 def _usage(pid: int) -> tuple[float | None, int | None]:

@@ -103,6 +103,13 @@ def test_churn_end_to_end_gate_miss_and_crash_keep_serving(tmp_path: Path) -> No
         assert _served_version(serving, model) == "1"
         assert _infer(serving, model, inputs["input"])["model_version"] == "1"
 
+        # A restarted stack serves the last deployed version again, not nothing.
+        stack.down()
+        notes: list[str] = []
+        stack.up(progress=notes.append)
+        assert any("restored" in n and "v1" in n for n in notes), notes
+        assert _served_version(serving, model) == "1"
+
 
 def test_digits_torch_project_trains_and_serves(tmp_path: Path) -> None:
     root = copy_sample("digits", tmp_path)

@@ -6,8 +6,9 @@ a bundle) and as an MLflow sklearn model (``mlflow.sklearn.save_model``, served 
 ``mlflow models serve --env-manager local``). The script measures:
 
 - in-process ONNX Runtime time per call (the floor under any server),
-- time to ready of each server (spawn -> ready endpoint answers 200; mlplat: median of 3),
-- a bounded load at 1, 8 and 32 keep-alive connections against each (req/s, p50, p99),
+- time to ready of each server (spawn -> ready endpoint answers 200; mlplat: median of 5),
+- a bounded load at 1, 8 and 32 keep-alive connections against each (req/s, p50, p99;
+  3 runs of 3 s per point, interleaved between the servers, medians reported),
 - hot-swap time through the admin API (median of 6 loads alternating two versions),
 
 prints a table with the ratios, and PASS/FAIL per target; exits 1 when one is missed.
@@ -18,7 +19,7 @@ Load generator: ``wrk`` with a Lua POST script when installed (``apt-get install
 else a bounded asyncio keep-alive client (slower, so its figures are lower bounds). Only
 127.0.0.1 is used.
 
-    .venv/bin/python bench/serving.py [--duration 4] [--connections 1,8,32]
+    .venv/bin/python bench/serving.py [--duration 3] [--repeats 3] [--connections 1,8,32] [--starts 5]
 """
 
 from __future__ import annotations
@@ -60,6 +61,16 @@ class Point:
     p50_ms: float
     p99_ms: float
     errors: int
+
+
+def median_point(points: list[Point]) -> Point:
+    """Field-wise median over repeated runs (errors: the total)."""
+    return Point(
+        statistics.median(p.rps for p in points),
+        statistics.median(p.p50_ms for p in points),
+        statistics.median(p.p99_ms for p in points),
+        sum(p.errors for p in points),
+    )
 
 
 def free_port() -> int:
@@ -245,13 +256,15 @@ def asyncio_point(url: str, body: str, conns: int, duration: float) -> Point:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=int, default=4, help="seconds per load point (default 4)")
+    ap.add_argument("--duration", type=int, default=3, help="seconds per load run (default 3)")
     ap.add_argument("--connections", default="1,8,32", help="connection counts (default 1,8,32)")
-    ap.add_argument("--starts", type=int, default=3, help="mlplat start-ups to time (median; default 3)")
+    ap.add_argument("--starts", type=int, default=5, help="mlplat start-ups to time (median; default 5)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per load point (medians; default 3)")
     args = ap.parse_args()
     conns = [int(c) for c in args.connections.split(",")]
     use_wrk = shutil.which("wrk") is not None
     work = Path(tempfile.mkdtemp(prefix="mlplat-bench-"))
+    load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     procs: list[subprocess.Popen[bytes]] = []
     try:
         print(f"building models in {work} ...", flush=True)
@@ -290,12 +303,14 @@ def main() -> int:
 
         point = (lambda u, b, c: wrk_point(u, b, c, args.duration, work)) if use_wrk else (
             lambda u, b, c: asyncio_point(u, b, c, args.duration))  # fmt: skip
-        results: dict[tuple[str, int], Point] = {}
-        for c in conns:  # interleaved, so drifting machine load hits both servers alike
-            results[("mlplat", c)] = point(
-                f"http://{HOST}:{mlplat_port}/v2/models/{NAME}/infer", MLPLAT_BODY, c
-            )
-            results[("mlflow", c)] = point(f"http://{HOST}:{mf_port}/invocations", MLFLOW_BODY, c)
+        runs: dict[tuple[str, int], list[Point]] = {}
+        for _ in range(max(1, args.repeats)):
+            for c in conns:  # interleaved, so drifting machine load hits both servers alike
+                mlplat_url = f"http://{HOST}:{mlplat_port}/v2/models/{NAME}/infer"
+                runs.setdefault(("mlplat", c), []).append(point(mlplat_url, MLPLAT_BODY, c))
+                mlflow_url = f"http://{HOST}:{mf_port}/invocations"
+                runs.setdefault(("mlflow", c), []).append(point(mlflow_url, MLFLOW_BODY, c))
+        results = {key: median_point(points) for key, points in runs.items()}
         stop(mf)
 
         swaps, rtts = [], []
@@ -315,11 +330,14 @@ def main() -> int:
 
     gen = "wrk (1 thread)" if use_wrk else "asyncio keep-alive client (no wrk installed)"
     ready = statistics.median(ready_times)
-    print(f"\nload generator: {gen}, {args.duration:g} s per point, {os.cpu_count()} CPUs, one-row requests")
+    print(
+        f"\nload generator: {gen}; {args.repeats} x {args.duration} s per point (medians shown); "
+        f"{os.cpu_count()} CPUs; one-row requests; load average before: {load_before}"
+    )
     print(f"in-process ONNX Runtime call: {call_us:.1f} µs")
     print(f"labels equal to sklearn's on 64 rows: mlplat {agree[0]:.0%}, mlflow {agree[1]:.0%}")
-    runs = ", ".join(f"{t:.3f}" for t in ready_times)
-    print(f"time to ready: mlplat {ready:.3f} s (median of {runs}), mlflow {mf_ready:.2f} s")
+    starts = ", ".join(f"{t:.3f}" for t in ready_times)
+    print(f"time to ready: mlplat {ready:.3f} s (median of {starts}), mlflow {mf_ready:.2f} s")
     print(
         f"hot swap (admin load of a new version): median {statistics.median(swaps):.1f} ms server-side, "
         f"{statistics.median(rtts):.1f} ms round trip (max {max(rtts):.1f} ms)"

@@ -179,16 +179,16 @@ class HttpProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         if self.parser.should_upgrade():
             self._error = json_error(400, "protocol upgrades are not supported")
+        expect_continue = False
         for name, value in self._headers:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
                 self._error = json_error(413, f"request body over {self.max_body} bytes")
-            elif (
-                name == b"expect"
-                and value.lower() == b"100-continue"
-                and self._error is None
-                and self.transport is not None
-            ):
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            elif name == b"expect" and value.lower() == b"100-continue":
+                expect_continue = True
+        if self._error is not None:
+            self._fail(self._error)  # answer now: do not read a body we will refuse
+        elif expect_continue and self._error is None and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)

@@ -37,6 +37,7 @@ log = logging.getLogger("mlplat.serving")
 MAX_BODY = 64 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 KEEP_ALIVE_S = 15.0
+LINGER_S = 2.0
 JSON = b"application/json"
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
@@ -130,6 +131,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body_size = 0
         self._error: Response | None = None
         self._reading_paused = False
+        self._discarding = False  # after a refused request: drop input until the client closes
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -143,6 +145,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self.loop.time()
+        if self._discarding:
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -258,10 +262,24 @@ class HttpProtocol(asyncio.Protocol):
             transport.close()
 
     def _fail(self, resp: Response) -> None:
-        """Answer a request we cannot parse or accept, then close: the stream is unusable."""
-        if self.busy or self.queue:
-            self.queue.clear()
-        self._send(resp, keep_alive=False, head_only=False)
+        """Answer a request we cannot parse or accept, then close: the stream is unusable.
+
+        A lingering close: send the answer, shut our side, and read (and drop) what the
+        client is still sending until it closes or ``LINGER_S`` pass. Closing at once with
+        unread data would reset the connection, and the client would lose the answer.
+        """
+        self.queue.clear()
+        transport = self.transport
+        if self._discarding or transport is None or transport.is_closing():
+            return
+        self._discarding = True
+        transport.write(encode_response(resp, keep_alive=False))
+        self._resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(LINGER_S, self.close)
+        else:
+            transport.close()
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None:

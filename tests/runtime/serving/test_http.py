@@ -177,3 +177,15 @@ async def test_idle_keep_alive_connections_are_closed() -> None:
     stop.set()
     await asyncio.wait_for(task, 10)
     sock.close()
+
+
+async def test_a_refused_upload_still_gets_its_answer(server: Any) -> None:
+    port, _, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n")
+    for _ in range(20):  # the client keeps uploading after the server has refused
+        writer.write(b"x" * 10000)
+        await writer.drain()
+    out = await asyncio.wait_for(reader.read(), 10)
+    assert out.startswith(b"HTTP/1.1 413 ") and b"request body over 1000 bytes" in out
+    writer.close()

@@ -42,6 +42,7 @@ log = logging.getLogger("mlplat.serving")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7802
 DEFAULT_ADMIN_PORT = 7803
+CHECKER_DELAY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,9 @@ async def serve(
                 opened.append(which)
                 if len(opened) == 2:
                     echo(startup_line(_url(main_sock), repo, _url(admin_sock), token_path))
-                    checker.start()  # the warm child for hot swaps, started once we are ready
+                    # the warm child for hot swaps: started a moment after we are ready, so its
+                    # fork and imports do not compete with the first requests (or a ready probe)
+                    loop.call_later(CHECKER_DELAY_S, checker.start)
 
             return ready
 

@@ -15,8 +15,11 @@
 # python3 + python3-venv (python3 in /usr/bin; scripts/make-base-image.sh): everything runs
 # from one virtualenv at /opt/mlplat, whatever the base put python3.
 #
-# Stages are ordered so `--target runtime` never builds the tracker; the dependency stages
-# hold the wheelhouse, the final stages copy only the finished virtualenv.
+# The tracker's stages come first: they do not depend on mlplat_runtime, so a change to the
+# data plane never rebuilds them (the classic builder runs every stage before the target).
+# The dependency stages hold the wheelhouse; the final stages copy only the virtualenv.
+# Each image's lock label has its own ARG, so building one target leaves the other's stages
+# as they were cached.
 
 ARG BASE_IMAGE=python:3.11-slim
 
@@ -38,6 +41,42 @@ RUN groupadd --system --gid 10001 mlplat \
  && install -d -o mlplat -g mlplat -m 0700 /etc/mlplat
 
 # ---------------------------------------------------------------------------------------------
+FROM base AS tracker-deps
+COPY dockerfiles/install-requirements.py /tmp/build/
+COPY dockerfiles/requirements-tracker.txt /tmp/build/requirements.txt
+COPY wheelhous[e] /tmp/build/wheelhouse/
+# --no-deps: the list is the complete, pinned closure of what `mlflow server` needs; the
+# resolver would pull the full package's training-side extras (scipy, scikit-learn, pyarrow,
+# matplotlib) back in.
+RUN python3 -m venv /opt/mlplat \
+ && /opt/mlplat/bin/python /tmp/build/install-requirements.py /tmp/build/requirements.txt \
+        --wheelhouse /tmp/build/wheelhouse --lock /opt/mlplat/lock.txt --no-deps
+
+# ---------------------------------------------------------------------------------------------
+FROM base AS tracker
+ARG MLPLAT_VERSION=dev
+ARG MLPLAT_TRACKER_LOCK=unknown
+COPY --from=tracker-deps /opt/mlplat /opt/mlplat
+COPY dockerfiles/healthcheck.py /opt/mlplat/healthcheck.py
+# Job execution spawns huey consumers for GenAI scorers, which the platform does not use.
+ENV MLPLAT_SERVICE=tracker \
+    MLPLAT_IMAGE=tracker \
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+USER mlplat
+WORKDIR /home/mlplat
+EXPOSE 7800
+HEALTHCHECK --interval=5s --timeout=3s --start-period=120s --retries=3 \
+    CMD ["/opt/mlplat/bin/python", "-I", "/opt/mlplat/healthcheck.py"]
+CMD ["mlflow", "server", "--backend-store-uri", "sqlite:////var/lib/mlplat/tracker/mlflow.db", \
+     "--serve-artifacts", "--artifacts-destination", "/var/lib/mlplat/tracker/artifacts", \
+     "--host", "0.0.0.0", "--port", "7800", "--workers", "1"]
+LABEL org.opencontainers.image.title="mlplat-tracker" \
+      org.opencontainers.image.description="mlplat tracker: mlflow server" \
+      io.mlplat.image="tracker" \
+      io.mlplat.version="${MLPLAT_VERSION}" \
+      io.mlplat.lock="${MLPLAT_TRACKER_LOCK}"
+
+# ---------------------------------------------------------------------------------------------
 FROM base AS runtime-deps
 COPY dockerfiles/install-requirements.py /tmp/build/
 COPY runtime/requirements.txt /tmp/build/requirements.txt
@@ -55,7 +94,7 @@ RUN python3 -m venv /opt/mlplat \
 # ---------------------------------------------------------------------------------------------
 FROM base AS runtime
 ARG MLPLAT_VERSION=dev
-ARG MLPLAT_LOCK=unknown
+ARG MLPLAT_RUNTIME_LOCK=unknown
 COPY --from=runtime-deps /opt/mlplat /opt/mlplat
 COPY dockerfiles/healthcheck.py /opt/mlplat/healthcheck.py
 COPY runtime/mlplat_runtime /opt/mlplat/app/mlplat_runtime
@@ -75,40 +114,4 @@ LABEL org.opencontainers.image.title="mlplat-runtime" \
       org.opencontainers.image.description="mlplat data plane: OIP v2 serving and the metadata service" \
       io.mlplat.image="runtime" \
       io.mlplat.version="${MLPLAT_VERSION}" \
-      io.mlplat.lock="${MLPLAT_LOCK}"
-
-# ---------------------------------------------------------------------------------------------
-FROM base AS tracker-deps
-COPY dockerfiles/install-requirements.py /tmp/build/
-COPY dockerfiles/requirements-tracker.txt /tmp/build/requirements.txt
-COPY wheelhous[e] /tmp/build/wheelhouse/
-# --no-deps: the list is the complete, pinned closure of what `mlflow server` needs; the
-# resolver would pull the full package's training-side extras (scipy, scikit-learn, pyarrow,
-# matplotlib) back in.
-RUN python3 -m venv /opt/mlplat \
- && /opt/mlplat/bin/python /tmp/build/install-requirements.py /tmp/build/requirements.txt \
-        --wheelhouse /tmp/build/wheelhouse --lock /opt/mlplat/lock.txt --no-deps
-
-# ---------------------------------------------------------------------------------------------
-FROM base AS tracker
-ARG MLPLAT_VERSION=dev
-ARG MLPLAT_LOCK=unknown
-COPY --from=tracker-deps /opt/mlplat /opt/mlplat
-COPY dockerfiles/healthcheck.py /opt/mlplat/healthcheck.py
-# Job execution spawns huey consumers for GenAI scorers, which the platform does not use.
-ENV MLPLAT_SERVICE=tracker \
-    MLPLAT_IMAGE=tracker \
-    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
-USER mlplat
-WORKDIR /home/mlplat
-EXPOSE 7800
-HEALTHCHECK --interval=5s --timeout=3s --start-period=120s --retries=3 \
-    CMD ["/opt/mlplat/bin/python", "-I", "/opt/mlplat/healthcheck.py"]
-CMD ["mlflow", "server", "--backend-store-uri", "sqlite:////var/lib/mlplat/tracker/mlflow.db", \
-     "--serve-artifacts", "--artifacts-destination", "/var/lib/mlplat/tracker/artifacts", \
-     "--host", "0.0.0.0", "--port", "7800", "--workers", "1"]
-LABEL org.opencontainers.image.title="mlplat-tracker" \
-      org.opencontainers.image.description="mlplat tracker: mlflow server" \
-      io.mlplat.image="tracker" \
-      io.mlplat.version="${MLPLAT_VERSION}" \
-      io.mlplat.lock="${MLPLAT_LOCK}"
+      io.mlplat.lock="${MLPLAT_RUNTIME_LOCK}"

@@ -19,8 +19,15 @@ demo: $(STAMP)
 
 ## Everything CI runs: lint, types, then the whole test suite (docker-marked tests need dockerd).
 test: $(STAMP)
+	scripts/install-system-deps.sh
 	scripts/ensure-docker.sh || echo "docker engine unavailable: docker-marked tests will report why"
 	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
+
+## The docker-marked tests alone (the first run makes the base image and builds the images).
+test-docker: $(STAMP)
+	scripts/install-system-deps.sh
+	scripts/ensure-docker.sh
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m docker tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -m "not docker and not slow" tests

@@ -20,6 +20,7 @@ Imports docker inside functions; never imports textual.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import tarfile
@@ -243,9 +244,6 @@ def build_images(
     """
     from importlib.metadata import PackageNotFoundError, version
 
-    import docker
-    import requests
-
     from mlplat_tui.stack.docker_engine import connect
 
     say = progress or _quiet
@@ -273,39 +271,32 @@ def build_images(
     results: list[BuiltImage] = []
     with tempfile.TemporaryFile() as context:
         written = False
+        locks = {t: lock_digest((root / REQUIREMENTS[t]).read_text(encoding="utf-8")) for t in TARGETS}
         for target in wanted:
-            begun = time.monotonic()
-            lock = lock_digest((root / REQUIREMENTS[target]).read_text(encoding="utf-8"))
-            source = source_digest(root, files, {**settings, "target": target})
+            lock = locks[target]
+            # The tracker's stages never read the data plane's files (see the Dockerfile).
+            mine = [f for f in files if target == "runtime" or not f.startswith("runtime/")]
+            source = source_digest(root, mine, {**settings, "target": target})
             kept = _current(client, tags[target], source) if only_if_changed else None
             if kept is not None:
                 say(f"[{target}] {tags[target]} is current ({kept.short_id}); not rebuilt")
+                size = int(kept.attrs.get("Size", 0))
                 results.append(
-                    BuiltImage(
-                        target,
-                        tags[target],
-                        kept.id,
-                        int(kept.attrs.get("Size", 0)),
-                        0.0,
-                        lock,
-                        source,
-                        reused=True,
-                    )
+                    BuiltImage(target, tags[target], kept.id, size, 0.0, lock, source, reused=True)
                 )
                 continue
             if not written:
-                say(
-                    f"sending the build context ({len(files)} files"
-                    + (f", {len(wheels)} wheels from {wheelhouse}" if wheels else "")
-                    + ")"
-                )
+                extra = f", {len(wheels)} wheels from {wheelhouse}" if wheels else ""
+                say(f"sending the build context ({len(files)} files{extra})")
                 write_context(root, files, wheels, context)
                 written = True
             context.seek(0)
+            # Both locks every time: the other target's stages then match their cache.
             buildargs = {
                 "MLPLAT_VERSION": mlplat_version,
-                "MLPLAT_LOCK": lock,
-                "RUNTIME_CUDA": "1" if cuda else "0",
+                "MLPLAT_RUNTIME_LOCK": locks["runtime"],
+                "MLPLAT_TRACKER_LOCK": locks["tracker"],
+                "RUNTIME_CUDA": str(int(cuda)),
             }
             if base_image:
                 buildargs["BASE_IMAGE"] = base_image
@@ -314,48 +305,60 @@ def build_images(
                 + (f" on {base_image}" if base_image else "")
                 + (" from the wheelhouse (pip --no-index)" if wheels else "")
             )
-            try:
-                chunks = client.api.build(
-                    fileobj=context,
-                    custom_context=True,
-                    tag=tags[target],
-                    target=target,
-                    buildargs=buildargs,
-                    labels={LABEL_SOURCE: source},
-                    decode=True,
-                    rm=True,
-                    forcerm=True,
-                    pull=False,
-                    timeout=BUILD_TIMEOUT_S,
-                )
-                image_id = _stream(chunks, target, say)
-            except docker.errors.APIError as exc:
-                raise MlplatError(
-                    f"the engine refused to build the {target} image: {exc.explanation or exc}",
-                    hint=_hint_for(str(exc)),
-                ) from None
-            except requests.exceptions.RequestException as exc:
-                raise ServiceError(
-                    f"lost the Docker engine while building the {target} image: {exc}",
-                    hint="check the engine (`docker info`), then build again",
-                ) from None
-            image = client.images.get(tags[target])
-            if image_id and image.id != image_id:
-                say(f"[{target}] note: the engine reported {image_id}, the tag points at {image.id}")
-            seconds = time.monotonic() - begun
-            results.append(
-                BuiltImage(
-                    target,
-                    tags[target],
-                    image.id,
-                    int(image.attrs.get("Size", 0)),
-                    round(seconds, 1),
-                    lock,
-                    source,
-                )
-            )
-            say(
-                f"[{target}] built {tags[target]} ({image.short_id}, "
-                f"{int(image.attrs.get('Size', 0)) / 1e6:.0f} MB) in {seconds:.1f}s"
-            )
+            results.append(_build_one(client, context, target, tags[target], buildargs, lock, source, say))
     return results
+
+
+def _build_one(
+    client: docker.DockerClient,
+    context: IO[bytes],
+    target: str,
+    tag: str,
+    buildargs: dict[str, str],
+    lock: str,
+    source: str,
+    say: Progress,
+) -> BuiltImage:
+    import docker
+    import requests
+
+    begun = time.monotonic()
+    previous = _image_id(client, tag)
+    try:
+        chunks = client.api.build(
+            fileobj=context, custom_context=True, tag=tag, target=target, buildargs=buildargs,
+            labels={LABEL_SOURCE: source}, decode=True, rm=True, forcerm=True, pull=False,
+            timeout=BUILD_TIMEOUT_S,
+        )  # fmt: skip
+        _stream(chunks, target, say)
+    except docker.errors.APIError as exc:
+        raise MlplatError(
+            f"the engine refused to build the {target} image: {exc.explanation or exc}",
+            hint=_hint_for(str(exc)),
+        ) from None
+    except requests.exceptions.RequestException as exc:
+        raise ServiceError(
+            f"lost the Docker engine while building the {target} image: {exc}",
+            hint="check the engine (`docker info`), then build again",
+        ) from None
+    image = client.images.get(tag)
+    if previous and previous != image.id:
+        # The image this tag named before: drop it when no other tag names it and no container
+        # uses it (the engine refuses then). Only its own layers go; the dependency stages'
+        # layers stay as the build cache.
+        with contextlib.suppress(docker.errors.APIError):
+            if not client.images.get(previous).tags:
+                client.images.remove(previous)
+    seconds = time.monotonic() - begun
+    size = int(image.attrs.get("Size", 0))
+    say(f"[{target}] built {tag} ({image.short_id}, {size / 1e6:.0f} MB) in {seconds:.1f}s")
+    return BuiltImage(target, tag, image.id, size, round(seconds, 1), lock, source)
+
+
+def _image_id(client: docker.DockerClient, tag: str) -> str | None:
+    import docker
+
+    try:
+        return str(client.images.get(tag).id)
+    except docker.errors.ImageNotFound:
+        return None

@@ -11,8 +11,13 @@ container before it starts: never an environment variable, which ``docker inspec
 
 ``up`` is idempotent and all-or-nothing: it checks images, names and ports before creating
 anything, keeps running containers whose settings are unchanged, and on any failure removes
-what it created and raises ``StackError`` with the failing service's log tail.
+what it created and raises ``StackError`` with the failing service's log tail. A container
+whose settings digest (image, command, ports, GPU, token) differs from what ``up`` would
+create now is replaced, so ``mlplat images build`` then ``mlplat up`` runs the new images.
+GPU: serving gets every NVIDIA GPU when ``[stack] gpu = "on"``, or ``"auto"`` finds one
+(nvidia-smi) and the engine can pass it (nvidia runtime or container toolkit hook).
 
+Engine plumbing (connecting, stats, tars, bundle staging) is in ``docker_engine.py``.
 Imports docker inside functions (``mlplat --help`` stays fast); never imports textual.
 """
 
@@ -34,6 +39,7 @@ from mlplat_tui.config import Project
 from mlplat_tui.stack.base import SERVICES, Ports, Progress, Service, ServiceStatus, StackStatus
 from mlplat_tui.stack.docker_engine import (
     connect,
+    engine_errors,
     engine_has_gpu_support,
     epoch,
     explain,
@@ -224,6 +230,10 @@ class DockerBackend:
             "ports": self._host_ports(service),
             "volumes": {self.volume_name(service): {"bind": path, "mode": "rw"}},
             "network": self.network_name,
+            # Other containers on the network reach it by service name (tracker, metadata, serving).
+            "networking_config": {
+                self.network_name: self.client.api.create_endpoint_config(aliases=[str(service)])
+            },
             "init": True,  # forwards SIGTERM (python as PID 1 ignores it) and reaps children
             "detach": True,
         }
@@ -472,7 +482,7 @@ class DockerBackend:
         import docker
 
         say = progress or _quiet
-        with self._lock():
+        with self._lock(), engine_errors("stopping the stack"):
             ours = self.containers()
 
             def remove(service: Service) -> None:
@@ -503,6 +513,10 @@ class DockerBackend:
     # -- looking -------------------------------------------------------------------------
     def status(self, *, cpu: bool = True) -> StackStatus:
         """State, health and usage of each service; ``cpu=False`` skips the CPU sample (faster)."""
+        with engine_errors("reading the stack's status"):
+            return self._status(cpu)
+
+    def _status(self, cpu: bool) -> StackStatus:
         ours = self.containers()
         running = [c for c in ours.values() if c.status == "running"]
         with ThreadPoolExecutor(max_workers=max(1, len(running))) as pool:
@@ -562,7 +576,11 @@ class DockerBackend:
         )
 
     def logs(self, service: Service, *, follow: bool = False, tail: int = 200) -> Iterator[str]:
-        c = self.containers().get(Service(service))
+        with engine_errors(f"reading the {service} log"):
+            yield from self._logs(Service(service), follow, tail)
+
+    def _logs(self, service: Service, follow: bool, tail: int) -> Iterator[str]:
+        c = self.containers().get(service)
         if c is None:
             return
         if not follow:
@@ -587,4 +605,5 @@ class DockerBackend:
                 f"serving is not running in the docker stack of '{self.project.name}'",
                 hint="start the stack: `mlplat up --backend docker`",
             )
-        return stage_bundle(c, src)
+        with engine_errors(f"staging {src.name} in the serving container"):
+            return stage_bundle(c, src)

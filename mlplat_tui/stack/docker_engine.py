@@ -8,6 +8,7 @@ Imports docker inside functions; never imports textual.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -18,6 +19,7 @@ import shutil
 import socket
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -59,6 +61,21 @@ def connect() -> docker.DockerClient:
             f"no Docker engine answers at {where} ({_reason(text)})", hint=NO_ENGINE_HINT
         ) from None
     return client
+
+
+@contextlib.contextmanager
+def engine_errors(what: str) -> Iterator[None]:
+    """An engine that fails in the middle of an operation, as a StackError saying during what."""
+    import docker
+    import requests
+
+    try:
+        yield
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise StackError(
+            f"{what}: the Docker engine failed: {explain(exc)}",
+            hint="check the engine (`docker info`), then try again",
+        ) from None
 
 
 def _reason(text: str) -> str:

@@ -3,13 +3,16 @@ lock file inside the built images, and ``mlplat images build`` from the command 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
+import docker
 import pytest
 
 from mlplat_runtime.errors import MlplatError, UsageError
@@ -126,3 +129,43 @@ def test_images_build_command_keeps_unchanged_images(mlplat_images, tmp_path: Pa
         ("tracker", TEST_TAGS["tracker"], True),
     ]
     assert "is current" in out.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.xdist_group("docker")
+@pytest.mark.timeout(900)
+def test_rebuild_after_a_source_change_replaces_the_old_image(
+    docker_client, mlplat_images, tmp_path: Path
+) -> None:
+    # A copy of the build context with one data-plane file changed: only the last layers rebuild,
+    # the tag moves, and the image it named before is removed rather than left dangling; an
+    # image another tag still names (the session's) is never touched.
+    root = tmp_path / "src"
+    for rel in context_files(REPO):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes((REPO / rel).read_bytes())
+    tag = f"mlplat-runtime:rebuild-{os.getpid()}"
+    common: dict[str, Any] = dict(
+        targets=["runtime"], tags={"runtime": tag}, base_image=BASE_IMAGE, wheelhouse=WHEELHOUSE,
+        root=root, client=docker_client,
+    )  # fmt: skip
+    init = root / "runtime/mlplat_runtime/__init__.py"
+    try:
+        init.write_text(f'"""first {os.getpid()}"""\n')  # an image of its own, no other tag on it
+        first = build_images(**common)[0]
+        init.write_text('"""changed"""\n')
+        lines: list[str] = []
+        second = build_images(**common, progress=lines.append)[0]
+        assert second.image_id != first.image_id
+        assert any("Using cache" in line for line in lines)  # the dependency layers were kept
+        assert second.seconds < 120
+        with pytest.raises(docker.errors.ImageNotFound):
+            docker_client.images.get(first.image_id)
+        changed = docker_client.containers.run(
+            tag, ["cat", "/opt/mlplat/app/mlplat_runtime/__init__.py"], remove=True
+        )
+        assert changed.decode() == '"""changed"""\n'
+        assert docker_client.images.get(TEST_TAGS["runtime"])
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(tag)

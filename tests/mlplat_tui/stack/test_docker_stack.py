@@ -102,6 +102,7 @@ def test_docker_stack_lifecycle(docker_project, docker_client, mlplat_images, tm
         assert {k: int(v[0]["HostPort"]) for k, v in bindings.items()} == expected_ports[service]
         assert all(b["HostIp"] == "127.0.0.1" for v in bindings.values() for b in v)
         assert list(c.attrs["NetworkSettings"]["Networks"]) == [f"mlplat-{name}"]
+        assert str(service) in c.attrs["NetworkSettings"]["Networks"][f"mlplat-{name}"]["Aliases"]
         mounts = {m["Name"]: m["Destination"] for m in c.attrs["Mounts"]}
         assert mounts == {backend.volume_name(service): VOLUMES[service][1]}
     assert project_objects(docker_client, name)["volumes"] == sorted(
@@ -162,6 +163,9 @@ def test_docker_stack_lifecycle(docker_project, docker_client, mlplat_images, tm
     serving_log = list(backend.logs(Service.SERVING, tail=100))
     assert any("mlplat serving" in line for line in serving_log), serving_log
     assert list(backend.logs(Service.TRACKER, tail=5))
+    following = backend.logs(Service.METADATA, follow=True, tail=3)
+    assert next(following)  # the tail comes at once; following would then wait for more
+    following.close()
     assert _wait_engine_health(backend) == {s: "healthy" for s in SERVICES}
 
     # Idempotent: a second up keeps every container.

@@ -255,8 +255,14 @@ async def test_train_now_then_roll_back_to_the_first_version(live: Live) -> None
         )
         new = serving.snapshot
         assert new is not None and new.version is not None and int(new.version) > int(before.version or 0)
+        # The swap shows in Serving before the cycle (tracking after deploy) reports back.
+        await wait_until(
+            pilot,
+            lambda: any(m.startswith(f"v{new.version} is serving") for _, m in notifications(app)),
+            "the cycle's report",
+            timeout=60,
+        )
         assert screen.devloop.state.last_result_ok is True
-        assert any(m.startswith(f"v{new.version} is serving") for _, m in notifications(app))
         assert any(ln for ln in screen.devloop.query_one("#devloop-output", Log).lines)
 
         # roll back: serve the first run's bundle again

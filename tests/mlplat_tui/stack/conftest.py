@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -93,27 +95,37 @@ def remove_project_objects(client: docker.DockerClient, name: str) -> None:
             v.remove(force=True)
 
 
-def write_project(root: Path, name: str, **stack: Any) -> Project:
+def write_project(root: Path, name: str, sample: str | None = None, **stack: Any) -> Project:
+    """A project named ``name`` in ``root``: a copy of ``sample_projects/<sample>``, else a minimal
+    one; ``[stack]`` gets the docker backend, free ports and ``stack``."""
     settings = {"backend": "docker", "port_base": free_port_base(), **stack}
     lines = [f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in settings.items()]
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "mlplat.toml").write_text(
-        f'[project]\nname = "{name}"\n\n[model]\nname = "m"\n\n[stack]\n' + "\n".join(lines) + "\n"
-    )
+    if sample:
+        ignore = shutil.ignore_patterns(".mlplat", "__pycache__", "out")
+        shutil.copytree(REPO / "sample_projects" / sample, root, ignore=ignore)
+        text = (root / "mlplat.toml").read_text()
+        assert "[stack]" not in text, "the sample sets [stack] itself: merge instead of appending"
+        # The first `name =` is [project] name: unique, so container names never clash.
+        text = re.sub(r'(?m)^name = "[^"]*"', f'name = "{name}"', text, count=1)
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        text = f'[project]\nname = "{name}"\n\n[model]\nname = "m"\n'
+    (root / "mlplat.toml").write_text(text + "\n[stack]\n" + "\n".join(lines) + "\n")
     return load_project(root)
 
 
 @pytest.fixture
 def docker_project(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[Callable[..., Project]]:
-    """``make(**stack)`` -> a project with a unique name and free ports, on the test images;
+    """``make(sample=None, **stack)`` -> a project (a copy of that sample, else minimal) with a
+    unique name and free ports, on the test images;
     whatever docker objects carry its name are removed afterwards, whatever the test did."""
     made: list[str] = []
 
-    def make(**stack: Any) -> Project:
+    def make(sample: str | None = None, **stack: Any) -> Project:
         name = f"t{uuid.uuid4().hex[:10]}"
         made.append(name)
         stack = {"runtime_image": TEST_TAGS["runtime"], "tracker_image": TEST_TAGS["tracker"], **stack}
-        return write_project(tmp_path / name, name, **stack)
+        return write_project(tmp_path / name, name, sample, **stack)
 
     yield make
     for name in made:

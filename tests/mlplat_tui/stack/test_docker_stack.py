@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -69,7 +70,7 @@ def _wait_engine_health(backend: DockerBackend, timeout: float = 30) -> dict[str
 
 
 def test_docker_stack_lifecycle(docker_project, docker_client, mlplat_images, tmp_path: Path) -> None:
-    project = docker_project()
+    project = docker_project(sample="churn")
     backend = DockerBackend(project, client=docker_client)
     name = project.name
     lines: list[str] = []
@@ -144,6 +145,27 @@ def test_docker_stack_lifecycle(docker_project, docker_client, mlplat_images, tm
     )
     assert loaded.status_code == 200, loaded.text
 
+    # The whole cycle on the containers: train on the host, track in the containerised MLflow,
+    # record in the containerised metadata service, stage the bundle, hot-load, serve.
+    from mlplat_tui.pipeline import run_cycle
+
+    cycle = run_cycle(project, backend=backend)
+    assert cycle.error is None, cycle.error
+    assert cycle.tracked and cycle.passed and cycle.deployed and cycle.serving_version == "1"
+    trained = open_bundle(cycle.bundle_path)  # type: ignore[arg-type]
+    inputs, expected = trained.samples()
+    r = httpx.post(
+        f"{backend.ports.url('serving')}/v2/models/{project.config.model.name}/infer",
+        json={"inputs": [{"name": k, "datatype": "FP32", "shape": list(v.shape), "data": v.ravel().tolist()}
+                         for k, v in inputs.items()]},
+        timeout=10,
+    )  # fmt: skip
+    assert r.status_code == 200 and r.json()["model_version"] == "1", r.text
+    label = next(o for o in r.json()["outputs"] if o["datatype"] == "INT64")
+    assert label["data"] == next(v for v in expected.values() if v.dtype == np.int64).ravel().tolist()
+    current = MetadataClient(backend.ports.url("metadata")).current_deployment(project.config.model.name)
+    assert current is not None and current.version == "1"
+
     # Tracker and metadata answer at the same host addresses the local backend uses.
     run_id = _track_a_run(backend.ports.url("tracker"), tmp_path)
     meta = MetadataClient(backend.ports.url("metadata"))
@@ -163,7 +185,7 @@ def test_docker_stack_lifecycle(docker_project, docker_client, mlplat_images, tm
     serving_log = list(backend.logs(Service.SERVING, tail=100))
     assert any("mlplat serving" in line for line in serving_log), serving_log
     assert list(backend.logs(Service.TRACKER, tail=5))
-    following = backend.logs(Service.METADATA, follow=True, tail=3)
+    following = cast(Generator[str, None, None], backend.logs(Service.METADATA, follow=True, tail=3))
     assert next(following)  # the tail comes at once; following would then wait for more
     following.close()
     assert _wait_engine_health(backend) == {s: "healthy" for s in SERVICES}

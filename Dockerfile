@@ -42,15 +42,16 @@ RUN groupadd --system --gid 10001 mlplat \
 
 # ---------------------------------------------------------------------------------------------
 FROM base AS tracker-deps
-COPY dockerfiles/install-requirements.py /tmp/build/
 COPY dockerfiles/requirements-tracker.txt /tmp/build/requirements.txt
-COPY wheelhous[e] /tmp/build/wheelhouse/
+# The wheelhouse is optional: a COPY whose only source is a glob matching nothing fails, one
+# with a file that always exists beside it does not (the wheels land in /tmp/build).
+COPY dockerfiles/install-requirements.py wheelhous[e] /tmp/build/
 # --no-deps: the list is the complete, pinned closure of what `mlflow server` needs; the
 # resolver would pull the full package's training-side extras (scipy, scikit-learn, pyarrow,
 # matplotlib) back in.
 RUN python3 -m venv /opt/mlplat \
  && /opt/mlplat/bin/python /tmp/build/install-requirements.py /tmp/build/requirements.txt \
-        --wheelhouse /tmp/build/wheelhouse --lock /opt/mlplat/lock.txt --no-deps
+        --wheelhouse /tmp/build --lock /opt/mlplat/lock.txt --no-deps
 
 # ---------------------------------------------------------------------------------------------
 FROM base AS tracker
@@ -78,17 +79,15 @@ LABEL org.opencontainers.image.title="mlplat-tracker" \
 
 # ---------------------------------------------------------------------------------------------
 FROM base AS runtime-deps
-COPY dockerfiles/install-requirements.py /tmp/build/
 COPY runtime/requirements.txt /tmp/build/requirements.txt
-# The glob keeps the COPY valid when there is no wheelhouse in the build context.
 COPY dockerfiles/requirements-cuda.txt /tmp/build/requirements-cuda.txt
-COPY wheelhous[e] /tmp/build/wheelhouse/
+COPY dockerfiles/install-requirements.py wheelhous[e] /tmp/build/
 # RUNTIME_CUDA=1 adds the CUDA and cuDNN libraries onnxruntime-gpu needs to run on a GPU
 # (about 2 GB); without them the image serves on the CPU even when given a GPU.
 ARG RUNTIME_CUDA=0
 RUN python3 -m venv /opt/mlplat \
  && /opt/mlplat/bin/python /tmp/build/install-requirements.py /tmp/build/requirements.txt \
-        --wheelhouse /tmp/build/wheelhouse --lock /opt/mlplat/lock.txt \
+        --wheelhouse /tmp/build --lock /opt/mlplat/lock.txt \
         $( [ "$RUNTIME_CUDA" = 1 ] && echo --also /tmp/build/requirements-cuda.txt )
 
 # ---------------------------------------------------------------------------------------------

@@ -200,7 +200,7 @@ def _stream(chunks: Iterator[dict[str, Any]], target: str, say: Progress) -> str
             last = "\n".join(tail[-8:])
             raise MlplatError(
                 f"building the {target} image failed: {message}" + (f"\n{last}" if last else ""),
-                hint=_hint_for(message + "\n" + last),
+                hint=_hint_for(message + "\n" + "\n".join(tail)),
             )
         aux = chunk.get("aux")
         if isinstance(aux, dict) and aux.get("ID"):

@@ -1,5 +1,6 @@
-"""The docker backend against the real engine and the project's real images: up, serve, track,
-record, status, logs, restart a dead service, down with and without the data."""
+"""The docker backend against the real engine and the project's real images, on a copy of the
+churn sample: up, serve a bundle, a full train-gate-deploy cycle, track, record, status, logs,
+restart a dead service, down with and without the data."""
 
 from __future__ import annotations
 

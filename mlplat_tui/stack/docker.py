@@ -384,6 +384,10 @@ class DockerBackend:
                         hint="see the message above; `mlplat up` again once fixed",
                     ) from None
                 raise
+            if Service.SERVING in to_create:
+                from mlplat_tui.stack.restore import restore_serving
+
+                restore_serving(self, say)
         # Memory only: a CPU sample costs the engine a second per container, and up is timed.
         return self.status(cpu=False)
 

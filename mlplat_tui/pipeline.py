@@ -431,50 +431,21 @@ class Pipeline:
     def _deploy(
         self, record: EventSink, run_id: str, manifest: Manifest, bundle_dir: Path, serving_before: str | None
     ) -> tuple[bool, str | None, str | None]:
-        from mlplat_runtime.metadata.records import DeploymentRecord
-
         assert self.backend is not None
         try:
             path = self.backend.serving_bundle_path(bundle_dir)
             loaded = self._admin.load(manifest.model_name, path)
         except (ModelLoadError, ServiceError) as exc:
             still = f"still serving v{serving_before}" if serving_before else "nothing serving"
-            reason = exc.message
-            error = f"rejected: serving refused the bundle: {reason}, {still}"
+            error = f"rejected: serving refused the bundle: {exc.message}, {still}"
             record(
                 Event(
                     "rejected", error, run_id=run_id, bundle_id=manifest.bundle_id, version=manifest.version
                 )
             )
-            self._safe(
-                lambda: self._metadata.record_deployment(
-                    DeploymentRecord(
-                        model_name=manifest.model_name,
-                        version=manifest.version,
-                        bundle_id=manifest.bundle_id,
-                        run_id=run_id,
-                        target="local",
-                        action="deploy",
-                        status="failed",
-                        reason=reason,
-                    )
-                )
-            )
+            self._record_deployment(run_id, manifest, ok=False, reason=exc.message)
             return False, serving_before, error
-        self._safe(
-            lambda: self._metadata.record_deployment(
-                DeploymentRecord(
-                    model_name=manifest.model_name,
-                    version=manifest.version,
-                    bundle_id=manifest.bundle_id,
-                    run_id=run_id,
-                    target="local",
-                    action="deploy",
-                    status="ok",
-                    reason="",
-                )
-            )
-        )
+        self._record_deployment(run_id, manifest, ok=True, reason="")
         record(
             Event(
                 "swapped",
@@ -487,6 +458,21 @@ class Pipeline:
             )
         )
         return True, loaded.version, None
+
+    def _record_deployment(self, run_id: str, manifest: Manifest, *, ok: bool, reason: str) -> None:
+        from mlplat_runtime.metadata.records import DeploymentRecord
+
+        deployment = DeploymentRecord(
+            model_name=manifest.model_name,
+            version=manifest.version,
+            bundle_id=manifest.bundle_id,
+            run_id=run_id,
+            target="local",
+            action="deploy",
+            status="ok" if ok else "failed",
+            reason=reason,
+        )
+        self._safe(lambda: self._metadata.record_deployment(deployment))
 
     def _safe(self, fn: Any) -> None:
         if self._metadata is None:

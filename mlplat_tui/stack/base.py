@@ -7,12 +7,14 @@ print lines and the dashboard can post messages.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from mlplat_runtime.errors import StackError
 from mlplat_tui.config import Project
 
 Progress = Callable[[str], None]
@@ -79,6 +81,26 @@ class StackStatus:
 
     def service(self, name: Service | str) -> ServiceStatus | None:
         return next((s for s in self.services if s.name == name), None)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something already listens on (or holds) ``host:port``."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def port_clash(service: Service | str, host: str, port: int) -> StackError:
+    """The one error both backends give for a port another program holds."""
+    return StackError(
+        f"cannot start {service}: port {host}:{port} is already in use by another program",
+        hint="stop that program, or set [stack] port_base in mlplat.toml to the start "
+        "of a free range of 4 ports",
+    )
 
 
 class StackBackend(Protocol):

@@ -36,14 +36,22 @@ from typing import TYPE_CHECKING, Any
 
 from mlplat_runtime.errors import StackError
 from mlplat_tui.config import Project
-from mlplat_tui.stack.base import SERVICES, Ports, Progress, Service, ServiceStatus, StackStatus
+from mlplat_tui.stack.base import (
+    SERVICES,
+    Ports,
+    Progress,
+    Service,
+    ServiceStatus,
+    StackStatus,
+    port_clash,
+    port_in_use,
+)
 from mlplat_tui.stack.docker_engine import (
     connect,
     engine_errors,
     engine_has_gpu_support,
     epoch,
     explain,
-    port_in_use,
     stage_bundle,
     start_hint,
     tar_bytes,
@@ -350,12 +358,7 @@ class DockerBackend:
             for service in to_create:
                 for host, port in specs[service][0]["ports"].values():
                     if port not in held and port_in_use(host, port):
-                        raise StackError(
-                            f"cannot start {service}: port {host}:{port} is already in use "
-                            "by another program",
-                            hint="stop that program, or set [stack] port_base in mlplat.toml to the start "
-                            "of a free range of 4 ports",
-                        )
+                        raise port_clash(service, host, port)
             for service in replace:
                 say(f"{service}: settings or image changed, or not running: recreating {ours[service].name}")
                 ours[service].remove(force=True)

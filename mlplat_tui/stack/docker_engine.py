@@ -16,7 +16,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -88,16 +87,6 @@ def _reason(text: str) -> str:
         if needle in text:
             return needle.lower()
     return text.splitlines()[0][:200] if text else "unknown error"
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def engine_has_gpu_support(info: dict[str, Any]) -> bool:

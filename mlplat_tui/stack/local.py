@@ -14,7 +14,6 @@ import functools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,16 @@ import httpx
 
 from mlplat_runtime.errors import StackError
 from mlplat_tui.config import Project
-from mlplat_tui.stack.base import SERVICES, Ports, Progress, Service, ServiceStatus, StackStatus
+from mlplat_tui.stack.base import (
+    SERVICES,
+    Ports,
+    Progress,
+    Service,
+    ServiceStatus,
+    StackStatus,
+    port_clash,
+    port_in_use,
+)
 
 HEALTH_PATHS = {Service.TRACKER: "/health", Service.METADATA: "/health", Service.SERVING: "/v2/health/live"}
 START_TIMEOUT_S = {Service.TRACKER: 90.0, Service.METADATA: 30.0, Service.SERVING: 30.0}
@@ -42,16 +50,6 @@ class PidInfo:
     port: int
     started_at: float
     command: tuple[str, ...]
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -289,12 +287,7 @@ class LocalBackend:
                 ports = [self.port(service)] + ([self.ports.admin] if service is Service.SERVING else [])
                 for port in ports:
                     if port_in_use(self.ports.host, port):
-                        raise StackError(
-                            f"cannot start {service}: port {self.ports.host}:{port} is already in use "
-                            "by another program",
-                            hint="stop that program, or set [stack] port_base in mlplat.toml "
-                            "to the start of a free range of 4 ports",
-                        )
+                        raise port_clash(service, self.ports.host, port)
             started: list[Service] = []
             try:
                 for service in to_start:

@@ -7,6 +7,7 @@ pay for it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ _MAX_PARAM = 6000
 
 class Tracker:
     def __init__(self, uri: str, experiment: str) -> None:
+        # mlplat prints the run's link itself; MLflow would write it to stdout (breaking --json).
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         from mlflow.tracking import MlflowClient
 
         self.uri = uri

@@ -11,12 +11,10 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from mlplat_runtime.bundle import open_bundle
@@ -25,6 +23,7 @@ from mlplat_tui.devloop.loop import DevLoop
 from mlplat_tui.metadata_client import MetadataClient
 from mlplat_tui.stack.base import Service
 from mlplat_tui.stack.local import LocalBackend
+from tests.helpers.load import InferenceLoad, infer_body
 from tests.mlplat_tui.devloop.conftest import EventLog, edit
 
 pytestmark = pytest.mark.integration
@@ -154,57 +153,26 @@ def test_cli_once_then_ten_swaps_under_load_fail_no_request(
     assert _serving_version(churn_stack, model) == "1"
 
     bundle = open_bundle(Path(next(iter(churn.glob(".mlplat/bundles/*-v1")))))
-    rows = bundle.samples()[0]["input"]
-    body = {
-        "inputs": [
-            {"name": "input", "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}
-        ]
-    }
     url = f"{churn_stack.ports.url(Service.SERVING)}/v2/models/{model}/infer"
-    stop = threading.Event()
-    outcomes: list[tuple[int, int, str]] = []  # (client, status, model_version or error)
-    lock = threading.Lock()
-
-    def client(n: int) -> None:
-        with httpx.Client(timeout=10) as http:
-            while not stop.is_set():
-                try:
-                    r = http.post(url, json=body)
-                    ok = r.status_code == 200
-                    item = (n, r.status_code, str(r.json()["model_version"]) if ok else r.text)
-                except httpx.HTTPError as exc:
-                    item = (n, 0, repr(exc))
-                with lock:
-                    outcomes.append(item)
-                time.sleep(0.01)  # bounded: each client waits for its answer, then pauses
-
-    clients = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(2)]
     loop = DevLoop(project, backend=churn_stack, emit=event_log, debounce_s=0.1)
     loop.start()
-    for t in clients:
-        t.start()
     try:
-        event_log.wait("cycle")  # the loop's own start cycle (v2)
-        train_py = churn / "train.py"
-        for i in range(10):
-            mark = event_log.mark
-            edit(train_py, r"^C = .*$", f"C = {0.5 + 0.05 * i:.2f}")
-            cycle = event_log.wait("cycle", mark)
-            assert cycle.data["outcome"] == "deployed", cycle.message
+        with InferenceLoad(url, infer_body(bundle.samples()[0]["input"]), clients=2) as load:
+            event_log.wait("cycle")  # the loop's own start cycle (v2)
+            train_py = churn / "train.py"
+            for i in range(10):
+                mark = event_log.mark
+                edit(train_py, r"^C = .*$", f"C = {0.5 + 0.05 * i:.2f}")
+                cycle = event_log.wait("cycle", mark)
+                assert cycle.data["outcome"] == "deployed", cycle.message
     finally:
-        stop.set()
-        for t in clients:
-            t.join(15)
         loop.stop()
     assert _serving_version(churn_stack, model) == "12"
-    failures = [o for o in outcomes if o[1] != 200]
-    assert not failures, f"{len(failures)} of {len(outcomes)} requests failed: {failures[:5]}"
-    versions = {v for _, _, v in outcomes}
-    assert len(outcomes) > 100 and len(versions) >= 5, (len(outcomes), versions)
-    for n in range(2):
-        # a client never sees an older version after a newer one: each swap is atomic
-        seen = np.array([int(v) for c, _, v in outcomes if c == n])
-        assert seen.size and np.all(np.diff(seen) >= 0), n
+    failures = load.failures
+    assert not failures, f"{len(failures)} of {len(load.outcomes)} requests failed: {failures[:5]}"
+    versions = {v for _, _, v in load.outcomes}
+    assert len(load.outcomes) > 100 and len(versions) >= 5, (len(load.outcomes), versions)
+    assert load.versions_never_go_back()
 
 
 def _bundle_path(loop: DevLoop) -> Path:

@@ -11,22 +11,20 @@ deploys nothing (``CycleResult.tracked`` is False) and says so in an event.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import queue
 import shutil
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from mlplat_runtime.bundle.manifest import GateResult, Manifest
 from mlplat_runtime.errors import MlplatError, ModelLoadError, ServiceError, TrainingError
 from mlplat_tui.config import Project
 from mlplat_tui.events import Event, EventSink, null_sink
+from mlplat_tui.recording import Recorder
 from mlplat_tui.stack.base import Ports, Service, StackBackend
 from mlplat_tui.training import SubprocessRunner, TrainingCancelled, TrainingRunner
 
@@ -95,20 +93,17 @@ class Pipeline:
         self.backend = backend
         self.runner: TrainingRunner = runner or SubprocessRunner()
         self.ports = backend.ports if backend is not None else Ports.from_project(project)
-        self._tracker: Any = None
-        self._metadata: Any = None
+        self.rec = Recorder(project, self.ports.url(Service.TRACKER))
         self._admin: Any = None
         self._stack_checked = 0.0
-        self._events: queue.Queue[Event] = queue.Queue()
-        self._events_thread: threading.Thread | None = None
 
     # -- connections ---------------------------------------------------------------------
     def connect(self) -> bool:
         """Connect to whatever of the stack is up; True when tracker and metadata both are."""
         if self.backend is None:
             return False
-        if self._metadata is not None and time.monotonic() - self._stack_checked < 30:
-            return self._metadata.health()
+        if self.rec.metadata is not None and time.monotonic() - self._stack_checked < 30:
+            return self.rec.metadata.health()
         from mlplat_tui.metadata_client import MetadataClient
         from mlplat_tui.serving_client import ServingAdmin
 
@@ -117,11 +112,11 @@ class Pipeline:
         tracker_up = bool((s := status.service(Service.TRACKER)) and s.healthy)
         meta_up = bool((s := status.service(Service.METADATA)) and s.healthy)
         serving_up = bool((s := status.service(Service.SERVING)) and s.healthy)
-        if tracker_up and self._tracker is None:
+        if tracker_up and self.rec.tracker is None:
             from mlplat_tui.tracking import Tracker
 
-            self._tracker = Tracker(self.ports.url(Service.TRACKER), self.project.name)
-        self._metadata = MetadataClient(self.ports.url(Service.METADATA)) if meta_up else None
+            self.rec.tracker = Tracker(self.ports.url(Service.TRACKER), self.project.name)
+        self.rec.metadata = MetadataClient(self.ports.url(Service.METADATA)) if meta_up else None
         token_file = self.project.state_dir / "stack" / "admin.token"
         self._admin = (
             ServingAdmin.from_token_file(self.ports.url("admin"), token_file)
@@ -169,19 +164,9 @@ class Pipeline:
                     "(run `mlplat up` to track and serve)",
                 )
             )
-        run_id = uuid.uuid4().hex
-        run_url = None
+        run_id, run_url = uuid.uuid4().hex, None
         if tracked:
-            run_id = self._tracker.start_run(
-                run_name=f"{model}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
-                tags={
-                    "mlplat.project": self.project.name,
-                    "mlplat.model": model,
-                    "mlplat.changed": ",".join(changed)[:500],
-                },
-            )
-            run_url = self._tracker.run_url(run_id)
-            self._record_run(run_id, model, status="running")
+            run_id, run_url = self.rec.start_run(model, changed)
         out_dir = self.project.state_dir / "runs" / run_id / "out"
         out_dir.mkdir(parents=True, exist_ok=True)
         base = CycleResult(run_id=run_id, tracked=tracked, run_url=run_url)
@@ -205,7 +190,7 @@ class Pipeline:
                 timeout_s=self.project.config.train.timeout_s,
             )
         except TrainingCancelled:
-            self._close_run(run_id, "KILLED", status="cancelled", error="cancelled by a newer change")
+            self.rec.close_run(run_id, "KILLED", status="cancelled", error="cancelled by a newer change")
             record(Event("cancelled", "training cancelled by a newer change", run_id=run_id))
             return replace(base, cancelled=True, total_s=time.monotonic() - started)
         except TrainingError as exc:
@@ -232,7 +217,7 @@ class Pipeline:
 
             manifest = with_gates(bundle_dir, gates)
         except TrainingCancelled:
-            self._close_run(run_id, "KILLED", status="cancelled", error="cancelled by a newer change")
+            self.rec.close_run(run_id, "KILLED", status="cancelled", error="cancelled by a newer change")
             record(Event("cancelled", "cycle cancelled by a newer change", run_id=run_id))
             return replace(base, cancelled=True, train_s=train_s, total_s=time.monotonic() - started)
         except MlplatError as exc:
@@ -282,11 +267,11 @@ class Pipeline:
             )
         if tracked:
             try:
-                self._track(run_id, manifest, bundle_dir)
+                self.rec.track(run_id, manifest, bundle_dir)
             except Exception as exc:  # MLflow errors are many types; the outcome still stands
                 record(Event("stack", f"tracking the run in MLflow failed: {exc}", run_id=run_id))
         status = "deployed" if deployed else ("finished" if passed and error is None else "rejected")
-        self._close_run(
+        self.rec.close_run(
             run_id,
             "FINISHED",
             status=status,
@@ -313,36 +298,13 @@ class Pipeline:
     def _recorder(self, emit: EventSink) -> EventSink:
         def record(event: Event) -> None:
             emit(event)
-            if self._metadata is not None and event.kind != "output":
-                self._enqueue(event)
+            self.rec.event(event)
 
         return record
 
-    def _enqueue(self, event: Event) -> None:
-        # Events are written by one background thread, in order, off the path from save to
-        # serving; ``flush`` waits for them (end of a cycle, end of the process).
-        if self._events_thread is None:
-            self._events_thread = threading.Thread(target=self._drain, name="mlplat-events", daemon=True)
-            self._events_thread.start()
-        self._events.put(event)
-
-    def _drain(self) -> None:
-        while True:
-            event = self._events.get()
-            try:
-                client = self._metadata
-                if client is not None:
-                    # Events are best effort; the run record carries the outcome.
-                    with contextlib.suppress(MlplatError):
-                        client.record_event(event)
-            finally:
-                self._events.task_done()
-
     def flush(self, timeout_s: float = 10.0) -> None:
         """Wait until every queued event is in the metadata store (bounded)."""
-        deadline = time.monotonic() + timeout_s
-        while self._events.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.01)
+        self.rec.flush(timeout_s)
 
     def _train_env(self, out_dir: Path, run_id: str | None) -> dict[str, str]:
         import os
@@ -378,7 +340,9 @@ class Pipeline:
         reference = _read_json(out_dir / "reference.json", "reference.json") or None
         samples = out_dir / "samples.npz"
         model = self.project.config.model.name
-        version = self._metadata.next_version(model) if self._metadata is not None else self._local_version()
+        version = (
+            self.rec.metadata.next_version(model) if self.rec.metadata is not None else self._local_version()
+        )
         bundles = self.project.state_dir / "bundles"
         bundles.mkdir(parents=True, exist_ok=True)
         target = bundles / f"{model}-v{version}"
@@ -405,15 +369,15 @@ class Pipeline:
         return str(sum(1 for _ in bundles.glob("*-v*")) + 1) if bundles.exists() else "1"
 
     def champion(self, model: str) -> Manifest | None:
-        if self._metadata is None:
+        if self.rec.metadata is None:
             return None
-        current = self._metadata.current_deployment(model, target="local")
+        current = self.rec.metadata.current_deployment(model, target="local")
         if current is None:
             return None
         try:
             from mlplat_runtime.bundle import open_bundle
 
-            bundle = self._metadata.bundle(current.bundle_id)
+            bundle = self.rec.metadata.bundle(current.bundle_id)
             return open_bundle(Path(bundle.path)).manifest
         except MlplatError:
             return None
@@ -443,9 +407,9 @@ class Pipeline:
                     "rejected", error, run_id=run_id, bundle_id=manifest.bundle_id, version=manifest.version
                 )
             )
-            self._record_deployment(run_id, manifest, ok=False, reason=exc.message)
+            self.rec.deployment(run_id, manifest, ok=False, reason=exc.message)
             return False, serving_before, error
-        self._record_deployment(run_id, manifest, ok=True, reason="")
+        self.rec.deployment(run_id, manifest, ok=True, reason="")
         record(
             Event(
                 "swapped",
@@ -459,94 +423,6 @@ class Pipeline:
         )
         return True, loaded.version, None
 
-    def _record_deployment(self, run_id: str, manifest: Manifest, *, ok: bool, reason: str) -> None:
-        from mlplat_runtime.metadata.records import DeploymentRecord
-
-        deployment = DeploymentRecord(
-            model_name=manifest.model_name,
-            version=manifest.version,
-            bundle_id=manifest.bundle_id,
-            run_id=run_id,
-            target="local",
-            action="deploy",
-            status="ok" if ok else "failed",
-            reason=reason,
-        )
-        self._safe(lambda: self._metadata.record_deployment(deployment))
-
-    def _safe(self, fn: Any) -> None:
-        if self._metadata is None:
-            return
-        with contextlib.suppress(MlplatError):
-            fn()
-
-    def _record_run(self, run_id: str, model: str, status: Literal["running"]) -> None:
-        from mlplat_runtime.metadata.records import RunRecord
-
-        self._safe(
-            lambda: self._metadata.record_run(
-                RunRecord(
-                    run_id=run_id,
-                    project=self.project.name,
-                    model_name=model,
-                    status=status,
-                    created_at=datetime.now(UTC),
-                    command=self.project.config.train.command,
-                    tracker_uri=self.ports.url(Service.TRACKER),
-                )
-            )
-        )
-
-    def _track(self, run_id: str, manifest: Manifest, bundle_dir: Path) -> None:
-        from mlplat_runtime.metadata.records import BundleRecord
-
-        lin = manifest.lineage
-        tags = {
-            "mlplat.bundle_id": manifest.bundle_id,
-            "mlplat.version": manifest.version,
-            "mlplat.gates_passed": str(all(g.passed for g in manifest.gates)).lower(),
-            "mlplat.git_commit": lin.git_commit or "",
-            "mlplat.dirty_hash": lin.dirty_hash or "",
-            **{f"mlplat.data.{k}": v for k, v in lin.data_hashes.items()},
-            **{
-                f"mlplat.gate.{g.name}": f"{'pass' if g.passed else 'fail'} {g.measured} {g.threshold}"
-                for g in manifest.gates
-            },
-        }
-        if lin.git_commit:
-            tags["mlflow.source.git.commit"] = lin.git_commit
-        self._tracker.log(run_id, params=manifest.params, metrics=manifest.metrics, tags=tags)
-        self._tracker.log_bundle(run_id, bundle_dir)
-        size = sum(p.stat().st_size for p in bundle_dir.rglob("*") if p.is_file())
-        self._safe(
-            lambda: self._metadata.record_bundle(
-                BundleRecord(
-                    bundle_id=manifest.bundle_id,
-                    run_id=run_id,
-                    model_name=manifest.model_name,
-                    version=manifest.version,
-                    path=str(bundle_dir),
-                    size_bytes=size,
-                    created_at=datetime.fromisoformat(manifest.created_at),
-                    manifest=manifest.model_dump(mode="json"),
-                )
-            )
-        )
-        self._safe(lambda: self._metadata.record_gates(manifest.bundle_id, run_id, manifest.gates))
-
-    def _close_run(
-        self, run_id: str, mlflow_status: str, *, status: str, error: str | None = None, **fields: Any
-    ) -> None:
-        if self._tracker is not None and self._metadata is not None:
-            # The MLflow run status is bookkeeping; the metadata store has the outcome.
-            with contextlib.suppress(Exception):
-                self._tracker.finish(run_id, mlflow_status)
-            self._safe(
-                lambda: self._metadata.update_run(
-                    run_id, status=status, error=error, finished_at=datetime.now(UTC).isoformat(), **fields
-                )
-            )
-
     def _fail(
         self,
         record: EventSink,
@@ -557,7 +433,7 @@ class Pipeline:
         tail: str,
         train_s: float | None = None,
     ) -> CycleResult:
-        self._close_run(run_id, "FAILED", status="failed", error=message)
+        self.rec.close_run(run_id, "FAILED", status="failed", error=message)
         record(
             Event(
                 "failed",

@@ -51,10 +51,14 @@ def test_save_swaps_crash_and_gate_miss_keep_serving_and_save_cancels(
         assert _serving_version(churn_stack, model) == "1"
         event_log.wait("watching")
 
-        # 1. a save -> a new version serving, timed from the save
+        # 1. a burst of 5 saves within 200 ms -> one cycle, a new version serving, timed from
+        #    the first save
         mark = event_log.mark
         saved = time.monotonic()
-        edit(train_py, r"^C = .*$", "C = 0.5")
+        for c in ("0.9", "0.8", "0.7", "0.6", "0.5"):
+            edit(train_py, r"^C = .*$", f"C = {c}")
+            time.sleep(0.03)
+        assert time.monotonic() - saved < 0.2
         cycle = event_log.wait("cycle", mark)
         assert cycle.data["outcome"] == "deployed", cycle.message
         assert cycle.data["files"] == ["train.py"]
@@ -73,6 +77,9 @@ def test_save_swaps_crash_and_gate_miss_keep_serving_and_save_cancels(
         )
         assert _serving_version(churn_stack, model) == "2"
         assert open_bundle(_bundle_path(loop)).manifest.params["C"] == "0.5"
+        time.sleep(0.5)
+        assert event_log.kinds(mark).count("change") == 1
+        assert event_log.kinds(mark).count("training") == 1
 
         # 2. a syntax error: the run fails with the traceback, v2 keeps serving
         mark = event_log.mark

@@ -1,3 +1,5 @@
+import sys
+
 from mlplat_tui.cli import main
 
-main()
+sys.exit(main())

@@ -45,6 +45,19 @@ class TrainSection(_Section):
     warm_worker: bool = True
     preload: tuple[str, ...] = ()  # modules the warm worker imports up front (e.g. "sklearn")
 
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: str) -> str:
+        import shlex
+
+        try:
+            words = shlex.split(v)
+        except ValueError as exc:
+            raise ValueError(f"a command line with balanced quotes ({exc})") from None
+        if not words:
+            raise ValueError('a command, e.g. "python train.py"')
+        return v
+
 
 class DataSection(_Section):
     paths: tuple[str, ...] = ()
@@ -203,5 +216,7 @@ def load_project(root: Path | str = ".") -> Project:
             str(path),
             "(file)",
             "an mlplat.toml in the project folder",
+            hint="run mlplat in a project folder, pass --project DIR, or create one with "
+            "`mlplat init DIR --template sklearn`",
         ) from None
     return Project(root=root_path, config=parse_config(path.read_text(encoding="utf-8"), str(path)))

@@ -63,7 +63,10 @@ class MetadataClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        # Our services are on loopback: a proxy from the environment must never see them.
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, transport=transport, trust_env=False
+        )
 
     def close(self) -> None:
         self._http.close()

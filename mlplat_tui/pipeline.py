@@ -11,6 +11,7 @@ deploys nothing (``CycleResult.tracked`` is False) and says so in an event.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mlplat_runtime.bundle.manifest import GateResult, Manifest
-from mlplat_runtime.errors import MlplatError, ModelLoadError, ServiceError, TrainingError
+from mlplat_runtime.errors import MlplatError, TrainingError
 from mlplat_tui.config import Project
 from mlplat_tui.events import Event, EventSink, null_sink
 from mlplat_tui.recording import Recorder
@@ -107,7 +108,10 @@ class Pipeline:
         from mlplat_tui.metadata_client import MetadataClient
         from mlplat_tui.serving_client import ServingAdmin
 
-        status = self.backend.status()
+        try:
+            status = self.backend.status()
+        except MlplatError:  # e.g. no Docker engine: train untracked, as with the stack down
+            return False
         self._stack_checked = time.monotonic()
         tracker_up = bool((s := status.service(Service.TRACKER)) and s.healthy)
         meta_up = bool((s := status.service(Service.METADATA)) and s.healthy)
@@ -115,7 +119,11 @@ class Pipeline:
         if tracker_up and self.rec.tracker is None:
             from mlplat_tui.tracking import Tracker
 
-            self.rec.tracker = Tracker(self.ports.url(Service.TRACKER), self.project.name)
+            try:
+                self.rec.tracker = Tracker(self.ports.url(Service.TRACKER), self.project.name)
+            except MlplatError:
+                tracker_up = False
+        self.close()
         self.rec.metadata = MetadataClient(self.ports.url(Service.METADATA)) if meta_up else None
         token_file = self.project.state_dir / "stack" / "admin.token"
         self._admin = (
@@ -124,6 +132,15 @@ class Pipeline:
             else None
         )
         return tracker_up and meta_up
+
+    def close(self) -> None:
+        """Close the HTTP clients (a dev loop reconnects; its old pools must not pile up)."""
+        for client in (self.rec.metadata, self._admin):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+        self.rec.metadata = None
+        self._admin = None
 
     def record_event(self, event: Event) -> None:
         """Record an event the caller emitted (e.g. ``change``, ``cycle``) in the metadata store."""
@@ -166,7 +183,11 @@ class Pipeline:
             )
         run_id, run_url = uuid.uuid4().hex, None
         if tracked:
-            run_id, run_url = self.rec.start_run(model, changed)
+            try:
+                run_id, run_url = self.rec.start_run(model, changed)
+            except Exception as exc:  # MLflow raises many types; train untracked rather than not at all
+                record(Event("stack", f"MLflow refused to create the run ({exc}); training untracked"))
+                tracked = False
         out_dir = self.project.state_dir / "runs" / run_id / "out"
         out_dir.mkdir(parents=True, exist_ok=True)
         base = CycleResult(run_id=run_id, tracked=tracked, run_url=run_url)
@@ -399,7 +420,7 @@ class Pipeline:
         try:
             path = self.backend.serving_bundle_path(bundle_dir)
             loaded = self._admin.load(manifest.model_name, path)
-        except (ModelLoadError, ServiceError) as exc:
+        except MlplatError as exc:  # refused, unreachable, wrong token: the old version serves on
             still = f"still serving v{serving_before}" if serving_before else "nothing serving"
             error = f"rejected: serving refused the bundle: {exc.message}, {still}"
             record(
@@ -457,9 +478,11 @@ def run_cycle(
     changed: tuple[str, ...] = (),
 ) -> CycleResult:
     """One cycle with fresh connections (``mlplat train``); the dev loop keeps a ``Pipeline``."""
-    return Pipeline(project, backend, runner=runner).run_cycle(
-        emit=emit, cancel=cancel, deploy=deploy, changed=changed
-    )
+    pipeline = Pipeline(project, backend, runner=runner)
+    try:
+        return pipeline.run_cycle(emit=emit, cancel=cancel, deploy=deploy, changed=changed)
+    finally:
+        pipeline.close()
 
 
 def clean_run_outputs(project: Project, keep: int = 20) -> None:

@@ -54,8 +54,9 @@ class Recorder:
             try:
                 client = self.metadata
                 if client is not None:
-                    # Events are best effort; the run record carries the outcome.
-                    with contextlib.suppress(MlplatError):
+                    # Events are best effort (the run record carries the outcome), and this
+                    # thread must outlive any one failure.
+                    with contextlib.suppress(Exception):
                         client.record_event(event)
             finally:
                 self._events.task_done()

@@ -65,6 +65,7 @@ class ServingAdmin:
             timeout=timeout,
             transport=transport,
             headers={"Authorization": f"Bearer {token}"},
+            trust_env=False,  # loopback services: never through a proxy from the environment
         )
 
     @classmethod
@@ -121,7 +122,7 @@ class ServingAdmin:
 def model_metadata(base_url: str, name: str, *, timeout: float = 2.0) -> dict[str, Any] | None:
     """``GET /v2/models/{name}``; None when the model is not loaded."""
     try:
-        resp = httpx.get(f"{base_url}/v2/models/{name}", timeout=timeout)
+        resp = httpx.get(f"{base_url}/v2/models/{name}", timeout=timeout, trust_env=False)
     except httpx.TransportError:
         return None
     return resp.json() if resp.status_code == 200 else None

@@ -72,8 +72,16 @@ class SubprocessRunner:
         cancel: threading.Event,
         timeout_s: float,
     ) -> float:
-        argv = shlex.split(command)
-        if argv and argv[0] in ("python", "python3"):
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:
+            raise TrainingError(
+                f"cannot parse the training command {command!r}: {exc}",
+                hint="check the quotes in [train] command in mlplat.toml",
+            ) from None
+        if not argv:
+            raise TrainingError("the training command is empty", hint="set [train] command in mlplat.toml")
+        if argv[0] in ("python", "python3"):
             import sys
 
             argv[0] = sys.executable  # the project's python is the one mlplat runs in
@@ -88,11 +96,16 @@ class SubprocessRunner:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        except FileNotFoundError as exc:
+        except FileNotFoundError:
             raise TrainingError(
                 f"training command not found: {argv[0]!r}",
                 hint="check [train] command in mlplat.toml",
-            ) from exc
+            ) from None
+        except OSError as exc:  # e.g. ./train.sh without the executable bit
+            raise TrainingError(
+                f"cannot start the training command {argv[0]!r}: {exc.strerror}",
+                hint="check [train] command in mlplat.toml (`python train.py`, or chmod +x the script)",
+            ) from None
         tail: deque[str] = deque(maxlen=40)
 
         def pump() -> None:

@@ -335,6 +335,7 @@ class DevLoop:
             self._recorder = None
         if self._pipeline is not None:
             self._pipeline.flush(timeout_s=5)
+            self._pipeline.close()
         close = getattr(self.runner, "close", None)
         if self._own_runner and callable(close):
             with contextlib.suppress(Exception):

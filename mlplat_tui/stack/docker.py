@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlplat_runtime.errors import StackError
+from mlplat_runtime.errors import NotFoundError, StackError
 from mlplat_tui.config import Project
 from mlplat_tui.stack.base import (
     SERVICES,
@@ -130,7 +130,8 @@ class DockerBackend:
         }[service]
         out = {f"{INTERNAL[service]}/tcp": (host, port)}
         if service is Service.SERVING:
-            out[f"{INTERNAL_ADMIN}/tcp"] = (host, self.ports.admin)
+            # The admin API takes loads: loopback only, whatever [stack] host says.
+            out[f"{INTERNAL_ADMIN}/tcp"] = ("127.0.0.1", self.ports.admin)
         return out
 
     def command(self, service: Service) -> list[str]:
@@ -589,7 +590,10 @@ class DockerBackend:
     def _logs(self, service: Service, follow: bool, tail: int) -> Iterator[str]:
         c = self.containers().get(service)
         if c is None:
-            return
+            raise NotFoundError(
+                f"no {service} container in the docker stack of '{self.project.name}'",
+                hint="start the stack with `mlplat up --backend docker`",
+            )
         if not follow:
             text = bytes(c.logs(tail=tail)).decode("utf-8", "replace")
             yield from text.splitlines()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from mlplat_runtime.errors import StackError
+from mlplat_runtime.errors import NotFoundError, StackError
 from mlplat_tui.config import Project
 from mlplat_tui.stack.base import (
     SERVICES,
@@ -50,6 +50,16 @@ class PidInfo:
     port: int
     started_at: float
     command: tuple[str, ...]
+    created: float | None = None  # the process's own start time: tells our pid from a reused one
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).create_time())
+    except Exception:
+        return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -187,7 +197,14 @@ class LocalBackend:
     def read_pid(self, service: Service) -> PidInfo | None:
         try:
             raw = json.loads(self.pidfile(service).read_text())
-            return PidInfo(int(raw["pid"]), int(raw["port"]), float(raw["started_at"]), tuple(raw["command"]))
+            created = raw.get("created")
+            return PidInfo(
+                int(raw["pid"]),
+                int(raw["port"]),
+                float(raw["started_at"]),
+                tuple(raw["command"]),
+                float(created) if created is not None else None,
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -195,14 +212,16 @@ class LocalBackend:
         info = self.read_pid(service)
         if info is None:
             return None
-        if not _pid_alive(info.pid):
+        # A pidfile outlives a reboot; its pid may now be someone else's process. Only a
+        # process with the same start time is ours, and only ours is ever signalled.
+        if not _pid_alive(info.pid) or info.created is None or _create_time(info.pid) != info.created:
             self.pidfile(service).unlink(missing_ok=True)
             return None
         return info
 
     def _healthy(self, service: Service, timeout: float = 1.0) -> bool:
         try:
-            return httpx.get(self.health_url(service), timeout=timeout).status_code == 200
+            return httpx.get(self.health_url(service), timeout=timeout, trust_env=False).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -255,14 +274,22 @@ class LocalBackend:
                 env=env,
                 start_new_session=True,
             )
-        info = PidInfo(proc.pid, self.port(service), time.time(), tuple(cmd))
+        info = PidInfo(proc.pid, self.port(service), time.time(), tuple(cmd), _create_time(proc.pid))
         self.pidfile(service).write_text(
-            json.dumps({"pid": info.pid, "port": info.port, "started_at": info.started_at, "command": cmd})
+            json.dumps(
+                {
+                    "pid": info.pid,
+                    "port": info.port,
+                    "started_at": info.started_at,
+                    "command": cmd,
+                    "created": info.created,
+                }
+            )
         )
         return info
 
     def _stop(self, service: Service) -> bool:
-        info = self.read_pid(service)
+        info = self._running(service)
         if info is None:
             return False
         _kill_group(info.pid)
@@ -373,7 +400,10 @@ class LocalBackend:
     def logs(self, service: Service, *, follow: bool = False, tail: int = 200) -> Iterator[str]:
         path = self.logfile(service)
         if not path.exists():
-            return
+            raise NotFoundError(
+                f"no log for {service} yet: it has not been started in this project",
+                hint="start the stack with `mlplat up`",
+            )
         with open(path, errors="replace") as fh:
             lines = fh.readlines()
             yield from (line.rstrip("\n") for line in lines[-tail:])

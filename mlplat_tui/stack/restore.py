@@ -40,5 +40,8 @@ def restore_serving(backend: StackBackend, progress: Progress) -> str | None:
     except MlplatError as exc:
         progress(f"serving: could not restore the last deployment: {exc.message}")
         return None
+    except Exception as exc:  # best effort: `up` already succeeded, never fail it here
+        progress(f"serving: could not restore the last deployment: {exc}")
+        return None
     progress(f"serving: restored {model} v{loaded.version}")
     return loaded.version

@@ -180,7 +180,7 @@ class DashboardData:
 
         with self._lock:
             if self._http is None:
-                self._http = httpx.Client(timeout=self._timeout)
+                self._http = httpx.Client(timeout=self._timeout, trust_env=False)
             http = self._http
         return http.get(url)
 

@@ -141,3 +141,21 @@ def test_training_without_a_stack_still_bundles_and_gates(tmp_path: Path) -> Non
     assert not result.tracked and not result.deployed
     assert result.passed and result.bundle_path and (result.bundle_path / "manifest.json").exists()
     assert events[0].kind == "stack" and "mlplat up" in events[0].message
+
+
+def test_serving_that_refuses_our_token_is_a_rejection_not_a_crash(tmp_path: Path) -> None:
+    root = copy_sample("churn", tmp_path)
+    project = load_project(root)
+    with started_stack(root) as stack:
+        token_file = project.state_dir / "stack" / "admin.token"
+        good = token_file.read_text()
+        token_file.write_text("not-the-token\n")
+        try:
+            result = Pipeline(project, stack).run_cycle()
+        finally:
+            token_file.write_text(good)
+        assert result.passed and not result.deployed
+        assert result.error and "rejected" in result.error and "token" in result.error
+        meta = MetadataClient(stack.ports.url(Service.METADATA))
+        assert meta.run(result.run_id).status == "rejected"
+        assert meta.current_deployment(project.config.model.name) is None

@@ -49,6 +49,9 @@ def ensure_admin_token(path: Path | None = None) -> tuple[str, Path]:
     path = Path(path) if path is not None else default_token_path()
     try:
         token = path.read_text(encoding="utf-8").strip()
+        if path.stat().st_mode & 0o077:
+            # A token others can read is no secret: take it back to owner-only.
+            os.chmod(path, 0o600)
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         token = secrets.token_urlsafe(32)

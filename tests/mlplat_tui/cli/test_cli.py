@@ -87,6 +87,11 @@ def test_core_modules_do_not_import_textual() -> None:
         ),
         ('[project]\nname = "x"\n[model]\nname = "m"\n[train]\ncomand = "python t.py"\n', "train.comand"),
         ('[project]\nname = "x"\n[model]\nname = "m"\n[stack]\nport_base = "high"\n', "stack.port_base"),
+        (
+            '[project]\nname = "x"\n[model]\nname = "m"\n[train]\ncommand = "python \'train.py"\n',
+            "train.command",
+        ),
+        ('[project]\nname = "x"\n[model]\nname = "m"\n[train]\ncommand = ""\n', "train.command"),
     ],
 )
 def test_malformed_config_is_a_usage_error_naming_file_and_key(tmp_path: Path, text: str, key: str) -> None:

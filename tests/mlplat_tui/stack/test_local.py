@@ -83,3 +83,24 @@ def test_service_that_dies_at_start_stops_the_others(tmp_path: Path) -> None:
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0
     assert os.path.isdir(backend.metadata_db)  # nothing of the user's was removed
+
+
+def test_a_stale_pidfile_never_signals_someone_elses_process(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    backend = LocalBackend(load_project(_project(tmp_path)))
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        backend.dir.mkdir(parents=True)
+        # What a pidfile from before a reboot looks like: a pid now used by another program.
+        backend.pidfile(Service.SERVING).write_text(
+            json.dumps({"pid": stranger.pid, "port": 1, "started_at": 0, "command": ["x"], "created": 1.0})
+        )
+        assert backend.status().service(Service.SERVING).state == "stopped"  # type: ignore[union-attr]
+        backend.down()
+        assert stranger.poll() is None, "down killed a process that was not ours"
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -68,7 +68,7 @@ def offline_project(tmp_path: Path) -> Project:
     return load_project(copy_sample("churn", tmp_path))
 
 
-async def wait_until(pilot: Pilot[Any], cond: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+async def wait_until(pilot: Pilot[Any], cond: Callable[[], object], what: str, timeout: float = 60.0) -> None:
     """Let the app run until ``cond()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +73,22 @@ def _finite(value: Any) -> Any:
 def _json_text(value: Any) -> str:
     # A JSON column holds strict JSON: NaN/Infinity become the strings pydantic parses back.
     return orjson.dumps(_finite(WIRE.dump_python(value, mode="json"))).decode()
+
+
+def _bind(
+    record: Any, columns: Sequence[str], *, json: Iterable[str] = (), times: Iterable[str] = ()
+) -> list[Any]:
+    """A record's values in column order, as DuckDB binds them: JSON text, naive-UTC times."""
+    json, times = set(json), set(times)
+    out: list[Any] = []
+    for name in columns:
+        value = getattr(record, name)
+        if name in json:
+            value = _json_text(value)
+        elif name in times:
+            value = _db_time(value)
+        out.append(value)
+    return out
 
 
 def _json_value(text: str | None) -> Any:
@@ -157,15 +173,7 @@ class MetadataStore:
     # -- runs -----------------------------------------------------------------------------
 
     def _run_values(self, run: RunRecord) -> list[Any]:
-        out: list[Any] = []
-        for name in _RUN_COLUMNS:
-            value = getattr(run, name)
-            if name in _RUN_JSON:
-                value = _json_text(value)
-            elif name in _RUN_TIMES:
-                value = _db_time(value)
-            out.append(value)
-        return out
+        return _bind(run, _RUN_COLUMNS, json=_RUN_JSON, times=_RUN_TIMES)
 
     @staticmethod
     def _run_from_row(row: Sequence[Any]) -> RunRecord:
@@ -267,14 +275,7 @@ class MetadataStore:
 
     def record_bundle(self, bundle: BundleRecord) -> BundleRecord:
         """Insert or replace by bundle id (the id is a content hash: same content, same row)."""
-        values = [
-            _json_text(bundle.manifest)
-            if c == "manifest"
-            else _db_time(bundle.created_at)
-            if c == "created_at"
-            else getattr(bundle, c)
-            for c in _BUNDLE_COLUMNS
-        ]
+        values = _bind(bundle, _BUNDLE_COLUMNS, json=("manifest",), times=("created_at",))
         with self._tx() as con:
             con.execute(
                 f"INSERT OR REPLACE INTO bundles ({', '.join(_BUNDLE_COLUMNS)})"
@@ -340,7 +341,7 @@ class MetadataStore:
 
     def record_deployment(self, deployment: DeploymentRecord) -> DeploymentRecord:
         columns = [c for c in _DEPLOY_COLUMNS if c != "id"]
-        values = [_db_time(deployment.ts) if c == "ts" else getattr(deployment, c) for c in columns]
+        values = _bind(deployment, columns, times=("ts",))
         with self._tx() as con:
             row = con.execute(
                 f"INSERT INTO deployments ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
@@ -406,14 +407,7 @@ class MetadataStore:
         """Append an event (an ``EventRecord`` or the JSON of ``Event.to_json()``); returns it with its id."""
         record = event if isinstance(event, EventRecord) else EventRecord.from_json(event)
         columns = [c for c in _EVENT_COLUMNS if c != "id"]
-        values = [
-            _db_time(record.ts)
-            if c == "ts"
-            else _json_text(record.payload)
-            if c == "payload"
-            else getattr(record, c)
-            for c in columns
-        ]
+        values = _bind(record, columns, json=("payload",), times=("ts",))
         with self._tx() as con:
             row = con.execute(
                 f"INSERT INTO events ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"

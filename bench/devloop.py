@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "runtime"))
 
-from mlplat_tui.config import load_project  # noqa: E402
 from mlplat_tui.devloop.loop import DEFAULT_DEBOUNCE_S, DevLoop  # noqa: E402
 from mlplat_tui.events import Event  # noqa: E402
+from mlplat_tui.project.config import load_project  # noqa: E402
 from mlplat_tui.stack.local import LocalBackend  # noqa: E402
 
 STEPS = (  # (label, from kind, to kind): the per-step breakdown of a deployed cycle

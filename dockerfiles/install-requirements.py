@@ -10,7 +10,7 @@ Run by the Dockerfile with the virtualenv's python:
 - Then ``pip freeze`` is written to ``--lock`` (``/opt/mlplat/lock.txt`` in the image), and
   the build fails unless every package installed is pinned in REQUIREMENTS at that version
   and every pin is installed: the image's ``io.mlplat.lock`` label (the sha256 of the pins,
-  see ``mlplat_tui/images.py``) then truly describes what the image holds. Packages from
+  see ``mlplat_tui/docker/images.py``) then truly describes what the image holds. Packages from
   ``--also`` (optional extras such as the CUDA libraries) are installed and recorded but not
   held to the pins.
 - Without ``--no-deps`` ``pip check`` must pass too.

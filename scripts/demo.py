@@ -36,7 +36,7 @@ def prepare(fresh: bool) -> Path:
 
 def _stop_stack(root: Path) -> None:
     from mlplat_runtime.errors import MlplatError
-    from mlplat_tui.config import load_project
+    from mlplat_tui.project.config import load_project
     from mlplat_tui.stack.base import get_backend
 
     try:
@@ -103,9 +103,9 @@ def headless(root: Path) -> int:
     """One cycle, printed, then a check that the served model answers; the stack is stopped."""
     import httpx
 
-    from mlplat_tui.config import load_project
     from mlplat_tui.devloop.loop import DevLoop
     from mlplat_tui.events import Event
+    from mlplat_tui.project.config import load_project
     from mlplat_tui.stack.base import Ports, get_backend
 
     project = load_project(root)
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlplat_runtime.errors import MlplatError
     from mlplat_tui.cli.ui import open_dashboard
-    from mlplat_tui.config import load_project
+    from mlplat_tui.project.config import load_project
     from mlplat_tui.stack.base import Ports
 
     project = load_project(root)

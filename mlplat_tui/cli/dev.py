@@ -132,8 +132,8 @@ def dev(
     Exit code with --once: 0 the new version serves (or passed its gates with no stack),
     1 a step failed, 3 rejected by a gate or by serving, 130 interrupted.
     """
-    from mlplat_tui.config import load_project
     from mlplat_tui.devloop.loop import DevLoop
+    from mlplat_tui.project.config import load_project
     from mlplat_tui.stack.base import get_backend
 
     root: Path = project_dir(ctx)

@@ -1,6 +1,6 @@
 """CLI: ``mlplat images build`` — the runtime and tracker images the docker stack runs.
 
-The work is in ``mlplat_tui.images``; this module parses options and prints. When run in a
+The work is in ``mlplat_tui.docker.images``; this module parses options and prints. When run in a
 project folder the tags come from its ``[stack] runtime_image`` / ``tracker_image``, so
 ``mlplat up --backend docker`` finds what was built. Imports docker inside the command.
 """
@@ -81,7 +81,7 @@ def build(
     as_json: bool,
 ) -> None:
     """Build the runtime and/or tracker image, streaming the engine's progress."""
-    from mlplat_tui.images import TARGETS, build_images
+    from mlplat_tui.docker.images import TARGETS, build_images
 
     tags = _project_tags(ctx)
 
@@ -113,7 +113,7 @@ def build(
 
 def _project_tags(ctx: click.Context) -> dict[str, str]:
     """The project's image names when run in a project folder, else the defaults."""
-    from mlplat_tui.config import CONFIG_NAME, load_project
+    from mlplat_tui.project.config import CONFIG_NAME, load_project
 
     folder = project_dir(ctx)
     if not (folder / CONFIG_NAME).is_file():

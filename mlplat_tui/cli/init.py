@@ -55,7 +55,7 @@ def sanitize_name(raw: str) -> str:
 def _check_name(name: str) -> str:
     from pydantic import ValidationError
 
-    from mlplat_tui.config import ProjectSection
+    from mlplat_tui.project.config import ProjectSection
 
     try:
         ProjectSection(name=name)
@@ -140,7 +140,7 @@ def create_project(
         else:
             target.write_bytes(res.read_bytes())
 
-    from mlplat_tui.config import load_project
+    from mlplat_tui.project.config import load_project
 
     load_project(dest)  # a template that does not parse is our bug: fail here, not at `mlplat up`
     return CreatedProject(

@@ -11,8 +11,8 @@ from mlplat_tui.cli.common import echo_json, project_dir
 
 
 def _client(ctx: click.Context):  # type: ignore[no-untyped-def]
-    from mlplat_tui.config import load_project
-    from mlplat_tui.metadata_client import MetadataClient
+    from mlplat_tui.clients.metadata import MetadataClient
+    from mlplat_tui.project.config import load_project
     from mlplat_tui.stack.base import Ports, Service
 
     project = load_project(project_dir(ctx))

@@ -17,7 +17,7 @@ BACKEND_OPTION = click.option(
 
 
 def _backend(ctx: click.Context, backend: str | None):  # type: ignore[no-untyped-def]
-    from mlplat_tui.config import load_project
+    from mlplat_tui.project.config import load_project
     from mlplat_tui.stack.base import get_backend
 
     return get_backend(load_project(project_dir(ctx)), backend)

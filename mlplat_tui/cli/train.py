@@ -34,9 +34,9 @@ def train(ctx: click.Context, backend: str | None, as_json: bool, no_deploy: boo
 
     Exit code: 0 when the run passed its gates, 1 when training failed or a gate missed.
     """
-    from mlplat_tui.config import load_project
+    from mlplat_tui.cycle.pipeline import run_cycle
     from mlplat_tui.events import Event
-    from mlplat_tui.pipeline import run_cycle
+    from mlplat_tui.project.config import load_project
     from mlplat_tui.stack.base import get_backend
 
     project = load_project(project_dir(ctx))
@@ -76,9 +76,9 @@ def validate(ctx: click.Context, bundle: Path, as_json: bool) -> None:
     Compares with the model serving now when the stack is up (no regression, signature).
     Exit code 0 when every gate passes, 1 otherwise.
     """
-    from mlplat_tui.config import load_project
-    from mlplat_tui.gates import all_passed
-    from mlplat_tui.pipeline import Pipeline
+    from mlplat_tui.cycle.pipeline import Pipeline
+    from mlplat_tui.gates.evaluate import all_passed
+    from mlplat_tui.project.config import load_project
     from mlplat_tui.stack.base import get_backend
 
     project = load_project(project_dir(ctx))

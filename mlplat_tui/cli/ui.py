@@ -47,7 +47,7 @@ def open_dashboard(
     ``debounce_s``, ``down_on_exit``). Blocks until the user quits.
     """
     launched_at = _process_start()
-    from mlplat_tui.config import load_project
+    from mlplat_tui.project.config import load_project
 
     project = load_project(Path(project_dir or ".").resolve())
     if not (sys.stdin.isatty() and sys.stdout.isatty()):

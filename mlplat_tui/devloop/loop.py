@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlplat_runtime.errors import MlplatError
-from mlplat_tui.config import Project, load_project
+from mlplat_tui.cycle.training import TrainingRunner
 from mlplat_tui.devloop.debounce import Change, Debouncer
 from mlplat_tui.devloop.watcher import PathFilter, ProjectWatcher
 from mlplat_tui.events import Event, EventSink, null_sink
-from mlplat_tui.training import TrainingRunner
+from mlplat_tui.project.config import Project, load_project
 
 if TYPE_CHECKING:
-    from mlplat_tui.pipeline import CycleResult, Pipeline
+    from mlplat_tui.cycle.pipeline import CycleResult, Pipeline
     from mlplat_tui.stack.base import StackBackend
 
 DEFAULT_DEBOUNCE_S = 0.15  # editors finish an atomic save in a few ms; 'save all' well within
@@ -314,7 +314,7 @@ class DevLoop:
                 self.emit(Event("stack", f"starting the {self.backend.name} stack"))
                 self.backend.up(lambda line: self._deliver(Event("stack", line)))
                 self.emit(Event("stack", "stack is up", duration_s=time.monotonic() - started))
-        from mlplat_tui.pipeline import Pipeline
+        from mlplat_tui.cycle.pipeline import Pipeline
 
         self._pipeline = Pipeline(self.project, self.backend, runner=self.runner)
         with contextlib.suppress(MlplatError):
@@ -363,7 +363,7 @@ class DevLoop:
         self.project = project
         self.filter = PathFilter.from_project(project)
         self.watcher.filter = self.filter
-        from mlplat_tui.pipeline import Pipeline
+        from mlplat_tui.cycle.pipeline import Pipeline
 
         self._pipeline = Pipeline(project, self.backend, runner=self.runner)
         with contextlib.suppress(MlplatError):
@@ -398,7 +398,7 @@ class DevLoop:
         ended = time.monotonic()
         self.results.append(result)
         self.emit(self._cycle_event(trigger, result, cycle_started, ended, swapped_at))
-        from mlplat_tui.pipeline import clean_run_outputs
+        from mlplat_tui.cycle.pipeline import clean_run_outputs
 
         with contextlib.suppress(OSError):
             clean_run_outputs(self.project)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mlplat_runtime.errors import TrainingError
-from mlplat_tui.training import OutputSink, SubprocessRunner, TrainingCancelled, TrainingRunner
+from mlplat_tui.cycle.training import OutputSink, SubprocessRunner, TrainingCancelled, TrainingRunner
 
 WORKER_MAIN = Path(__file__).with_name("worker_main.py")
 # Libraries that start threads or grab devices when imported: never preload them in a process
@@ -248,7 +248,7 @@ class WarmWorkerRunner:
             project.root,
             train.command,
             preload=train.preload,
-            log_path=project.state_dir / "devloop" / "worker.log",
+            log_path=project.paths.devloop_log,
         )
 
     # -- worker lifecycle ------------------------------------------------------------------

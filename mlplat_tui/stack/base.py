@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mlplat_runtime.errors import StackError
-from mlplat_tui.config import Project
+from mlplat_tui.project.config import Project
 
 Progress = Callable[[str], None]
 

@@ -17,7 +17,7 @@ create now is replaced, so ``mlplat images build`` then ``mlplat up`` runs the n
 GPU: serving gets every NVIDIA GPU when ``[stack] gpu = "on"``, or ``"auto"`` finds one
 (nvidia-smi) and the engine can pass it (nvidia runtime or container toolkit hook).
 
-Engine plumbing (connecting, stats, tars, bundle staging) is in ``docker_engine.py``.
+Engine plumbing (connecting, stats, tars, bundle staging) is in ``mlplat_tui.docker.engine``.
 Imports docker inside functions (``mlplat --help`` stays fast); never imports textual.
 """
 
@@ -35,18 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlplat_runtime.errors import NotFoundError, StackError
-from mlplat_tui.config import Project
-from mlplat_tui.stack.base import (
-    SERVICES,
-    Ports,
-    Progress,
-    Service,
-    ServiceStatus,
-    StackStatus,
-    port_clash,
-    port_in_use,
-)
-from mlplat_tui.stack.docker_engine import (
+from mlplat_tui.docker.engine import (
     connect,
     engine_errors,
     engine_has_gpu_support,
@@ -56,6 +45,17 @@ from mlplat_tui.stack.docker_engine import (
     start_hint,
     tar_bytes,
     usage,
+)
+from mlplat_tui.project.config import Project
+from mlplat_tui.stack.base import (
+    SERVICES,
+    Ports,
+    Progress,
+    Service,
+    ServiceStatus,
+    StackStatus,
+    port_clash,
+    port_in_use,
 )
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ class DockerBackend:
     def __init__(self, project: Project, *, client: docker.DockerClient | None = None) -> None:
         self.project = project
         self.ports = Ports.from_project(project)
-        self.dir = project.state_dir / "stack"
+        self.dir = project.paths.stack
         self._client = client
 
     # -- names ---------------------------------------------------------------------------
@@ -389,7 +389,7 @@ class DockerBackend:
                     ) from None
                 raise
             if Service.SERVING in to_create:
-                from mlplat_tui.stack.restore import restore_serving
+                from mlplat_tui.deploy.restore import restore_serving
 
                 restore_serving(self, say)
         # Memory only: a CPU sample costs the engine a second per container, and up is timed.

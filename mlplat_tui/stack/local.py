@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from mlplat_runtime.errors import NotFoundError, StackError
-from mlplat_tui.config import Project
+from mlplat_tui.project.config import Project
 from mlplat_tui.stack.base import (
     SERVICES,
     Ports,
@@ -119,7 +119,7 @@ class LocalBackend:
     def __init__(self, project: Project) -> None:
         self.project = project
         self.ports = Ports.from_project(project)
-        self.dir = project.state_dir / "stack"
+        self.dir = project.paths.stack
 
     # -- paths ---------------------------------------------------------------------------
     def pidfile(self, service: Service) -> Path:
@@ -327,7 +327,7 @@ class LocalBackend:
                     self._stop(service)
                 raise
             if Service.SERVING in started:
-                from mlplat_tui.stack.restore import restore_serving
+                from mlplat_tui.deploy.restore import restore_serving
 
                 restore_serving(self, say)
         return self.status()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from mlplat_runtime.errors import MlplatError, NotFoundError, ServiceError, UsageError
-from mlplat_tui.config import Project
+from mlplat_tui.project.config import Project
 from mlplat_tui.stack.base import Ports, Progress, Service
 from mlplat_tui.ui.snapshots import (
     SORT_GATES,
@@ -43,8 +43,8 @@ from mlplat_tui.ui.snapshots import (
 if TYPE_CHECKING:  # mlplat_tui.events and the manifest load numpy: imported where used instead
     from mlplat_runtime.bundle.manifest import GateResult
     from mlplat_runtime.metadata.records import EventRecord
+    from mlplat_tui.clients.metadata import MetadataClient
     from mlplat_tui.events import Event, EventSink
-    from mlplat_tui.metadata_client import MetadataClient
     from mlplat_tui.stack.base import StackBackend
 
 _METRIC_NAME = re.compile(r"^[A-Za-z0-9_.\-/ ]{1,100}$")
@@ -170,7 +170,7 @@ class DashboardData:
     def metadata(self) -> MetadataClient:
         with self._lock:
             if self._meta is None:
-                from mlplat_tui.metadata_client import MetadataClient
+                from mlplat_tui.clients.metadata import MetadataClient
 
                 self._meta = MetadataClient(self.ports.url(Service.METADATA), timeout=self._timeout)
             return self._meta
@@ -408,7 +408,7 @@ class DashboardData:
 
     # -- actions ----------------------------------------------------------------------------
     def train_now(self, emit: EventSink, cancel: threading.Event) -> str:
-        from mlplat_tui.pipeline import run_cycle
+        from mlplat_tui.cycle.pipeline import run_cycle
 
         result = run_cycle(self.project, backend=self.backend(), emit=emit, cancel=cancel)
         if result.cancelled:
@@ -423,8 +423,8 @@ class DashboardData:
     def serve_run(self, run_id: str, emit: EventSink | None = None) -> str:
         """Hot-swap serving to this run's bundle, and record the deployment."""
         from mlplat_runtime.metadata.records import DeploymentRecord
+        from mlplat_tui.clients.serving import ServingAdmin
         from mlplat_tui.events import Event, null_sink
-        from mlplat_tui.serving_client import ServingAdmin
 
         emit = emit or null_sink
 
@@ -447,9 +447,7 @@ class DashboardData:
                 f"the bundle of run {run_id} is gone from {bundle.path}", hint="train again to rebuild it"
             )
         backend = self.backend()
-        admin = ServingAdmin.from_token_file(
-            self.ports.url("admin"), self.project.state_dir / "stack" / "admin.token"
-        )
+        admin = ServingAdmin.from_token_file(self.ports.url("admin"), self.project.paths.admin_token)
         current = meta.current_deployment(bundle.model_name)
         action: Literal["deploy", "rollback"] = "deploy"
         if (

@@ -13,7 +13,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from mlplat_tui.config import load_project
+from mlplat_tui.project.config import load_project
 from mlplat_tui.stack.local import LocalBackend
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from mlplat_tui.config import load_project
+from mlplat_tui.project.config import load_project
 from tests.sample_projects.conftest import (
     SAMPLES,
     TrackedRun,

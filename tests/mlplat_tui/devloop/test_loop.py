@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from mlplat_runtime.bundle import open_bundle
-from mlplat_tui.config import load_project
+from mlplat_tui.clients.metadata import MetadataClient
 from mlplat_tui.devloop.loop import DevLoop
-from mlplat_tui.metadata_client import MetadataClient
+from mlplat_tui.project.config import load_project
 from mlplat_tui.stack.base import Service
 from mlplat_tui.stack.local import LocalBackend
 from tests.helpers.load import InferenceLoad, infer_body

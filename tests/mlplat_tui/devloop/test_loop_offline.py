@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mlplat_tui.config import load_project
 from mlplat_tui.devloop.loop import ContentIndex, DevLoop
+from mlplat_tui.project.config import load_project
 from tests.helpers.models import make_logreg_onnx
 from tests.mlplat_tui.devloop.conftest import EventLog, edit
 

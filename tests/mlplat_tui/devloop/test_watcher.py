@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mlplat_tui.config import parse_config
 from mlplat_tui.devloop.watcher import PathFilter, ProjectWatcher, glob_match
+from mlplat_tui.project.config import parse_config
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ import psutil
 import pytest
 
 from mlplat_runtime.errors import TrainingError
+from mlplat_tui.cycle.training import TrainingCancelled
 from mlplat_tui.devloop.worker import WarmWorkerRunner, guess_preload, parse_python_command
-from mlplat_tui.training import TrainingCancelled
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from mlplat_tui.config import Project, load_project
+from mlplat_tui.project.config import Project, load_project
 from tests.helpers.stack import free_port_base
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ BUILD_LOCK = Path(tempfile.gettempdir()) / "mlplat-test-images.lock"
 @pytest.fixture(scope="session")
 def docker_client() -> docker.DockerClient:
     """The engine (``scripts/ensure-docker.sh`` starts one); a clear error, not a skip, without."""
-    from mlplat_tui.stack.docker_engine import connect
+    from mlplat_tui.docker.engine import connect
 
     return connect()
 
@@ -52,7 +52,7 @@ def docker_client() -> docker.DockerClient:
 @pytest.fixture(scope="session")
 def mlplat_images(docker_client: docker.DockerClient) -> dict[str, Any]:
     """``{"runtime": tag, "tracker": tag, "built": [BuiltImage...], "seconds": float}``."""
-    from mlplat_tui.images import build_images
+    from mlplat_tui.docker.images import build_images
 
     begun = time.monotonic()
     with open(BUILD_LOCK, "a+") as fh:

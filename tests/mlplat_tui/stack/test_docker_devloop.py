@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from mlplat_runtime.bundle import open_bundle
-from mlplat_tui.config import Project
 from mlplat_tui.devloop.loop import DevLoop
+from mlplat_tui.project.config import Project
 from mlplat_tui.stack.base import Service
 from mlplat_tui.stack.docker import DockerBackend
 from tests.helpers.load import InferenceLoad, infer_body

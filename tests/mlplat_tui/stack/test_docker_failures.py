@@ -44,7 +44,7 @@ def test_engine_that_refuses_us_says_permission_denied(tmp_path: Path) -> None:
     listener.bind(str(path))
     listener.listen(1)
     path.chmod(0)
-    code = "from mlplat_tui.stack.docker_engine import connect\nconnect()"
+    code = "from mlplat_tui.docker.engine import connect\nconnect()"
     cmd = [sys.executable, "-c", code]
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")

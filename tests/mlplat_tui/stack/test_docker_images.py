@@ -16,7 +16,7 @@ import docker
 import pytest
 
 from mlplat_runtime.errors import MlplatError, UsageError
-from mlplat_tui.images import (
+from mlplat_tui.docker.images import (
     LABEL_LOCK,
     LABEL_VERSION,
     REQUIREMENTS,

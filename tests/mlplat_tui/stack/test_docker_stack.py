@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mlplat_runtime.bundle import open_bundle
-from mlplat_tui.metadata_client import MetadataClient
+from mlplat_tui.clients.metadata import MetadataClient
 from mlplat_tui.stack.base import SERVICES, Service
 from mlplat_tui.stack.docker import VOLUMES, DockerBackend
 from tests.helpers.models import make_bundle
@@ -148,7 +148,7 @@ def test_docker_stack_lifecycle(docker_project, docker_client, mlplat_images, tm
 
     # The whole cycle on the containers: train on the host, track in the containerised MLflow,
     # record in the containerised metadata service, stage the bundle, hot-load, serve.
-    from mlplat_tui.pipeline import run_cycle
+    from mlplat_tui.cycle.pipeline import run_cycle
 
     cycle = run_cycle(project, backend=backend)
     assert cycle.error is None, cycle.error

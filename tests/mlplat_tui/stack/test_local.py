@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from mlplat_runtime.errors import StackError
-from mlplat_tui.config import load_project
+from mlplat_tui.project.config import load_project
 from mlplat_tui.stack.base import SERVICES, Service
 from mlplat_tui.stack.local import LocalBackend, _pid_alive
 from tests.helpers.stack import free_port_base

@@ -20,7 +20,7 @@ from textual.pilot import Pilot
 from textual.widget import Widget
 from textual.widgets import DataTable
 
-from mlplat_tui.config import Project, load_project
+from mlplat_tui.project.config import Project, load_project
 from mlplat_tui.stack.local import LocalBackend
 from tests.helpers.stack import copy_sample, started_stack
 
@@ -39,8 +39,8 @@ class Live:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     from mlplat_runtime.metadata.records import RunRecord
-    from mlplat_tui.metadata_client import MetadataClient
-    from mlplat_tui.pipeline import run_cycle
+    from mlplat_tui.clients.metadata import MetadataClient
+    from mlplat_tui.cycle.pipeline import run_cycle
     from mlplat_tui.stack.base import Service
 
     root = copy_sample("churn", tmp_path_factory.mktemp("ui-live"))

@@ -12,7 +12,7 @@ from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Log
 
 from mlplat_runtime.bundle import open_bundle
-from mlplat_tui.metadata_client import MetadataClient
+from mlplat_tui.clients.metadata import MetadataClient
 from mlplat_tui.stack.base import Service
 from mlplat_tui.ui.app import DashboardApp
 from mlplat_tui.ui.bundle_screen import BundleScreen

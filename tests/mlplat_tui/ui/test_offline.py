@@ -3,7 +3,7 @@ connections. Everything must still paint, say what is wrong, and answer keys."""
 
 from __future__ import annotations
 
-from mlplat_tui.config import Project
+from mlplat_tui.project.config import Project
 from mlplat_tui.ui.app import DashboardApp
 from mlplat_tui.ui.confirm import ConfirmModal
 from mlplat_tui.ui.data import DashboardData

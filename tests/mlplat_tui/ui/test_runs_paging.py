@@ -15,7 +15,7 @@ from textual.widgets import DataTable
 
 from mlplat_runtime.metadata.records import RunRecord
 from mlplat_runtime.metadata.store import MetadataStore
-from mlplat_tui.config import Project, load_project
+from mlplat_tui.project.config import Project, load_project
 from mlplat_tui.stack.base import Ports
 from mlplat_tui.ui.app import DashboardApp
 from mlplat_tui.ui.data import DashboardData

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from mlplat_runtime.errors import ConfigError
-from mlplat_tui.config import GatesSection, NoRegression, Project, Threshold, load_project
-from mlplat_tui.policy import (
+from mlplat_tui.gates.policy import (
     POLICY_ENV,
     at_least_as_strict,
     effective_gates,
@@ -16,6 +15,7 @@ from mlplat_tui.policy import (
     load_policy,
     policy_path,
 )
+from mlplat_tui.project.config import GatesSection, NoRegression, Project, Threshold, load_project
 
 NO_ENV: dict[str, str] = {}
 

@@ -10,8 +10,7 @@ import pytest
 
 from mlplat_runtime.bundle import open_bundle
 from mlplat_runtime.bundle.manifest import GateResult, Manifest, Signature, TensorSpec
-from mlplat_tui.config import GatesSection, NoRegression, Threshold, load_project
-from mlplat_tui.gates import (
+from mlplat_tui.gates.evaluate import (
     MISSING_METRIC,
     _request_rows,
     all_passed,
@@ -21,6 +20,7 @@ from mlplat_tui.gates import (
     signature_problems,
     validate_bundle,
 )
+from mlplat_tui.project.config import GatesSection, NoRegression, Threshold, load_project
 from tests.helpers.models import make_bundle, make_identity_onnx, make_multi_io_onnx
 
 FAST = 10  # latency runs: enough to exercise the measurement, cheap on a shared 2-core machine

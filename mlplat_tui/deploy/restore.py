@@ -15,8 +15,8 @@ from mlplat_tui.stack.base import Progress, Service, StackBackend
 
 def restore_serving(backend: StackBackend, progress: Progress) -> str | None:
     """Load the current local deployment into serving; the version restored, or None."""
-    from mlplat_tui.metadata_client import MetadataClient
-    from mlplat_tui.serving_client import ServingAdmin
+    from mlplat_tui.clients.metadata import MetadataClient
+    from mlplat_tui.clients.serving import ServingAdmin
 
     project = backend.project
     model = project.config.model.name
@@ -30,9 +30,7 @@ def restore_serving(backend: StackBackend, progress: Progress) -> str | None:
         if not path.exists():
             progress(f"serving: v{current.version} was serving, but its bundle {path} is gone")
             return None
-        admin = ServingAdmin.from_token_file(
-            backend.ports.url("admin"), project.state_dir / "stack" / "admin.token"
-        )
+        admin = ServingAdmin.from_token_file(backend.ports.url("admin"), project.paths.admin_token)
         try:
             loaded = admin.load(model, backend.serving_bundle_path(path))
         finally:

@@ -23,11 +23,11 @@ from typing import Any
 
 from mlplat_runtime.bundle.manifest import GateResult, Manifest
 from mlplat_runtime.errors import MlplatError, TrainingError
-from mlplat_tui.config import Project
+from mlplat_tui.cycle.recording import Recorder
+from mlplat_tui.cycle.training import SubprocessRunner, TrainingCancelled, TrainingRunner
 from mlplat_tui.events import Event, EventSink, null_sink
-from mlplat_tui.recording import Recorder
+from mlplat_tui.project.config import Project
 from mlplat_tui.stack.base import Ports, Service, StackBackend
-from mlplat_tui.training import SubprocessRunner, TrainingCancelled, TrainingRunner
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,8 @@ class Pipeline:
             return False
         if self.rec.metadata is not None and time.monotonic() - self._stack_checked < 30:
             return self.rec.metadata.health()
-        from mlplat_tui.metadata_client import MetadataClient
-        from mlplat_tui.serving_client import ServingAdmin
+        from mlplat_tui.clients.metadata import MetadataClient
+        from mlplat_tui.clients.serving import ServingAdmin
 
         try:
             status = self.backend.status()
@@ -117,7 +117,7 @@ class Pipeline:
         meta_up = bool((s := status.service(Service.METADATA)) and s.healthy)
         serving_up = bool((s := status.service(Service.SERVING)) and s.healthy)
         if tracker_up and self.rec.tracker is None:
-            from mlplat_tui.tracking import Tracker
+            from mlplat_tui.clients.tracker import Tracker
 
             try:
                 self.rec.tracker = Tracker(self.ports.url(Service.TRACKER), self.project.name)
@@ -125,7 +125,7 @@ class Pipeline:
                 tracker_up = False
         self.close()
         self.rec.metadata = MetadataClient(self.ports.url(Service.METADATA)) if meta_up else None
-        token_file = self.project.state_dir / "stack" / "admin.token"
+        token_file = self.project.paths.admin_token
         self._admin = (
             ServingAdmin.from_token_file(self.ports.url("admin"), token_file)
             if serving_up and token_file.exists()
@@ -188,7 +188,7 @@ class Pipeline:
             except Exception as exc:  # MLflow raises many types; train untracked rather than not at all
                 record(Event("stack", f"MLflow refused to create the run ({exc}); training untracked"))
                 tracked = False
-        out_dir = self.project.state_dir / "runs" / run_id / "out"
+        out_dir = self.project.paths.run_output(run_id)
         out_dir.mkdir(parents=True, exist_ok=True)
         base = CycleResult(run_id=run_id, tracked=tracked, run_url=run_url)
 
@@ -243,7 +243,7 @@ class Pipeline:
             return replace(base, cancelled=True, train_s=train_s, total_s=time.monotonic() - started)
         except MlplatError as exc:
             return self._fail(record, run_id, base, started, str(exc), "", train_s=train_s)
-        from mlplat_tui.gates import all_passed, failure_reasons
+        from mlplat_tui.gates.evaluate import all_passed, failure_reasons
 
         passed = all_passed(gates)
         record(
@@ -344,7 +344,7 @@ class Pipeline:
 
     def _bundle(self, out_dir: Path, run_id: str, tracked: bool) -> tuple[Path, Manifest]:
         from mlplat_runtime.bundle import build_bundle, open_bundle
-        from mlplat_tui.lineage import build_lineage
+        from mlplat_tui.project.lineage import build_lineage
 
         model_path = out_dir / "model.onnx"
         if not model_path.is_file():
@@ -364,7 +364,7 @@ class Pipeline:
         version = (
             self.rec.metadata.next_version(model) if self.rec.metadata is not None else self._local_version()
         )
-        bundles = self.project.state_dir / "bundles"
+        bundles = self.project.paths.bundles
         bundles.mkdir(parents=True, exist_ok=True)
         target = bundles / f"{model}-v{version}"
         if target.exists():  # a reset metadata store must not overwrite an older bundle
@@ -386,7 +386,7 @@ class Pipeline:
         return path, open_bundle(path).manifest
 
     def _local_version(self) -> str:
-        bundles = self.project.state_dir / "bundles"
+        bundles = self.project.paths.bundles
         return str(sum(1 for _ in bundles.glob("*-v*")) + 1) if bundles.exists() else "1"
 
     def champion(self, model: str) -> Manifest | None:
@@ -404,7 +404,7 @@ class Pipeline:
             return None
 
     def evaluate_gates(self, bundle_dir: Path, champion: Manifest | None) -> list[GateResult]:
-        from mlplat_tui.gates import validate_bundle
+        from mlplat_tui.gates.evaluate import validate_bundle
 
         return validate_bundle(
             self.project,
@@ -487,7 +487,7 @@ def run_cycle(
 
 def clean_run_outputs(project: Project, keep: int = 20) -> None:
     """Training outputs are copied into bundles; keep only the newest few scratch folders."""
-    runs = project.state_dir / "runs"
+    runs = project.paths.runs
     if not runs.exists():
         return
     dirs = sorted((d for d in runs.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True)

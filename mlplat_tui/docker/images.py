@@ -69,7 +69,7 @@ def _quiet(_: str) -> None:
 
 def source_root() -> Path:
     """The folder holding the ``Dockerfile``: the mlplat source tree this package runs from."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     if not (root / "Dockerfile").is_file():
         raise UsageError(
             f"no Dockerfile beside the mlplat package ({root}): building images needs the source tree",
@@ -244,7 +244,7 @@ def build_images(
     """
     from importlib.metadata import PackageNotFoundError, version
 
-    from mlplat_tui.stack.docker_engine import connect
+    from mlplat_tui.docker.engine import connect
 
     say = progress or _quiet
     root = Path(root).resolve() if root else source_root()

@@ -15,9 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mlplat_runtime.errors import ConfigError
+from mlplat_tui.project.paths import StateLayout
 
 CONFIG_NAME = "mlplat.toml"
-STATE_DIR = ".mlplat"
 _GATE_RE = re.compile(r"^\s*(>=|<=|>|<|==)\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
@@ -138,7 +138,12 @@ class Project:
 
     @property
     def state_dir(self) -> Path:
-        return self.root / STATE_DIR
+        return self.paths.root
+
+    @property
+    def paths(self) -> StateLayout:
+        """Every path under ``.mlplat/`` (``project/paths.py``)."""
+        return StateLayout.of(self.root)
 
     @property
     def config_path(self) -> Path:

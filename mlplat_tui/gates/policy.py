@@ -44,7 +44,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from mlplat_runtime.errors import ConfigError
-from mlplat_tui.config import GatesSection, NoRegression, Project, Threshold, parse_threshold
+from mlplat_tui.project.config import GatesSection, NoRegression, Project, Threshold, parse_threshold
 
 POLICY_ENV = "MLPLAT_POLICY"
 FLOOR_NOTE = "policy floor"

@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 from mlplat_runtime.bundle.manifest import Manifest
 from mlplat_runtime.errors import MlplatError
-from mlplat_tui.config import Project
 from mlplat_tui.events import Event
+from mlplat_tui.project.config import Project
 
 
 class Recorder:

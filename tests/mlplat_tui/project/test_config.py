@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from mlplat_runtime.errors import ConfigError, UsageError
-from mlplat_tui.config import CONFIG_NAME, Threshold, load_project, parse_config
+from mlplat_tui.project.config import CONFIG_NAME, Threshold, load_project, parse_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 FULL = """
 [project]

@@ -15,8 +15,8 @@ import pytest
 from mlplat_runtime.bundle.manifest import GateResult
 from mlplat_runtime.errors import MetadataError, NotFoundError, RequestError, ServiceError, UsageError
 from mlplat_runtime.metadata.records import BundleRecord, DeploymentRecord, RunRecord
+from mlplat_tui.clients.metadata import MetadataClient
 from mlplat_tui.events import Event
-from mlplat_tui.metadata_client import MetadataClient
 from tests.helpers.metadata import RunningMetadata, start_metadata
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

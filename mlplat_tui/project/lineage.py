@@ -23,7 +23,8 @@ from pathlib import Path
 
 from mlplat_runtime.bundle.manifest import Lineage
 from mlplat_runtime.errors import ConfigError
-from mlplat_tui.config import STATE_DIR, Project
+from mlplat_tui.project.config import Project
+from mlplat_tui.project.paths import STATE_DIR
 
 _CHUNK = 1 << 20
 _GIT_TIMEOUT_S = 30.0

@@ -14,7 +14,7 @@ import pytest
 
 from mlplat_runtime.errors import UsageError
 from mlplat_tui.cli.init import TEMPLATES, create_project, sanitize_name
-from mlplat_tui.config import load_project
+from mlplat_tui.project.config import load_project
 
 CONTRACT_VARS = ("MLPLAT_OUTPUT_DIR", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLPLAT_PROJECT_DIR")
 
@@ -170,7 +170,7 @@ def test_folder_without_a_usable_name_needs_name(tmp_path: Path) -> None:
 def test_template_files_survive_packaging() -> None:
     # pyproject ships templates with the glob "templates/**/*", which skips dotfiles and would
     # also ship stray build products: keep the tree to plain, visible files.
-    base = Path(__file__).resolve().parents[2] / "mlplat_tui" / "templates"
+    base = Path(__file__).resolve().parents[3] / "mlplat_tui" / "templates"
     names = [p.relative_to(base).as_posix() for p in base.rglob("*")]
     assert {"_common", "sklearn", "torch"} <= {n.split("/")[0] for n in names}
     assert not [n for n in names if any(part.startswith(".") for part in n.split("/"))]

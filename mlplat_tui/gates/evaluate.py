@@ -36,7 +36,7 @@ import numpy as np
 
 from mlplat_runtime.bundle.manifest import GateResult, Manifest, Signature, TensorSpec
 from mlplat_runtime.errors import GateError
-from mlplat_tui.config import GatesSection, NoRegression, Project, Threshold
+from mlplat_tui.project.config import GatesSection, NoRegression, Project, Threshold
 
 if TYPE_CHECKING:
     from mlplat_runtime.bundle import Bundle
@@ -281,7 +281,7 @@ def validate_bundle(
 ) -> list[GateResult]:
     """Open ``bundle_path`` and evaluate the project's gates with the platform policy applied."""
     from mlplat_runtime.bundle import open_bundle
-    from mlplat_tui.policy import effective_policy
+    from mlplat_tui.gates.policy import effective_policy
 
     effective = effective_policy(project)
     bundle = open_bundle(Path(bundle_path))

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from mlplat_runtime.bundle import open_bundle
-from mlplat_tui.config import load_project
+from mlplat_tui.clients.metadata import MetadataClient
+from mlplat_tui.cycle.pipeline import Pipeline
 from mlplat_tui.events import Event
-from mlplat_tui.metadata_client import MetadataClient
-from mlplat_tui.pipeline import Pipeline
+from mlplat_tui.project.config import load_project
 from mlplat_tui.stack.base import Service
 from tests.helpers.stack import copy_sample, started_stack
 

@@ -11,8 +11,8 @@ import pytest
 
 from mlplat_runtime.bundle.manifest import Lineage
 from mlplat_runtime.errors import ConfigError
-from mlplat_tui.config import load_project
-from mlplat_tui.lineage import build_lineage, code_version, data_hashes, hash_file
+from mlplat_tui.project.config import load_project
+from mlplat_tui.project.lineage import build_lineage, code_version, data_hashes, hash_file
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t",

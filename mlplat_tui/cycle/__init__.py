@@ -1,0 +1,1 @@
+"""One training cycle: run the training command, bundle, gate, record, deploy."""

@@ -1,0 +1,1 @@
+"""Guardrails: gate evaluation and the platform policy floors."""

@@ -8,6 +8,16 @@ keep-alive and pipelining (responses in request order), ``Expect: 100-continue``
 request bodies (413) and headers (431), HEAD, malformed requests (400 and close), write
 back-pressure, idle keep-alive timeouts and a graceful close.
 
+Hostile clients are bounded here, before any handler runs (``HttpLimits``; docs/security.md):
+the request target (414) and the whole request head (431) are capped while they arrive, not
+after httptools has assembled them; a request head and a body each have a deadline (408), so
+a slowloris client cannot hold a connection by dribbling bytes; the connections of a port are
+capped below the process's descriptor limit, and at the cap the connection stuck longest in
+an unfinished request head is dropped for the new one (a refusal, 503, only when every
+connection is busy answering); the bodies buffered by all connections together share one
+budget (503 beyond it), so a flood of large uploads cannot grow memory without bound; and a
+compressed body is inflated (``inflate``) with the same limit as a plain one.
+
 A handler is a plain callable ``Request -> Response | Awaitable[Response]``: fast handlers
 answer inline (no task is created), slow ones (a model load, a big model) return a coroutine
 and the connection waits for it, keeping later pipelined requests queued in order.
@@ -23,8 +33,10 @@ import asyncio
 import inspect
 import logging
 import time
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Any, NamedTuple
 from urllib.parse import unquote
@@ -36,10 +48,33 @@ log = logging.getLogger("mlplat.serving")
 
 MAX_BODY = 64 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
+MAX_URL_BYTES = 8 * 1024
+HEADER_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 60.0
+MAX_CONNECTIONS = 1024
+BODY_BUDGET = 256 * 1024 * 1024
+BACKLOG = 2048
 KEEP_ALIVE_S = 15.0
 LINGER_S = 2.0
 JSON = b"application/json"
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one listening port accepts from its clients (defaults: the module constants)."""
+
+    max_body: int = MAX_BODY  # bytes of one request body, after inflating a compressed one
+    max_url: int = MAX_URL_BYTES  # bytes of the request target (414 beyond)
+    max_head: int = MAX_HEADER_BYTES  # bytes of the request line and headers together (431)
+    header_timeout_s: float = HEADER_TIMEOUT_S  # first byte of a request -> end of its headers
+    body_timeout_s: float = BODY_TIMEOUT_S  # end of the headers -> end of the body
+    max_connections: int = MAX_CONNECTIONS  # open connections on the port
+    body_budget: int = BODY_BUDGET  # bytes of request bodies buffered by all connections at once
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop reading a request we have already refused."""
 
 
 class Request:
@@ -74,6 +109,49 @@ def json_error(status: int, message: str, headers: tuple[tuple[bytes, bytes], ..
     return Response(status, orjson.dumps({"error": message}), JSON, headers)
 
 
+class BodyTooLarge(Exception):
+    """An inflated body went over its limit (HTTP 413)."""
+
+
+class BadEncoding(Exception):
+    """A body that does not inflate (HTTP 400)."""
+
+
+_WBITS = {b"gzip": zlib.MAX_WBITS | 16, b"x-gzip": zlib.MAX_WBITS | 16, b"deflate": zlib.MAX_WBITS}
+
+
+def inflate(body: bytes, encoding: bytes, limit: int) -> bytes:
+    """A gzip or deflate body inflated, never to more than ``limit`` bytes.
+
+    Inflating stops at ``limit + 1`` bytes (``max_length``), so a 2 MB bomb costs at most the
+    limit in memory, never the gigabytes it claims; concatenated gzip members are allowed.
+    zlib releases the GIL while it works: callers run large ones in a worker thread.
+    Raises BodyTooLarge, BadEncoding, or KeyError for an encoding other than gzip/deflate.
+    """
+    wbits = _WBITS[encoding]
+    parts: list[bytes] = []
+    size = 0
+    data = body
+    try:
+        while True:
+            d = zlib.decompressobj(wbits)
+            out = d.decompress(data, limit - size + 1)
+            size += len(out)
+            if size > limit or d.unconsumed_tail:
+                raise BodyTooLarge(f"request body inflates to over {limit} bytes")
+            parts.append(out)
+            if not d.eof:
+                raise BadEncoding(f"request body is truncated {encoding.decode()} data")
+            data = d.unused_data
+            if not data or wbits == zlib.MAX_WBITS:
+                if data:
+                    raise BadEncoding("request body has data after the end of the deflate stream")
+                break
+    except zlib.error as exc:
+        raise BadEncoding(f"request body is not valid {encoding.decode()}: {exc}") from None
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def encode_response(resp: Response, keep_alive: bool, head_only: bool = False) -> bytes:
     reason = _REASONS.get(resp.status, b"Unknown")
     parts = [
@@ -91,15 +169,55 @@ def encode_response(resp: Response, keep_alive: bool, head_only: bool = False) -
 
 
 class ServerState:
-    """The connections of one listening socket, for idle sweeps and the graceful close."""
+    """The connections of one listening socket, for idle sweeps, deadlines, the connection cap,
+    the shared body budget and the graceful close."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: HttpLimits | None = None) -> None:
+        self.limits = limits or HttpLimits()
         self.connections: set[HttpProtocol] = set()
+        self.buffered = 0  # request-body bytes held by all connections together
+        self.dropped = 0  # connections closed to make room at the cap
+        self.refused = 0  # connections refused (503) because every connection was busy
+        self.timed_out = 0  # requests ended by a header or body deadline (408)
 
     def sweep(self, now: float, idle_s: float = KEEP_ALIVE_S) -> None:
+        limits = self.limits
         for conn in list(self.connections):
-            if not conn.busy and now - conn.last_active > idle_s:
+            if conn.busy or conn.queue:
+                continue
+            if conn.head_started is not None and now - conn.head_started > limits.header_timeout_s:
+                self.timed_out += 1
+                conn.timeout(f"request headers not complete within {limits.header_timeout_s:g} s")
+            elif conn.body_started is not None and now - conn.body_started > limits.body_timeout_s:
+                self.timed_out += 1
+                conn.timeout(f"request body not complete within {limits.body_timeout_s:g} s")
+            elif now - conn.last_active > idle_s:
                 conn.close()
+
+    def make_room(self) -> bool:
+        """At the connection cap: drop the connection that has waited longest on an unfinished
+        request head (then the longest idle one); False when every connection is busy."""
+        victim: HttpProtocol | None = None
+        best = (3, 0.0)
+        for conn in self.connections:
+            if conn.busy or conn.queue:
+                continue
+            if conn.discarding:
+                rank = (0, conn.last_active)
+            elif conn.head_started is not None:
+                rank = (1, conn.head_started)
+            elif conn.body_started is None:
+                rank = (2, conn.last_active)
+            else:
+                continue  # receiving a body: a client at work
+            if rank < best:
+                victim, best = conn, rank
+        if victim is None:
+            return False
+        self.dropped += 1
+        self.connections.discard(victim)  # now: its connection_lost comes a loop turn later
+        victim.abort()
+        return True
 
     def close_idle(self) -> None:
         for conn in list(self.connections):
@@ -114,45 +232,73 @@ class ServerState:
 class HttpProtocol(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, handler: Handler, state: ServerState, *, max_body: int = MAX_BODY) -> None:
+    def __init__(self, handler: Handler, state: ServerState) -> None:
         self.handler = handler
         self.state = state
-        self.max_body = max_body
+        self.limits = state.limits
+        self.max_body = state.limits.max_body
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.last_active = self.loop.time()
         self.busy = False  # a coroutine handler is running for this connection
         self.queue: deque[tuple[Request, bool]] = deque()
-        self._url = b""
+        # deadlines: when the current request's head began (None once its headers are in, or
+        # between requests on a kept-alive connection) and when its body began
+        self.head_started: float | None = self.last_active
+        self.body_started: float | None = None
+        self.discarding = False  # after a refused request: drop input until the client closes
+        self._url: list[bytes] = []
+        self._url_size = 0
+        self._head_size = 0  # bytes received while the current request head is unfinished
+        self._in_head = True
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_size = 0
+        self._held = 0  # body bytes this connection counts against the shared budget
         self._error: Response | None = None
         self._reading_paused = False
-        self._discarding = False  # after a refused request: drop input until the client closes
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.state.connections.add(self)
+        state = self.state
+        if len(state.connections) >= self.limits.max_connections and not state.make_room():
+            state.refused += 1
+            self.discarding = True
+            resp = json_error(503, "too many connections; retry shortly", ((b"retry-after", b"1"),))
+            transport.write(encode_response(resp, keep_alive=False))  # type: ignore[attr-defined]
+            transport.close()
+            return
+        state.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
+        self._release(self._held)
         self.transport = None
         self.queue.clear()
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self.loop.time()
-        if self._discarding:
+        if self.discarding:
             return
+        if self._in_head:
+            self._head_size += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(json_error(400, "protocol upgrades are not supported"))
+            return
         except httptools.HttpParserError as exc:
-            self._fail(json_error(400, f"malformed HTTP request: {exc}"))
+            if self._error is not None:  # a refusal raised from a callback stops the parser
+                self._fail(self._error)
+            else:
+                self._fail(json_error(400, f"malformed HTTP request: {exc}"))
+            return
+        if self._in_head and self._head_size > self.limits.max_head + self.limits.max_url:
+            # httptools keeps an unfinished header in memory: refuse before it grows further
+            self._fail(json_error(431, f"request headers over {self.limits.max_head} bytes"))
 
     def pause_writing(self) -> None:  # the client reads slower than we answer
         self._pause_reading()
@@ -163,7 +309,12 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self._url = b""
+        self._url = []
+        self._url_size = 0
+        self._head_size = 0
+        self._in_head = True
+        self.head_started = self.loop.time()
+        self.body_started = None
         self._headers = []
         self._header_bytes = 0
         self._body = []
@@ -171,16 +322,27 @@ class HttpProtocol(asyncio.Protocol):
         self._error = None
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        # fragments are joined once at the end: joining them as they come is quadratic
+        self._url_size += len(url)
+        if self._url_size > self.limits.max_url:
+            self._refuse(json_error(414, f"request target over {self.limits.max_url} bytes"))
+        self._url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value)
-        if self._header_bytes > MAX_HEADER_BYTES:
-            self._error = json_error(431, f"request headers over {MAX_HEADER_BYTES} bytes")
-            return
+        if self._header_bytes > self.limits.max_head:
+            self._refuse(json_error(431, f"request headers over {self.limits.max_head} bytes"))
         self._headers.append((name.lower(), value))
 
+    def _refuse(self, resp: Response) -> None:
+        """Stop parsing this request now: an exception raised in a callback stops httptools."""
+        self._error = resp
+        raise _Refused
+
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self.head_started = None
+        self.body_started = self.loop.time()
         if self.parser.should_upgrade():
             self._error = json_error(400, "protocol upgrades are not supported")
         expect_continue = False
@@ -195,22 +357,45 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
+        if self._error is not None:
+            return
         self._body_size += len(body)
         if self._body_size > self.max_body:
-            self._error = self._error or json_error(413, f"request body over {self.max_body} bytes")
-            self._body = []
-        elif self._error is None:
-            self._body.append(body)
+            self._error = json_error(413, f"request body over {self.max_body} bytes")
+            self._drop_body()
+            return
+        state = self.state
+        if state.buffered + len(body) > self.limits.body_budget:
+            self._error = json_error(
+                503, "the server holds too many request bodies right now; retry shortly",
+                ((b"retry-after", b"1"),),
+            )  # fmt: skip
+            self._drop_body()
+            return
+        state.buffered += len(body)
+        self._held += len(body)
+        self._body.append(body)
+
+    def _drop_body(self) -> None:
+        self._release(sum(len(b) for b in self._body))
+        self._body = []
+
+    def _release(self, size: int) -> None:
+        size = min(size, self._held)
+        self._held -= size
+        self.state.buffered -= size
 
     def on_message_complete(self) -> None:
+        self.body_started = None
         if self._error is not None:
             self._fail(self._error)
             return
         method = self.parser.get_method().decode("ascii", "replace")
+        url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
         try:
-            raw_path = httptools.parse_url(self._url).path or b"/"
+            raw_path = httptools.parse_url(url).path or b"/"
         except httptools.HttpParserInvalidURLError:
-            self._fail(json_error(400, f"malformed request target {self._url[:200]!r}"))
+            self._fail(json_error(400, f"malformed request target {url[:200]!r}"))
             return
         path = raw_path.decode("latin-1")
         if "%" in path:
@@ -218,6 +403,8 @@ class HttpProtocol(asyncio.Protocol):
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         req = Request(method, path, self._headers, body)
         keep_alive = self.parser.should_keep_alive()
+        self._in_head = True  # until the next request's headers are in (pipelined or kept alive)
+        self._head_size = 0
         if self.busy or self.queue:
             self.queue.append((req, keep_alive))
             self._pause_reading()  # let pipelined requests wait in the socket, not in memory
@@ -232,6 +419,7 @@ class HttpProtocol(asyncio.Protocol):
             log.exception("handler failed on %s %s", req.method, req.path)
             result = json_error(500, "internal error")
         if isinstance(result, Response):
+            self._release(len(req.body))
             self._send(result, keep_alive, req.method == "HEAD")
             return
         self.busy = True
@@ -246,11 +434,14 @@ class HttpProtocol(asyncio.Protocol):
             resp = json_error(500, "internal error")
         self.busy = False
         self.last_active = self.loop.time()
+        self._release(len(req.body))
         self._send(resp, keep_alive, req.method == "HEAD")
         while self.queue and not self.busy and self.transport is not None:
             nxt, ka = self.queue.popleft()
             self._dispatch(nxt, ka)
         if not self.busy:
+            if self.head_started is not None:  # the deadline counts from when we read again
+                self.head_started = self.loop.time()
             self._resume_reading()
 
     def _send(self, resp: Response, keep_alive: bool, head_only: bool) -> None:
@@ -269,10 +460,12 @@ class HttpProtocol(asyncio.Protocol):
         unread data would reset the connection, and the client would lose the answer.
         """
         self.queue.clear()
+        self.head_started = self.body_started = None
+        self._drop_body()
         transport = self.transport
-        if self._discarding or transport is None or transport.is_closing():
+        if self.discarding or transport is None or transport.is_closing():
             return
-        self._discarding = True
+        self.discarding = True
         transport.write(encode_response(resp, keep_alive=False))
         self._resume_reading()
         if transport.can_write_eof():
@@ -291,9 +484,18 @@ class HttpProtocol(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
+    def timeout(self, why: str) -> None:
+        """A deadline passed: answer 408 if the client can still read it, then close."""
+        self._fail(json_error(408, why))
+
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def abort(self) -> None:
+        """Close now, without flushing: frees the descriptor for the connection that needs it."""
+        if self.transport is not None:
+            self.transport.abort()
 
 
 async def serve_http(
@@ -301,17 +503,27 @@ async def serve_http(
     sock: Any,
     *,
     stop: asyncio.Event,
-    max_body: int = MAX_BODY,
+    max_body: int | None = None,
+    limits: HttpLimits | None = None,
     grace_s: float = 5.0,
     idle_s: float = KEEP_ALIVE_S,
     sweep_s: float = 1.0,
+    backlog: int = BACKLOG,
     on_ready: Callable[[], None] | None = None,
+    state: ServerState | None = None,
 ) -> None:
     """Serve ``handler`` on a bound, listening socket until ``stop`` is set, then close gracefully:
-    stop accepting, close idle connections, give in-flight requests ``grace_s`` to finish."""
+    stop accepting, close idle connections, give in-flight requests ``grace_s`` to finish.
+
+    ``backlog`` is passed on: ``create_server`` would otherwise listen again with its own 100.
+    """
     loop = asyncio.get_running_loop()
-    state = ServerState()
-    server = await loop.create_server(lambda: HttpProtocol(handler, state, max_body=max_body), sock=sock)
+    limits = limits or HttpLimits()
+    if max_body is not None:
+        limits = replace(limits, max_body=max_body)
+    state = state or ServerState(limits)
+    state.limits = limits
+    server = await loop.create_server(lambda: HttpProtocol(handler, state), sock=sock, backlog=backlog)
     if on_ready is not None:
         on_ready()
     try:

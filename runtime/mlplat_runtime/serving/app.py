@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import zlib
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,7 +28,16 @@ import orjson
 from mlplat_runtime import __version__
 from mlplat_runtime.errors import MlplatError, NotFoundError, RequestError
 from mlplat_runtime.serving import protocol
-from mlplat_runtime.serving.http import JSON, Request, Response, json_error
+from mlplat_runtime.serving.http import (
+    JSON,
+    MAX_BODY,
+    BadEncoding,
+    BodyTooLarge,
+    Request,
+    Response,
+    inflate,
+    json_error,
+)
 from mlplat_runtime.serving.metrics import CONTENT_TYPE, ServingMetrics
 from mlplat_runtime.serving.model import LoadedModel
 from mlplat_runtime.serving.repository import Repository
@@ -50,6 +58,9 @@ SERVER_METADATA = orjson.dumps(
 )
 _OCTET = b"application/octet-stream"
 _METRICS_TYPE = CONTENT_TYPE.encode()
+# A body this large, or any compressed one, is decoded in a worker thread, not on the loop:
+# parsing 60 MB of JSON takes over a second, and every other client would wait for it.
+OFFLOAD_BYTES = 256 * 1024
 
 
 class HttpError(MlplatError):
@@ -71,19 +82,25 @@ def error_response(exc: MlplatError) -> Response:
     return json_error(exc.http_status, exc.message, exc.headers if isinstance(exc, HttpError) else ())
 
 
-def decode_content(body: bytes, encoding: bytes | None) -> bytes:
+def decode_content(body: bytes, encoding: bytes | None, limit: int = MAX_BODY) -> bytes:
+    """The body without its Content-Encoding, inflated to at most ``limit`` bytes (413 beyond)."""
     if not encoding or encoding == b"identity":
         return body
     try:
-        if encoding == b"gzip":
-            return zlib.decompress(body, wbits=zlib.MAX_WBITS | 16)
-        if encoding == b"deflate":
-            return zlib.decompress(body)
-    except zlib.error as exc:
-        raise RequestError(f"request body is not valid {encoding.decode()}: {exc}") from None
-    raise HttpError(
-        415, f"Content-Encoding {encoding.decode(errors='replace')} is not supported; use gzip or deflate"
-    )
+        return inflate(body, encoding, limit)
+    except BodyTooLarge as exc:
+        raise HttpError(413, str(exc)) from None
+    except BadEncoding as exc:
+        raise RequestError(str(exc)) from None
+    except KeyError:
+        raise HttpError(
+            415, f"Content-Encoding {encoding.decode(errors='replace')} is not supported; use gzip or deflate"
+        ) from None
+
+
+def _heavy(req: Request) -> bool:
+    """Whether decoding this request could hold the event loop up (see ``OFFLOAD_BYTES``)."""
+    return len(req.body) > OFFLOAD_BYTES or req.header(b"content-encoding") is not None
 
 
 class InferenceHandler:
@@ -99,6 +116,7 @@ class InferenceHandler:
         self.repo = repo
         self.metrics = metrics or repo.metrics
         self.executor = executor
+        self.max_body = MAX_BODY  # the inflated size a compressed body may reach
 
     def __call__(self, req: Request) -> Response | Awaitable[Response]:
         t0 = time.perf_counter()
@@ -125,7 +143,7 @@ class InferenceHandler:
                         raise method_not_allowed(req.method, path, "POST")
                     # the version this request runs on, whatever swaps in next
                     model = self.repo.get(name, version)
-                    if not model.inline and self.executor is not None:
+                    if self.executor is not None and (not model.inline or _heavy(req)):
                         return self._infer_in_thread(req, model, t0)
                     resp = self._infer(req, model)
                 elif req.method != "GET":
@@ -179,7 +197,7 @@ class InferenceHandler:
                     ) from None
             elif key == b"content-encoding":
                 encoding = value.lower()
-        body = decode_content(req.body, encoding) if encoding is not None else req.body
+        body = decode_content(req.body, encoding, self.max_body) if encoding is not None else req.body
         return protocol.decode_infer_request(
             body, model.inputs, model.outputs, header_length=header_len, output_names=model.output_names
         )
@@ -204,9 +222,12 @@ class InferenceHandler:
     async def _infer_in_thread(self, req: Request, model: LoadedModel, t0: float) -> Response:
         """A slow model runs in a worker thread (ORT releases the GIL), the loop serves on."""
         try:
-            decoded = self._decode(req, model)
-            t = time.perf_counter()
             loop = asyncio.get_running_loop()
+            if _heavy(req):
+                decoded = await loop.run_in_executor(self.executor, self._decode, req, model)
+            else:
+                decoded = self._decode(req, model)
+            t = time.perf_counter()
             arrays = await loop.run_in_executor(self.executor, model.predict, decoded.inputs, decoded.outputs)
             self.metrics.observe_inference(model.name, model.version, time.perf_counter() - t)
             resp = self._encode(model, decoded, arrays)

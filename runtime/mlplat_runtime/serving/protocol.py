@@ -16,6 +16,7 @@ Must not import onnxruntime, textual, mlflow, docker or mlplat_tui.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, NoReturn
@@ -162,6 +163,8 @@ def _decode_tensor(
     name = slot.name
     datatype = item.get("datatype")
     if datatype != slot.datatype:
+        if not isinstance(datatype, str):
+            raise RequestError(f"input '{name}': 'datatype' must be a string, got {type(datatype).__name__}")
         if datatype not in OIP_TO_NUMPY and datatype != "BYTES":
             raise RequestError(
                 f"input '{name}': unknown datatype {datatype!r}; use one of {sorted(OIP_TO_NUMPY)}"
@@ -303,9 +306,28 @@ def encode_infer_response(
         doc["id"] = request_id
     doc["outputs"] = outs
     head = orjson.dumps(doc, option=_ORJSON_OPTS)
+    if b"null" in head and _spell_non_finite(outs):  # orjson writes inf and NaN as null
+        head = orjson.dumps(doc, option=_ORJSON_OPTS)
     if not blobs:
         return head, None
     return b"".join([head, *blobs]), len(head)
+
+
+_NON_FINITE = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
+
+
+def _spell_non_finite(outs: list[dict[str, Any]]) -> bool:
+    """Write inf, -inf and NaN in JSON outputs as the strings "Infinity", "-Infinity", "NaN"
+    (JSON has no such numbers; numpy and tritonclient read the strings back as floats), not
+    as null. Returns whether any output changed. Only runs when the fast encoding held a null."""
+    changed = False
+    for out in outs:
+        data = out.get("data")
+        if not isinstance(data, np.ndarray) or data.dtype.kind != "f" or np.isfinite(data).all():
+            continue
+        out["data"] = [v if math.isfinite(v) else _NON_FINITE[repr(v)] for v in data.tolist()]
+        changed = True
+    return changed
 
 
 def model_metadata(

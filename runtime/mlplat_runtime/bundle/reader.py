@@ -44,10 +44,16 @@ class Bundle:
 
     def samples(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(inputs, expected outputs) by tensor name, read without pickle."""
-        from mlplat_runtime.bundle.samples import read_npz, split_samples
-
-        inputs, outputs, _stray = split_samples(read_npz(self.root / SAMPLES_NAME))
+        inputs, outputs, _stray = self.checked_samples()
         return inputs, outputs
+
+    def checked_samples(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:
+        """(inputs, expected outputs, problems): the problems ``verify_bundle`` reports for them."""
+        from mlplat_runtime.bundle.samples import read_npz, split_samples
+        from mlplat_runtime.bundle.verify import sample_problems
+
+        inputs, outputs, stray = split_samples(read_npz(self.root / SAMPLES_NAME))
+        return inputs, outputs, sample_problems(self.manifest, inputs, outputs, stray)
 
     def reference(self) -> dict[str, Any] | None:
         """The training distributions for drift (``reference.json``), or None when absent."""

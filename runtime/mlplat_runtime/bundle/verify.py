@@ -7,11 +7,16 @@ An unsafe bundle (a safety rule broken) is reported and never handed to ONNX Run
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlplat_runtime.bundle.manifest import MODEL_NAME, SAMPLES_NAME, Manifest
 from mlplat_runtime.bundle.safety import DEFAULT_LIMITS, Limits
 from mlplat_runtime.errors import BundleError, ModelLoadError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def verify_bundle(path: Path, *, limits: Limits | None = None) -> list[str]:
@@ -46,7 +51,7 @@ def _verify_folder(root: Path, limits: Limits) -> list[str]:
 
 def _model_problems(root: Path, manifest: Manifest) -> list[str]:
     from mlplat_runtime.bundle.graph import read_signature
-    from mlplat_runtime.bundle.samples import compare_outputs, read_npz, spec_problems, split_samples
+    from mlplat_runtime.bundle.samples import compare_outputs, read_npz, split_samples
     from mlplat_runtime.bundle.session import cpu_session, run
 
     problems: list[str] = []
@@ -69,16 +74,32 @@ def _model_problems(root: Path, manifest: Manifest) -> list[str]:
         inputs, outputs, stray = split_samples(read_npz(root / SAMPLES_NAME))
     except BundleError as exc:
         return [*problems, f"bundle member '{SAMPLES_NAME}': {exc.message}"]
-    problems += [f"samples: key '{k}' has neither 'input:' nor 'output:' prefix" for k in stray]
-    input_problems = spec_problems("input", manifest.signature.inputs, inputs)
-    problems += input_problems + spec_problems("output", manifest.signature.outputs, outputs)
-    if input_problems:
+    found = sample_problems(manifest, inputs, outputs, stray)
+    problems += found
+    if any(p.startswith("samples: input ") for p in found):
         return problems
     try:
         actual = run(session, inputs)
     except ModelLoadError as exc:
         return [*problems, f"samples: {exc.message}"]
     problems += [f"samples: {p}" for p in compare_outputs(outputs, actual)]
+    return problems
+
+
+def sample_problems(
+    manifest: Manifest,
+    inputs: Mapping[str, np.ndarray],
+    outputs: Mapping[str, np.ndarray],
+    stray: Sequence[str] = (),
+) -> list[str]:
+    """Every way a bundle's samples differ from its signature: stray keys, a missing or extra
+    input or output, a dtype or shape off. The one rule for ``verify_bundle`` and for serving's
+    load, so a bundle that one refuses the other refuses too."""
+    from mlplat_runtime.bundle.samples import spec_problems
+
+    problems = [f"samples: key '{k}' has neither 'input:' nor 'output:' prefix" for k in stray]
+    problems += spec_problems("input", manifest.signature.inputs, inputs)
+    problems += spec_problems("output", manifest.signature.outputs, outputs)
     return problems
 
 

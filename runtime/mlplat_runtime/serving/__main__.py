@@ -1,4 +1,5 @@
-"""``python -m mlplat_runtime.serving [BUNDLE] --host H --port P --admin-port A --admin-token-file F``
+"""``python -m mlplat_runtime.serving [BUNDLE] --host H --port P --admin-port A --admin-token-file F
+[--max-connections N] [--memory-budget-mb M]``
 
 The entry point the stack backends (local processes, the docker image) run. With no BUNDLE
 it starts empty and waits for admin loads. argparse, not click: the runtime image ships
@@ -15,6 +16,8 @@ from mlplat_runtime.errors import MlplatError
 from mlplat_runtime.serving.server import (
     DEFAULT_ADMIN_PORT,
     DEFAULT_HOST,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MEMORY_BUDGET_MB,
     DEFAULT_PORT,
     ServerConfig,
     run_server,
@@ -50,7 +53,23 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         default=None,
         help="admin bearer token; created (0600) when missing (default $XDG_STATE_HOME/mlplat/admin.token)",
     )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help=f"open connections on the inference port (default {DEFAULT_MAX_CONNECTIONS}; kept below"
+        " the descriptor limit)",
+    )
+    p.add_argument(
+        "--memory-budget-mb",
+        type=int,
+        default=DEFAULT_MEMORY_BUDGET_MB,
+        help=f"what clients and models may make serving hold (default {DEFAULT_MEMORY_BUDGET_MB}):"
+        " an eighth for request bodies in flight, a quarter for one warm-up",
+    )
     a = p.parse_args(argv)
+    if a.max_connections < 2 or a.memory_budget_mb < 64:
+        p.error("--max-connections must be at least 2 and --memory-budget-mb at least 64")
     return ServerConfig(
         bundle=a.bundle,
         host=a.host,
@@ -58,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         admin_host=a.admin_host,
         admin_port=a.admin_port,
         admin_token_file=a.admin_token_file,
+        max_connections=a.max_connections,
+        memory_budget_mb=a.memory_budget_mb,
     )
 
 

@@ -11,6 +11,12 @@ The parent sends a JSON header (model path, providers) and an ``.npz`` of the sa
 (loaded with ``allow_pickle=False``); the child answers one JSON frame. The child's stderr goes
 to a temp file whose tail is quoted when the child dies.
 
+Memory: with ``max_bytes`` set, the check is also the warm-up's memory test. The child resets
+its peak-RSS mark (``/proc/self/clear_refs``), loads and runs the model, and reports the peak
+above its baseline; a watcher thread in the child ends the check the moment the resident size
+passes the budget, so a model that would take the server to gigabytes takes only the child
+there, briefly, and is refused.
+
 Run as ``python -m mlplat_runtime.serving.checker`` (the parent does that). Must not import
 textual, mlflow, docker or mlplat_tui.
 """
@@ -39,6 +45,7 @@ from mlplat_runtime.errors import ModelLoadError
 
 _LEN = struct.Struct(">I")
 MAX_FRAME = 1 << 30
+_WATCH_S = 0.005
 
 
 class CheckerDied(ModelLoadError):
@@ -65,15 +72,18 @@ class Checker:
         providers: list[str] | None = None,
         timeout_s: float = 60.0,
         python: str = sys.executable,
+        max_bytes: int | None = None,
     ) -> None:
         self.providers = providers
         self.timeout_s = timeout_s
+        self.max_bytes = max_bytes  # warm-up memory budget: peak RSS above the child's baseline
         self.python = python
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
         self._ready = False
         self._lock = threading.Lock()
         self.restarts = 0
+        self.last_peak_bytes = 0
 
     @property
     def pid(self) -> int | None:
@@ -113,6 +123,15 @@ class Checker:
 
         Raises ModelLoadError when ORT refuses the model, CheckerDied when it crashed the child.
         """
+        budget = self.max_bytes
+        if budget is not None:
+            size = sum(np.asarray(v).nbytes for v in inputs.values())
+            if size > budget:
+                raise ModelLoadError(
+                    f"the bundle's sample inputs take {_mib(size)},"
+                    f" over the warm-up budget of {_mib(budget)}",
+                    hint="keep samples to a few rows; they are examples, not a data set",
+                )
         self.start()
         proc = self._proc
         assert proc is not None and proc.stdin is not None
@@ -121,7 +140,9 @@ class Checker:
             if not self._ready:
                 self._read_frame(deadline)  # {"ready": true} once onnxruntime is imported
                 self._ready = True
-            header = json.dumps({"model": str(model_path), "providers": self.providers}).encode()
+            header = json.dumps(
+                {"model": str(model_path), "providers": self.providers, "max_bytes": budget}
+            ).encode()
             _write_frame(proc.stdin, header)
             _write_frame(proc.stdin, _encode_arrays(inputs))
             proc.stdin.flush()
@@ -135,8 +156,22 @@ class Checker:
                 f"the model check did not finish within {self.timeout_s:g} s",
                 hint="a model that takes this long to load and run its samples is too slow to serve",
             ) from None
+        if reply.get("over_budget"):
+            self._kill()  # it stopped mid-run; a fresh child is started for the next check
+            raise ModelLoadError(
+                f"the model's warm-up took over {_mib(int(reply['peak']))}, past the warm-up memory budget"
+                f" of {_mib(budget or 0)}",
+                hint="serve it with a larger --memory-budget-mb, or make the model or its samples smaller",
+            )
         if not reply.get("ok"):
             raise ModelLoadError(f"ONNX Runtime refused the model in the check process: {reply.get('error')}")
+        peak = int(reply.get("peak", 0))
+        self.last_peak_bytes = peak
+        if budget is not None and peak > budget:
+            raise ModelLoadError(
+                f"the model's warm-up took {_mib(peak)}, over the warm-up memory budget of {_mib(budget)}",
+                hint="serve it with a larger --memory-budget-mb, or make the model or its samples smaller",
+            )
         return float(reply.get("ms", 0.0))
 
     def _read_exact(self, n: int, deadline: float) -> bytes:
@@ -224,6 +259,50 @@ class Checker:
             self._cleanup()
 
 
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.0f} MiB"
+
+
+def status_bytes(field: str) -> int:
+    """A ``VmRSS``/``VmHWM`` line of /proc/self/status, in bytes (0 where there is none)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak_rss() -> int:
+    """Reset the peak-RSS mark (VmHWM) to the current RSS; returns the RSS now."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+        fh.write("5")
+    return status_bytes("VmRSS")
+
+
+class _Watch:
+    """Ends the check when the resident size passes ``base + budget`` (checked every 5 ms)."""
+
+    def __init__(self, base: int, budget: int, answer: Any) -> None:
+        self.base, self.budget, self.answer = base, budget, answer
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.wait(_WATCH_S):
+            rss = status_bytes("VmRSS")
+            if rss - self.base > self.budget:
+                self.answer({"ok": False, "over_budget": True, "peak": rss - self.base})
+                os._exit(3)  # mid-run in ONNX Runtime: nothing to unwind, the parent restarts us
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+
 def _read_child_frame(inp: IO[bytes]) -> bytes | None:
     head = inp.read(_LEN.size)
     if len(head) < _LEN.size:
@@ -240,28 +319,43 @@ def child_main() -> int:
     from mlplat_runtime.providers import make_session
 
     inp, out = sys.stdin.buffer, sys.stdout.buffer
-    _write_frame(out, json.dumps({"ready": True, "pid": os.getpid()}).encode())
-    out.flush()
+    lock = threading.Lock()
+
+    def answer(reply: dict[str, Any]) -> None:
+        with lock:
+            _write_frame(out, json.dumps(reply).encode())
+            out.flush()
+
+    answer({"ready": True, "pid": os.getpid()})
     while True:
         header = _read_child_frame(inp)
         blob = _read_child_frame(inp) if header is not None else None
         if header is None or blob is None:
             return 0
         reply: dict[str, Any]
+        watch: _Watch | None = None
         try:
             req = json.loads(header)
             with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
                 feeds = {k: npz[k] for k in npz.files}
+            del blob
+            base = reset_peak_rss()
+            if req.get("max_bytes"):
+                watch = _Watch(base, int(req["max_bytes"]), answer)
             session = make_session(req["model"], req.get("providers"))
             t = time.perf_counter()
             session.run(None, feeds)
-            reply = {"ok": True, "ms": (time.perf_counter() - t) * 1000.0}
+            ms = (time.perf_counter() - t) * 1000.0
+            peak = max(0, status_bytes("VmHWM") - base)
+            reply = {"ok": True, "ms": ms, "peak": peak}
             del session
         except Exception as exc:  # every failure is an answer, never a crash of the loop
             text = str(exc).strip()
             reply = {"ok": False, "error": text.splitlines()[0] if text else type(exc).__name__}
-        _write_frame(out, json.dumps(reply).encode())
-        out.flush()
+        finally:
+            if watch is not None:
+                watch.stop()
+        answer(reply)
 
 
 if __name__ == "__main__":

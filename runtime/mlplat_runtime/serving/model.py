@@ -201,13 +201,14 @@ def load_onnx(
     providers: list[str] | None = None,
     expected_signature: Signature | None = None,
     samples: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None = None,
+    sample_problems: Sequence[str] = (),
     keep: Any = None,
 ) -> LoadedModel:
     """Load, warm up and check one model; ModelLoadError (with the reason) when anything is off.
 
-    ``expected_signature`` (the manifest's) must match the graph's; ``samples`` (inputs,
-    expected outputs) are run as the warm-up and compared; without samples a one-row zero
-    input is the warm-up.
+    ``expected_signature`` (the manifest's) must match the graph's; ``sample_problems`` (from
+    ``bundle.verify.sample_problems``) refuse the load; ``samples`` (inputs, expected outputs)
+    are run as the warm-up and compared; without samples a one-row zero input is the warm-up.
     """
     t0 = time.perf_counter()
     session = make_session(model_path, providers)
@@ -219,6 +220,11 @@ def load_onnx(
                 "the bundle's manifest signature does not match its model: " + "; ".join(diffs),
                 hint="rebuild the bundle with `mlplat bundle build` so the manifest is read from the graph",
             )
+    if sample_problems:  # the rule of `mlplat bundle verify`: what it refuses, serving refuses
+        raise ModelLoadError(
+            "the bundle's samples do not match its signature: " + "; ".join(sample_problems),
+            hint="`mlplat bundle verify` lists the same problems; rebuild the bundle",
+        )
     in_slots = {s.name: TensorSlot.from_spec(s) for s in graph.inputs}
     out_slots = tuple(TensorSlot.from_spec(s) for s in graph.outputs)
     out_names = [s.name for s in out_slots]
@@ -280,11 +286,12 @@ def load_bundle(bundle: Bundle, *, providers: list[str] | None = None) -> Loaded
     """Load an opened (already verified) bundle: manifest signature checked, samples compared."""
     m = bundle.manifest
     try:
-        samples = bundle.samples()
+        inputs, outputs, problems = bundle.checked_samples()
     except MlplatError:
         raise
     except Exception as exc:
         raise ModelLoadError(f"could not read the bundle's samples: {exc}") from exc
+    samples = (inputs, outputs)
     return load_onnx(
         bundle.model_path,
         name=m.model_name,
@@ -293,5 +300,6 @@ def load_bundle(bundle: Bundle, *, providers: list[str] | None = None) -> Loaded
         providers=providers,
         expected_signature=m.signature,
         samples=samples,
+        sample_problems=problems,
         keep=bundle,
     )

@@ -7,6 +7,12 @@ the ports open: when ``/v2/health/live`` answers, the model is already warm. It 
 child-process check (nothing is serving yet that a crash could take down); the warm check
 process is started right after, off the start-up path, for the hot swaps that follow.
 
+Descriptors: the soft ``RLIMIT_NOFILE`` is raised to the hard one at start-up, and each port's
+connection cap is kept below what is left after a reserve for model files, pipes and logs, so
+a flood of connections meets a clear refusal (or drops a stalled connection) instead of
+``accept`` failing with EMFILE for everyone. ``memory_budget_mb`` bounds what clients can make
+the process hold: request bodies buffered at once get an eighth of it, a warm-up a quarter.
+
 No access log: a log line costs more than a tabular inference; ``/metrics`` counts requests.
 Why our own small HTTP protocol rather than uvicorn: see ``http.py``.
 
@@ -21,6 +27,7 @@ import errno
 import gc
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -33,7 +40,7 @@ from mlplat_runtime.errors import ServiceError
 from mlplat_runtime.serving.admin import AdminHandler, ensure_admin_token
 from mlplat_runtime.serving.app import InferenceHandler
 from mlplat_runtime.serving.checker import Checker
-from mlplat_runtime.serving.http import serve_http
+from mlplat_runtime.serving.http import BACKLOG, HttpLimits, serve_http
 from mlplat_runtime.serving.metrics import ServingMetrics
 from mlplat_runtime.serving.repository import Repository
 
@@ -43,6 +50,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7802
 DEFAULT_ADMIN_PORT = 7803
 CHECKER_DELAY_S = 1.0
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_MEMORY_BUDGET_MB = 2048
+ADMIN_MAX_CONNECTIONS = 32
+FD_RESERVE = 64  # descriptors kept free for model files, the check process, logs
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,35 @@ class ServerConfig:
     admin_port: int = DEFAULT_ADMIN_PORT
     admin_token_file: Path | None = None
     providers: list[str] | None = None
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft descriptor limit to the hard one; returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def port_limits(config: ServerConfig, fd_limit: int) -> tuple[HttpLimits, HttpLimits]:
+    """(inference, admin) limits: connection caps that fit the descriptors, the body budget."""
+    room = max(8, fd_limit - FD_RESERVE)
+    admin_cap = max(2, min(ADMIN_MAX_CONNECTIONS, room // 8))
+    main_cap = max(2, min(config.max_connections, room - admin_cap))
+    budget = config.memory_budget_mb * 1024 * 1024
+    main = HttpLimits(max_connections=main_cap, body_budget=max(budget // 8, 1024 * 1024))
+    admin = HttpLimits(max_connections=admin_cap, max_body=1024 * 1024, body_budget=8 * 1024 * 1024)
+    return main, admin
+
+
+def warmup_budget_bytes(config: ServerConfig) -> int:
+    """How much memory one warm-up (a model load plus its sample run) may take."""
+    return config.memory_budget_mb * 1024 * 1024 // 4
 
 
 def bind(host: str, port: int, what: str) -> socket.socket:
@@ -63,7 +103,7 @@ def bind(host: str, port: int, what: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-        sock.listen(2048)
+        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         busy = exc.errno == errno.EADDRINUSE
@@ -98,6 +138,7 @@ async def serve(
 ) -> None:
     """Load the start-up bundle, open both ports, serve until ``stop`` is set or a signal comes."""
     token, token_path = ensure_admin_token(config.admin_token_file)
+    main_limits, admin_limits = port_limits(config, raise_fd_limit())
     main_sock = bind(config.host, config.port, "inference API")
     try:
         admin_sock = bind(config.admin_host, config.admin_port, "admin API")
@@ -105,13 +146,14 @@ async def serve(
         main_sock.close()
         raise
     metrics = ServingMetrics()
-    checker = Checker(providers=config.providers)
+    warmup_budget = warmup_budget_bytes(config)
+    checker = Checker(providers=config.providers, max_bytes=warmup_budget)
     repo = Repository(checker=checker, metrics=metrics, providers=config.providers)
     executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="mlplat-infer")
     stop = stop or asyncio.Event()
     try:
         if config.bundle is not None:
-            await asyncio.to_thread(repo.load, config.bundle, check=False)
+            await asyncio.to_thread(_startup_load, repo, config.bundle, warmup_budget)
         # Everything alive now (modules, the model) lives as long as the process: keep it out
         # of the collector's full passes, which would otherwise walk it and show up as p99.
         gc.freeze()
@@ -135,10 +177,11 @@ async def serve(
         tasks = [
             asyncio.ensure_future(
                 serve_http(InferenceHandler(repo, metrics, executor=executor), main_sock, stop=stop,
-                           on_ready=on_ready("inference"))
+                           limits=main_limits, on_ready=on_ready("inference"))
             ),
             asyncio.ensure_future(
-                serve_http(AdminHandler(repo, token), admin_sock, stop=stop, on_ready=on_ready("admin"))
+                serve_http(AdminHandler(repo, token), admin_sock, stop=stop, limits=admin_limits,
+                           on_ready=on_ready("admin"))
             ),
         ]  # fmt: skip
         keeper = asyncio.ensure_future(_keep_warm(checker, stop))
@@ -155,6 +198,24 @@ async def serve(
         executor.shutdown(wait=False, cancel_futures=True)
         main_sock.close()
         admin_sock.close()
+
+
+def _startup_load(repo: Repository, bundle: Path, budget: int) -> None:
+    """The start-up load, in this process (no check child yet), its warm-up measured after the
+    fact: over the budget, the model is dropped again and serving does not start."""
+    from mlplat_runtime.serving.checker import reset_peak_rss, status_bytes
+
+    base = reset_peak_rss()
+    result = repo.load(bundle, check=False)
+    peak = max(0, status_bytes("VmHWM") - base)
+    if peak > budget:
+        repo.unload(result.name)
+        gc.collect()
+        raise ServiceError(
+            f"the start-up bundle's warm-up took {peak >> 20} MiB, over the warm-up memory budget of"
+            f" {budget >> 20} MiB",
+            hint="start with a larger --memory-budget-mb, or make the model or its samples smaller",
+        )
 
 
 async def _keep_warm(checker: Checker, stop: asyncio.Event, every_s: float = 2.0) -> None:

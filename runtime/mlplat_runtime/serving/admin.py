@@ -8,9 +8,10 @@ extension over ``Repository``.
             else 4xx {"error": reason} and the old version keeps serving
     POST /v2/repository/models/{name}/unload
 
-The token file is read, or created with mode 0600 when missing; the comparison is constant
-time. A load runs in a worker thread so the event loop keeps answering inference requests
-while the new version is checked and warmed up. Unexpected errors become 500s in ``http``.
+The token file is read, or created with mode 0600 when missing (``mlplat_runtime.tokens``:
+no symlinks followed, owner checked, a long token required); the comparison is constant time.
+A load runs in a worker thread so the event loop keeps answering inference requests while the
+new version is checked and warmed up. Unexpected errors become 500s in ``http``.
 
 Must not import textual, mlflow, docker or mlplat_tui.
 """
@@ -21,7 +22,6 @@ import asyncio
 import hmac
 import logging
 import os
-import secrets
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from mlplat_runtime.errors import AuthError, MlplatError, NotFoundError, Request
 from mlplat_runtime.serving.app import error_response, method_not_allowed
 from mlplat_runtime.serving.http import Request, Response
 from mlplat_runtime.serving.repository import Repository
+from mlplat_runtime.tokens import ensure_token_file
 
 log = logging.getLogger("mlplat.serving")
 
@@ -45,30 +46,13 @@ def default_token_path() -> Path:
 
 
 def ensure_admin_token(path: Path | None = None) -> tuple[str, Path]:
-    """Read the admin token, or create it (0600, in a 0700 folder) when the file is missing."""
+    """Read the admin token, or create it (0600, in a 0700 folder) when the file is missing.
+
+    The file is checked as ``mlplat_runtime.tokens`` says: no symlink, owned by this user, a
+    long token.
+    """
     path = Path(path) if path is not None else default_token_path()
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-        if path.stat().st_mode & 0o077:
-            # A token others can read is no secret: take it back to owner-only.
-            os.chmod(path, 0o600)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        token = secrets.token_urlsafe(32)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process created it first: use theirs
-            return ensure_admin_token(path)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(token + "\n")
-        return token, path
-    except OSError as exc:
-        raise UsageError(f"cannot read the admin token file {path}: {exc.strerror}") from None
-    if not token:
-        raise UsageError(
-            f"the admin token file {path} is empty", hint="delete it to have a new token created"
-        )
-    return token, path
+    return ensure_token_file(path), path
 
 
 class LoadParameters(BaseModel):

@@ -29,8 +29,9 @@ test-docker: $(STAMP)
 	scripts/ensure-docker.sh
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -m docker tests
 
+## The fast tier: no stack, no engine, no real servers (fakes honour the clients' contracts); < 2 min.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -m "not docker and not slow" tests
+	$(BIN)/python -m pytest -n 2 -m "not docker and not slow and not integration" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -35,6 +35,7 @@ from mlplat_runtime.metadata.records import (
     SqlResult,
     dump_json,
 )
+from mlplat_runtime.metadata.runs_query import RunsPage, RunsQuery
 from mlplat_tui.events import Event
 
 # Classes the service may name in "type"; ConfigError's constructor differs, so it comes back
@@ -174,6 +175,14 @@ class MetadataClient:
         """Runs, newest first; ``search`` matches run id, project, model or status."""
         data = self._request("GET", "/runs", params={"limit": limit, "offset": offset, "search": search})
         return [RunRecord.model_validate(r) for r in data["runs"]]
+
+    def query_runs(self, query: RunsQuery | None = None, **fields: Any) -> RunsPage:
+        """The one runs query: a page of runs, each with the targets it serves on now.
+
+        ``query_runs(RunsQuery(search="v3"))`` or ``query_runs(search="v3", limit=20)``.
+        """
+        query = query or RunsQuery(**fields)
+        return RunsPage.model_validate(self._request("POST", "/runs/query", body=query))
 
     def run(self, run_id: str) -> RunRecord:
         """One run; ``NotFoundError`` when there is none with this id."""

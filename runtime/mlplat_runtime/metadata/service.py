@@ -9,6 +9,7 @@ client can raise the same class again.
     POST  /runs                          RunRecord (upsert)            -> RunRecord
     PATCH /runs/{id}                     {field: value, ...}           -> RunRecord
     GET   /runs?limit&offset&search      {"runs": [RunRecord]}  newest first
+    POST  /runs/query                    RunsQuery -> RunsPage (runs_query.py: search, sort, served now)
     GET   /runs/{id}                     RunDetail {"run", "bundle", "gates"}
     POST  /bundles                       BundleRecord                  -> BundleRecord
     GET   /bundles/{id}                  BundleRecord
@@ -49,6 +50,7 @@ from mlplat_runtime.metadata.records import (
     dump_json,
     parse_ts,
 )
+from mlplat_runtime.metadata.runs_query import RunsQuery
 from mlplat_runtime.metadata.store import MetadataStore
 
 log = logging.getLogger("mlplat.metadata")
@@ -146,6 +148,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/health", _health),
     ("POST", "/runs", lambda s, r: s.record_run(r.parse(RunRecord))),
     ("GET", "/runs", _runs),
+    ("POST", "/runs/query", lambda s, r: s.query_runs(r.parse(RunsQuery))),
     ("GET", "/runs/{id}", lambda s, r: s.run_detail(r.params["id"])),
     ("PATCH", "/runs/{id}", _update_run),
     ("POST", "/bundles", lambda s, r: s.record_bundle(r.parse(BundleRecord))),

@@ -40,6 +40,7 @@ from mlplat_runtime.metadata.records import (
     RunRecord,
     SqlResult,
 )
+from mlplat_runtime.metadata.runs_query import RunsPage, RunsQuery, query_runs
 from mlplat_runtime.metadata.schema import MIGRATIONS, Migration, migrate
 
 SQL_ROW_CAP = 10_000
@@ -267,6 +268,10 @@ class MetadataStore:
             [*params, _limit(limit), offset],
         )
         return [self._run_from_row(r) for r in rows]
+
+    def query_runs(self, query: RunsQuery) -> RunsPage:
+        """The one runs query (``runs_query.py``): a page of runs with what each serves now."""
+        return query_runs(self._rows, query, columns=_RUN_COLUMNS, to_run=self._run_from_row)
 
     def count_runs(self) -> int:
         return int(self._rows("SELECT count(*) FROM runs")[0][0])

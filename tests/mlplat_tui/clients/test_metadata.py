@@ -216,3 +216,34 @@ def test_error_bodies_without_a_known_type_map_by_status(tmp_path: Path) -> None
         client.run("config")
     with pytest.raises(NotFoundError, match="gone"):
         client.run("other")
+
+
+@pytest.mark.integration
+def test_the_runs_query_travels_typed_and_says_what_serves_per_target(
+    client: MetadataClient, model: str
+) -> None:
+    from mlplat_runtime.metadata.runs_query import RunsQuery
+
+    for i in (1, 2):
+        client.record_run(
+            RunRecord(
+                run_id=f"{model}-r{i}", model_name=model, bundle_id=f"sha256:{model}{i}", version=str(i)
+            )
+        )
+    client.record_deployment(
+        DeploymentRecord(model_name=model, version="1", bundle_id=f"sha256:{model}1", run_id=f"{model}-r1")
+    )
+    client.record_deployment(
+        DeploymentRecord(model_name=model, version="2", bundle_id=f"sha256:{model}2", run_id=f"{model}-r2")
+    )
+    page = client.query_runs(RunsQuery(model=model, sort="version", descending=False))
+    assert page.total == 2
+    assert [(r.run.version, r.served_on, r.was_deployed) for r in page.rows] == [
+        ("1", (), True),
+        ("2", ("local",), True),
+    ]
+    assert client.query_runs(search=f"{model}-r2").rows[0].served("local")
+    with pytest.raises(RequestError, match="sort"):
+        client.query_runs(
+            RunsQuery.model_construct(sort="nope", search="", model=None, descending=True, limit=5, offset=0)
+        )

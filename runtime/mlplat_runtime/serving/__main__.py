@@ -1,8 +1,9 @@
 """``python -m mlplat_runtime.serving [BUNDLE] --host H --port P --admin-port A --admin-token-file F
-[--max-connections N] [--memory-budget-mb M]``
+[--max-connections N] [--memory-budget-mb M] [--project NAME --project-root DIR]``
 
 The entry point the stack backends (local processes, the docker image) run. With no BUNDLE
-it starts empty and waits for admin loads. argparse, not click: the runtime image ships
+it starts empty and waits for admin loads. ``--project``/``--project-root`` say which project
+it serves (``GET /identity``, see ``mlplat_runtime.identity``). argparse, not click: the runtime image ships
 without the control plane's dependencies.
 """
 
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 from mlplat_runtime.errors import MlplatError
+from mlplat_runtime.identity import add_identity_arguments, identity_from_args
 from mlplat_runtime.serving.server import (
     DEFAULT_ADMIN_PORT,
     DEFAULT_HOST,
@@ -67,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         help=f"what clients and models may make serving hold (default {DEFAULT_MEMORY_BUDGET_MB}):"
         " an eighth for request bodies in flight, a quarter for one warm-up",
     )
+    add_identity_arguments(p)
     a = p.parse_args(argv)
     if a.max_connections < 2 or a.memory_budget_mb < 64:
         p.error("--max-connections must be at least 2 and --memory-budget-mb at least 64")
@@ -79,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         admin_token_file=a.admin_token_file,
         max_connections=a.max_connections,
         memory_budget_mb=a.memory_budget_mb,
+        identity=identity_from_args(a, "serving", p),
     )
 
 

@@ -7,7 +7,7 @@ the model in a worker thread for slow ones, so the event loop keeps serving mean
 served by ``http.HttpProtocol`` and, through ``http.as_asgi``, by any ASGI server.
 
 Routes (KServe / Triton REST):
-    GET  /v2/health/live | /v2/health/ready | /v2        GET /metrics
+    GET  /v2/health/live | /v2/health/ready | /v2        GET /metrics   GET /identity
     GET  /v2/models/{name}[/versions/{v}]                GET  .../ready
     POST /v2/models/{name}[/versions/{v}]/infer
 
@@ -27,6 +27,7 @@ import orjson
 
 from mlplat_runtime import __version__
 from mlplat_runtime.errors import MlplatError, NotFoundError, RequestError
+from mlplat_runtime.identity import IDENTITY_PATH, StackIdentity
 from mlplat_runtime.serving import protocol
 from mlplat_runtime.serving.http import (
     JSON,
@@ -52,6 +53,7 @@ _SERVER_ROUTES = {
     "/v2/health/ready": "ready",
     "/v2": "server",
     "/metrics": "metrics",
+    IDENTITY_PATH: "identity",
 }
 SERVER_METADATA = orjson.dumps(
     {"name": "mlplat", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]}
@@ -112,8 +114,10 @@ class InferenceHandler:
         metrics: ServingMetrics | None = None,
         *,
         executor: ThreadPoolExecutor | None = None,
+        identity: StackIdentity | None = None,
     ) -> None:
         self.repo = repo
+        self.identity = identity  # which project this process serves (``GET /identity``)
         self.metrics = metrics or repo.metrics
         self.executor = executor
         self.max_body = MAX_BODY  # the inflated size a compressed body may reach
@@ -182,6 +186,10 @@ class InferenceHandler:
             return Response(200, b'{"ready":true}') if ok else Response(503, b'{"ready":false}')
         if path == "/v2":
             return Response(200, SERVER_METADATA)
+        if path == IDENTITY_PATH:
+            if self.identity is None:
+                raise NotFoundError("this serving process was started without --project")
+            return Response(200, self.identity.body())
         return Response(200, self.metrics.render(), _METRICS_TYPE)
 
     def _decode(self, req: Request, model: LoadedModel) -> protocol.InferRequest:

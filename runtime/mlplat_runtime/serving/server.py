@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlplat_runtime.errors import ServiceError
+from mlplat_runtime.identity import StackIdentity
 from mlplat_runtime.serving.admin import AdminHandler, ensure_admin_token
 from mlplat_runtime.serving.app import InferenceHandler
 from mlplat_runtime.serving.checker import Checker
@@ -67,6 +68,7 @@ class ServerConfig:
     providers: list[str] | None = None
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB
+    identity: StackIdentity | None = None  # the project it serves, for ``GET /identity``
 
 
 def raise_fd_limit() -> int:
@@ -176,8 +178,8 @@ async def serve(
 
         tasks = [
             asyncio.ensure_future(
-                serve_http(InferenceHandler(repo, metrics, executor=executor), main_sock, stop=stop,
-                           limits=main_limits, on_ready=on_ready("inference"))
+                serve_http(InferenceHandler(repo, metrics, executor=executor, identity=config.identity),
+                           main_sock, stop=stop, limits=main_limits, on_ready=on_ready("inference"))
             ),
             asyncio.ensure_future(
                 serve_http(AdminHandler(repo, token), admin_sock, stop=stop, limits=admin_limits,

@@ -1,9 +1,16 @@
-"""``python -m mlplat_runtime.metadata --db PATH --host H --port P``: run the metadata service.
+"""``python -m mlplat_runtime.metadata --db PATH --host H --port P [--token-file F]``: run the
+metadata service.
 
 Opens (and migrates) the DuckDB file, binds the port itself so a busy port fails at once with a
 clear message, prints one start-up line (with the real port: ``--port 0`` picks a free one),
-then serves with uvicorn. SIGTERM and SIGINT shut down gracefully: the store is checkpointed and
-closed, and the process exits 0.
+then serves with uvicorn. SIGTERM and SIGINT shut down gracefully: running queries are
+interrupted, in-flight requests get ``GRACE_S``, the store is checkpointed and closed, and the
+process exits 0; a shutdown that still hangs ends the process after ``HARD_STOP_S``.
+
+Who may call it (``guard.py``): ``--token-file`` (or ``$MLPLAT_METADATA_TOKEN_FILE``) makes every
+write need ``Authorization: Bearer <token>``; the file is created (0600) when missing and checked
+like the serving admin token. ``--allowed-host`` / ``--allowed-origin`` widen the Host and Origin
+checks (repeatable).
 """
 
 from __future__ import annotations
@@ -13,9 +20,16 @@ import os
 import signal
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 from mlplat_runtime.errors import MlplatError, ServiceError
+
+TOKEN_ENV = "MLPLAT_METADATA_TOKEN_FILE"
+GRACE_S = 5
+HARD_STOP_S = 15.0
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -24,6 +38,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7801, help="0 picks a free port")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=os.environ.get(TOKEN_ENV) or None,
+        help=f"writes need this bearer token; created 0600 when missing (default ${TOKEN_ENV}; none: open)",
+    )
+    parser.add_argument("--allowed-host", action="append", default=[], help="another Host name to answer")
+    parser.add_argument("--allowed-origin", action="append", default=[], help="a web origin to answer")
+    parser.add_argument("--memory-limit", default=None, help="DuckDB memory limit (default 1GB)")
     return parser.parse_args(argv)
 
 
@@ -51,24 +74,69 @@ def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def serve(db: Path, host: str, port: int, log_level: str = "warning") -> None:
+def _hard_stop_later() -> None:
+    """After a signal: if the graceful shutdown is still not done in HARD_STOP_S, end the process
+    (a DuckDB call that ignores its interrupt must not leave a service that needs SIGKILL)."""
+
+    def watch() -> None:
+        time.sleep(HARD_STOP_S)
+        print("error: graceful shutdown took too long; exiting", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="mlplat-hard-stop").start()
+
+
+def serve(
+    db: Path,
+    host: str,
+    port: int,
+    log_level: str = "warning",
+    *,
+    token_file: Path | None = None,
+    allowed_hosts: list[str] | None = None,
+    allowed_origins: list[str] | None = None,
+    memory_limit: str | None = None,
+) -> None:
     import uvicorn
 
+    from mlplat_runtime.metadata.guard import RequestGuard
     from mlplat_runtime.metadata.service import create_app
-    from mlplat_runtime.metadata.store import MetadataStore
+    from mlplat_runtime.metadata.store import SQL_MEMORY_LIMIT, MetadataStore
+    from mlplat_runtime.tokens import ensure_token_file
 
-    store = MetadataStore(db)
+    token = ensure_token_file(token_file) if token_file is not None else None
+    guard = RequestGuard(
+        token=token,
+        listen_host=host,
+        allowed_hosts=allowed_hosts or (),
+        allowed_origins=allowed_origins or (),
+    )
+
+    store = MetadataStore(db, memory_limit=memory_limit or SQL_MEMORY_LIMIT)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Queries run in worker threads uvicorn cannot cancel: interrupt them, so the
+            # graceful shutdown is not held up by a runaway one.
+            if not self.should_exit:
+                _hard_stop_later()
+            store.interrupt_queries()
+            super().handle_exit(sig, frame)
+
     try:
         sock = _listen(host, port)
         bound_port = sock.getsockname()[1]
-        app = create_app(store, on_shutdown=store.close)
-        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on")
-        server = uvicorn.Server(config)
+        app = create_app(store, on_shutdown=store.close, guard=guard)
+        config = uvicorn.Config(
+            app, log_level=log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=GRACE_S
+        )
+        server = Server(config)
         signal.signal(signal.SIGTERM, _exit_on_signal)
         signal.signal(signal.SIGINT, _exit_on_signal)
         print(
             f"mlplat metadata service on http://{host}:{bound_port}"
-            f" (db {db}, schema v{store.schema_version}, pid {os.getpid()})",
+            f" (db {db}, schema v{store.schema_version}, pid {os.getpid()},"
+            f" writes {'need the token in ' + str(token_file) if token else 'open'})",
             flush=True,
         )
         server.run(sockets=[sock])
@@ -79,7 +147,16 @@ def serve(db: Path, host: str, port: int, log_level: str = "warning") -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
-        serve(args.db, args.host, args.port, args.log_level)
+        serve(
+            args.db,
+            args.host,
+            args.port,
+            args.log_level,
+            token_file=args.token_file,
+            allowed_hosts=args.allowed_host,
+            allowed_origins=args.allowed_origin,
+            memory_limit=args.memory_limit,
+        )
     except MlplatError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -20,7 +20,7 @@ from typing import Any
 
 import duckdb
 
-from mlplat_runtime.errors import MetadataError, RequestError
+from mlplat_runtime.errors import MetadataError, MlplatError, RequestError, ServiceError
 
 ALLOWED = "SELECT, WITH … SELECT, FROM …, EXPLAIN, DESCRIBE, SHOW and SUMMARIZE"
 _HINT = "tables: runs, bundles, gate_results, deployments, events (`DESCRIBE runs` lists columns)"
@@ -75,15 +75,30 @@ def check_read_only(query: str) -> str:
     return statement.query
 
 
-def refusal_from(exc: duckdb.Error) -> MetadataError:
-    """Turn a DuckDB error raised while running a checked query into a ``MetadataError``."""
+def refusal_from(exc: duckdb.Error, why: str | None = None, timeout_s: float = 0.0) -> MlplatError:
+    """Turn a DuckDB error raised while running a checked query into a ``MetadataError``.
+
+    ``why`` says who interrupted it: "timeout", "cancelled" (the client went away) or
+    "shutdown" (the service is stopping).
+    """
     text = str(exc)
     if isinstance(exc, duckdb.TransactionException) and "read-only" in text:
         return MetadataError(f"mlplat sql is read-only: the query tried to write ({text})", hint=_HINT)
     if isinstance(exc, duckdb.PermissionException):
         return MetadataError(f"mlplat sql cannot reach files or other databases: {text}", hint=_HINT)
     if isinstance(exc, duckdb.InterruptException):
-        return MetadataError("the query ran too long and was stopped", hint="add a WHERE or a LIMIT")
+        if why == "shutdown":
+            return ServiceError("the query was stopped: the metadata service is shutting down")
+        if why == "cancelled":
+            return MetadataError("the query was cancelled")
+        return MetadataError(
+            f"the query ran too long and was stopped (limit {timeout_s:g} s)", hint="add a WHERE or a LIMIT"
+        )
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        return MetadataError(
+            f"the query needs more memory than the metadata service allows: {text.splitlines()[0]}",
+            hint="aggregate in the query (count, avg, LIMIT) instead of building large lists",
+        )
     return MetadataError(f"query failed: {text}", hint=_HINT)
 
 

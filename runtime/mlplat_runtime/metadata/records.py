@@ -188,6 +188,7 @@ class SqlResult(_Record):
     columns: list[str]
     rows: list[list[Any]]
     truncated: bool = False
+    note: str | None = None  # what was cut and why (rows, bytes or oversized cells), when anything was
 
 
 # The wire format of every body: pydantic JSON (datetimes as ISO, NaN kept as a constant).

@@ -33,13 +33,14 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from pydantic import BaseModel, ValidationError
 
 from mlplat_runtime.errors import MlplatError, NotFoundError, RequestError
+from mlplat_runtime.metadata.guard import RequestGuard
 from mlplat_runtime.metadata.records import (
     RUN_UPDATABLE,
     WIRE,
@@ -51,6 +52,7 @@ from mlplat_runtime.metadata.records import (
     parse_ts,
 )
 from mlplat_runtime.metadata.runs_query import RunsQuery
+from mlplat_runtime.metadata.sqlcaps import QueryControl
 from mlplat_runtime.metadata.store import MetadataStore
 
 log = logging.getLogger("mlplat.metadata")
@@ -69,6 +71,7 @@ class Request:
     params: dict[str, str]  # path parameters
     query: dict[str, str]  # first value of each query parameter
     body: bytes
+    control: QueryControl | None = None  # cancels a query when the client goes away
 
     def json(self) -> Any:
         if not self.body:
@@ -141,7 +144,7 @@ def _sql(store: MetadataStore, req: Request) -> Any:
     body = req.json()
     if not isinstance(body, dict) or not isinstance(body.get("query"), str):
         raise RequestError('POST /sql takes {"query": "<one SELECT statement>"}')
-    return store.sql(body["query"])
+    return store.sql(body["query"], req.control)
 
 
 ROUTES: tuple[tuple[str, str, Handler], ...] = (
@@ -214,9 +217,17 @@ def _error_body(exc: MlplatError) -> bytes:
 
 
 def create_app(
-    store: MetadataStore, *, on_shutdown: Callable[[], None] | None = None
+    store: MetadataStore,
+    *,
+    on_shutdown: Callable[[], None] | None = None,
+    guard: RequestGuard | None = None,
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """The ASGI app over ``store``; ``on_shutdown`` runs at lifespan shutdown (closes the store)."""
+    """The ASGI app over ``store``; ``on_shutdown`` runs at lifespan shutdown (closes the store).
+
+    ``guard`` (default: loopback hosts, no browser origins, JSON bodies, no token) vets every
+    request before it is routed: see ``guard.py``.
+    """
+    guard = guard or RequestGuard()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -224,7 +235,7 @@ def create_app(
             return
         if scope["type"] != "http":
             return
-        status, body = await _handle(store, scope, receive)
+        status, body = await _handle(store, scope, receive, guard)
         await send(
             {
                 "type": "http.response.start",
@@ -274,14 +285,38 @@ async def _read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-async def _handle(store: MetadataStore, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+async def _cancel_on_disconnect(store: MetadataStore, request: Request, receive: Receive) -> Any:
+    """Run a query, interrupting it when the client disconnects (Ctrl-C in ``mlplat sql``)."""
+    control = QueryControl()
+    request = replace(request, control=control)
+    work = asyncio.ensure_future(asyncio.to_thread(_sql, store, request))
+    gone = asyncio.ensure_future(receive())  # the body is read: the next message is the disconnect
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if gone.done() and not work.done() and gone.result().get("type") == "http.disconnect":
+            control.cancel()
+        return await work
+    finally:
+        gone.cancel()
+
+
+async def _handle(
+    store: MetadataStore,
+    scope: Scope,
+    receive: Receive,
+    guard: RequestGuard,
+) -> tuple[int, bytes]:
     method = scope["method"]
     raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").split("?", 1)[0]
     try:
+        guard.check(method, scope.get("headers") or [])
         handler, params = _route(method, raw_path.rstrip("/") or "/")
         query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
         request = Request(method=method, params=params, query=query, body=await _read_body(receive))
-        result = await asyncio.to_thread(handler, store, request)
+        if handler is _sql:
+            result = await _cancel_on_disconnect(store, request, receive)
+        else:
+            result = await asyncio.to_thread(handler, store, request)
         return 200, dump_json(result)
     except MlplatError as exc:
         return exc.http_status, _error_body(exc)

@@ -6,8 +6,11 @@ allows one writer process); everything else goes through its HTTP API.
 
 Threading: one DuckDB connection guarded by a lock for the typed calls (they are short); each
 ``sql()`` call gets its own cursor in a READ ONLY transaction so a slow query does not hold
-the lock. The database is opened with external access off (no file reads, COPY, ATTACH,
-extension installs) and its configuration locked, which the store itself never needs.
+the lock. Queries are bounded (``sqlcaps``): DuckDB's memory limit, a time limit, at most
+``SQL_CONCURRENCY`` at once, rows, bytes and cells capped in the answer; each is cancellable,
+and ``close`` interrupts the running ones first. The database is opened with external access
+off (no file reads, COPY, ATTACH, extension installs) and its configuration locked, which the
+store itself never needs.
 
 Imports duckdb and pydantic only; never mlplat_tui.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ from pydantic import ValidationError
 
 from mlplat_runtime.bundle.manifest import GateResult
 from mlplat_runtime.errors import NotFoundError, RequestError, ServiceError
-from mlplat_runtime.metadata.readonly import check_read_only, refusal_from, to_jsonable
+from mlplat_runtime.metadata.readonly import check_read_only, refusal_from
 from mlplat_runtime.metadata.records import (
     RUN_UPDATABLE,
     WIRE,
@@ -42,9 +45,14 @@ from mlplat_runtime.metadata.records import (
 )
 from mlplat_runtime.metadata.runs_query import RunsPage, RunsQuery, query_runs
 from mlplat_runtime.metadata.schema import MIGRATIONS, Migration, migrate
+from mlplat_runtime.metadata.sqlcaps import QueryControl, SqlCaps, run_capped
 
 SQL_ROW_CAP = 10_000
 SQL_TIMEOUT_S = 30.0
+SQL_MEMORY_LIMIT = "1GB"  # DuckDB's own limit, for the whole database: queries and writes
+SQL_TEMP_LIMIT = "2GB"  # what a query may spill to the .tmp folder beside the file
+SQL_CONCURRENCY = 2  # queries running at once; the next one waits up to SQL_QUEUE_S
+SQL_QUEUE_S = 5.0
 MAX_LIMIT = 10_000
 _BATCH = 500  # rows per multi-row INSERT
 
@@ -112,14 +120,28 @@ class MetadataStore:
         migrations: Sequence[Migration] = MIGRATIONS,
         sql_row_cap: int = SQL_ROW_CAP,
         sql_timeout_s: float = SQL_TIMEOUT_S,
+        memory_limit: str = SQL_MEMORY_LIMIT,
+        sql_caps: SqlCaps | None = None,
+        sql_concurrency: int = SQL_CONCURRENCY,
+        sql_queue_s: float = SQL_QUEUE_S,
     ) -> None:
         self.path = Path(path)
-        self.sql_row_cap = sql_row_cap
+        self.caps = sql_caps or SqlCaps(rows=sql_row_cap)
+        self.sql_row_cap = self.caps.rows
         self.sql_timeout_s = sql_timeout_s
+        self.sql_concurrency = sql_concurrency
+        self.sql_queue_s = sql_queue_s
+        self._sql_slots = threading.BoundedSemaphore(sql_concurrency)
+        self._queries: set[QueryControl] = set()
         self._lock = threading.RLock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        config: dict[str, str | bool | int | float | list[str]] = {
+            "enable_external_access": False,
+            "memory_limit": memory_limit,
+            "max_temp_directory_size": SQL_TEMP_LIMIT,
+        }
         try:
-            self._con = duckdb.connect(str(self.path), config={"enable_external_access": False})
+            self._con = duckdb.connect(str(self.path), config=config)
         except duckdb.IOException as exc:
             raise ServiceError(
                 f"cannot open the metadata store {self.path}: {exc}",
@@ -137,6 +159,7 @@ class MetadataStore:
 
     def close(self) -> None:
         """Checkpoint (fold the WAL into the file) and close; safe to call twice."""
+        self.interrupt_queries()  # a running query must not hold the close (or SIGTERM) up
         with self._lock:
             if self._closed:
                 return
@@ -437,34 +460,43 @@ class MetadataStore:
 
     # -- read-only SQL --------------------------------------------------------------------
 
-    def sql(self, query: str) -> SqlResult:
-        """Run one read-only statement; at most ``sql_row_cap`` rows come back."""
+    def sql(self, query: str, control: QueryControl | None = None) -> SqlResult:
+        """Run one read-only statement within the caps (``sqlcaps``); ``control`` cancels it."""
         statement = check_read_only(query)
-        with self._lock:
-            if self._closed:
-                raise ServiceError(f"metadata store {self.path} is closed")
-            cursor = self._con.cursor()
-        # A runaway query is interrupted rather than holding a thread forever.
-        timer = threading.Timer(self.sql_timeout_s, cursor.interrupt)
-        timer.daemon = True
-        timer.start()
+        control = control or QueryControl()
+        if not self._sql_slots.acquire(timeout=self.sql_queue_s):
+            raise ServiceError(
+                f"{self.sql_concurrency} queries are running already; retry when one has finished",
+                hint="add a WHERE or a LIMIT to long queries",
+            )
         try:
-            cursor.execute("BEGIN TRANSACTION READ ONLY")
+            with self._lock:
+                if self._closed:
+                    raise ServiceError(f"metadata store {self.path} is closed")
+                cursor = self._con.cursor()
+                self._queries.add(control)
+            # A runaway query is interrupted rather than holding a thread and memory forever.
+            timer = threading.Timer(self.sql_timeout_s, control.cancel, kwargs={"why": "timeout"})
+            timer.daemon = True
+            timer.start()
             try:
-                cursor.execute(statement)
-                columns = [d[0] for d in cursor.description or ()]
-                rows = cursor.fetchmany(self.sql_row_cap + 1) if columns else []
+                control.attach(cursor)
+                return run_capped(cursor, statement, self.caps)
+            except duckdb.Error as exc:
+                raise refusal_from(exc, control.why, self.sql_timeout_s) from None
             finally:
-                with suppress(duckdb.Error):
-                    cursor.execute("ROLLBACK")
-        except duckdb.Error as exc:
-            raise refusal_from(exc) from None
+                timer.cancel()
+                control.detach()
+                cursor.close()
+                with self._lock:
+                    self._queries.discard(control)
         finally:
-            timer.cancel()
-            cursor.close()
-        truncated = len(rows) > self.sql_row_cap
-        return SqlResult(
-            columns=columns,
-            rows=[[to_jsonable(v) for v in row] for row in rows[: self.sql_row_cap]],
-            truncated=truncated,
-        )
+            self._sql_slots.release()
+
+    def interrupt_queries(self) -> int:
+        """Stop every running query (SIGTERM, close); returns how many there were."""
+        with self._lock:
+            running = list(self._queries)
+        for control in running:
+            control.cancel(why="shutdown")
+        return len(running)

@@ -16,7 +16,11 @@ pytestmark = pytest.mark.integration
 
 
 def test_routes_answer_json_and_errors_carry_status_and_type(db_path: Path) -> None:
-    with metadata_service(db_path) as svc, httpx.Client(base_url=svc.url, timeout=10) as http:
+    json_type = {"content-type": "application/json"}
+    with (
+        metadata_service(db_path) as svc,
+        httpx.Client(base_url=svc.url, timeout=10, headers=json_type) as http,
+    ):
         assert http.get("/health").json() == {"status": "ok", "schema_version": 2}
 
         created = http.post("/runs", content=b'{"run_id": "r/1", "model_name": "m", "metrics": {"l": NaN}}')

@@ -1,11 +1,13 @@
-"""``python -m mlplat_runtime.metadata --db PATH --host H --port P [--token-file F]``: run the
-metadata service.
+"""``python -m mlplat_runtime.metadata --db PATH --host H --port P [--token-file F] [--project NAME
+--project-root DIR]``: run the metadata service.
 
 Opens (and migrates) the DuckDB file, binds the port itself so a busy port fails at once with a
 clear message, prints one start-up line (with the real port: ``--port 0`` picks a free one),
-then serves with uvicorn. SIGTERM and SIGINT shut down gracefully: running queries are
-interrupted, in-flight requests get ``GRACE_S``, the store is checkpointed and closed, and the
-process exits 0; a shutdown that still hangs ends the process after ``HARD_STOP_S``.
+then serves with uvicorn. ``--project``/``--project-root`` say which project the store belongs to
+(``GET /identity``: clients refuse a service of another project). SIGTERM and SIGINT shut down
+gracefully: running queries are interrupted, in-flight requests get ``GRACE_S``, the store is
+checkpointed and closed, and the process exits 0; a shutdown that still hangs ends the process
+after ``HARD_STOP_S``.
 
 Who may call it (``guard.py``): ``--token-file`` (or ``$MLPLAT_METADATA_TOKEN_FILE``) makes every
 write need ``Authorization: Bearer <token>``; the file is created (0600) when missing and checked
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mlplat_runtime.errors import MlplatError, ServiceError
+from mlplat_runtime.identity import StackIdentity, add_identity_arguments, identity_from_args
 
 TOKEN_ENV = "MLPLAT_METADATA_TOKEN_FILE"
 GRACE_S = 5
@@ -47,7 +50,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--allowed-host", action="append", default=[], help="another Host name to answer")
     parser.add_argument("--allowed-origin", action="append", default=[], help="a web origin to answer")
     parser.add_argument("--memory-limit", default=None, help="DuckDB memory limit (default 1GB)")
-    return parser.parse_args(argv)
+    add_identity_arguments(parser)
+    args = parser.parse_args(argv)
+    args.identity = identity_from_args(args, "metadata", parser)
+    return args
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -91,6 +97,7 @@ def serve(
     host: str,
     port: int,
     log_level: str = "warning",
+    identity: StackIdentity | None = None,
     *,
     token_file: Path | None = None,
     allowed_hosts: list[str] | None = None,
@@ -126,7 +133,7 @@ def serve(
     try:
         sock = _listen(host, port)
         bound_port = sock.getsockname()[1]
-        app = create_app(store, on_shutdown=store.close, guard=guard)
+        app = create_app(store, on_shutdown=store.close, identity=identity, guard=guard)
         config = uvicorn.Config(
             app, log_level=log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=GRACE_S
         )
@@ -152,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             args.host,
             args.port,
             args.log_level,
+            args.identity,
             token_file=args.token_file,
             allowed_hosts=args.allowed_host,
             allowed_origins=args.allowed_origin,

@@ -6,6 +6,7 @@ one exception tree mapped to its ``http_status`` with ``{"error", "hint", "type"
 client can raise the same class again.
 
     GET   /health                        {"status": "ok", "schema_version": N}
+    GET   /identity                      StackIdentity: the project it belongs to (404 without)
     POST  /runs                          RunRecord (upsert)            -> RunRecord
     PATCH /runs/{id}                     {field: value, ...}           -> RunRecord
     GET   /runs?limit&offset&search      {"runs": [RunRecord]}  newest first
@@ -40,6 +41,7 @@ from urllib.parse import parse_qs, unquote
 from pydantic import BaseModel, ValidationError
 
 from mlplat_runtime.errors import MlplatError, NotFoundError, RequestError
+from mlplat_runtime.identity import IDENTITY_PATH, StackIdentity
 from mlplat_runtime.metadata.guard import RequestGuard
 from mlplat_runtime.metadata.records import (
     RUN_UPDATABLE,
@@ -221,11 +223,13 @@ def create_app(
     *,
     on_shutdown: Callable[[], None] | None = None,
     guard: RequestGuard | None = None,
+    identity: StackIdentity | None = None,
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The ASGI app over ``store``; ``on_shutdown`` runs at lifespan shutdown (closes the store).
 
     ``guard`` (default: loopback hosts, no browser origins, JSON bodies, no token) vets every
-    request before it is routed: see ``guard.py``.
+    request before it is routed: see ``guard.py``. ``identity`` is what ``GET /identity`` answers
+    (the project this service belongs to; ``mlplat_runtime.identity``).
     """
     guard = guard or RequestGuard()
 
@@ -235,7 +239,7 @@ def create_app(
             return
         if scope["type"] != "http":
             return
-        status, body = await _handle(store, scope, receive, guard)
+        status, body = await _handle(store, scope, receive, guard, identity)
         await send(
             {
                 "type": "http.response.start",
@@ -305,11 +309,14 @@ async def _handle(
     scope: Scope,
     receive: Receive,
     guard: RequestGuard,
+    identity: StackIdentity | None = None,
 ) -> tuple[int, bytes]:
     method = scope["method"]
     raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").split("?", 1)[0]
     try:
         guard.check(method, scope.get("headers") or [])
+        if identity is not None and method == "GET" and raw_path == IDENTITY_PATH:
+            return 200, identity.body()
         handler, params = _route(method, raw_path.rstrip("/") or "/")
         query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
         request = Request(method=method, params=params, query=query, body=await _read_body(receive))

@@ -29,6 +29,7 @@ KINDS = (
     "failed",  # training or another step failed; error holds why
     "cycle",  # a cycle ended; data has save_to_serving_s and overhead_s
     "stack",  # stack up/down/progress
+    "stopped",  # the dev loop ended (its last event); error says why when it died
 )
 
 

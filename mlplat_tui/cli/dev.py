@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from mlplat_runtime.errors import MlplatError, ServiceError
 from mlplat_tui.cli.common import project_dir
 from mlplat_tui.cli.stack import BACKEND_OPTION
 
@@ -51,6 +52,8 @@ def _printer(headless: bool, verbose: bool) -> Any:
             click.echo(click.style("  | ", dim=True) + event.message)
         else:
             colour = {"swapped": "green", "rejected": "yellow", "failed": "red", "cancelled": "yellow"}
+            if event.kind == "stopped" and event.error:
+                colour["stopped"] = "red"  # the loop died: say it as loudly as a failed step
             line = event.line()
             click.echo(click.style(line, fg=colour[event.kind]) if event.kind in colour else line)
             if event.kind == "failed" and event.data.get("output_tail") and not verbose:
@@ -125,9 +128,10 @@ def dev(
     \b
     Output: the dashboard on a terminal (readable lines when it is not installed);
     --headless: JSON lines, one event each (kinds: stack, watching, change, training,
-    trained, bundled, gated, swapped, rejected, cancelled, failed, cycle). Training output
-    lines ('output' events) are included with --verbose. The 'cycle' event's data holds
-    save_to_serving_s and overhead_s.
+    trained, bundled, gated, swapped, rejected, cancelled, failed, cycle, stopped). Training
+    output lines ('output' events) are included with --verbose. The 'cycle' event's data
+    holds save_to_serving_s and overhead_s. The last event is 'stopped'; its error says why
+    when the loop died, and then mlplat dev exits 1.
     \b
     Exit code with --once: 0 the new version serves (or passed its gates with no stack),
     1 a step failed, 3 rejected by a gate or by serving, 130 interrupted.
@@ -170,3 +174,14 @@ def dev(
         if not headless:
             click.echo("stopped", err=True)
         sys.exit(EXIT_INTERRUPTED if once else 0)
+    except MlplatError:
+        raise  # printed with its hint, exit 1 (2 for config)
+    except Exception as exc:  # the loop died on something outside the error tree
+        raise _died(exc) from None
+
+
+def _died(exc: BaseException) -> ServiceError:
+    return ServiceError(
+        f"the dev loop died: {type(exc).__name__}: {exc}",
+        hint="fix the cause, then run `mlplat dev` again",
+    )

@@ -11,11 +11,15 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from mlplat_runtime.errors import UsageError
+from mlplat_runtime.errors import ServiceError, UsageError
+
+if TYPE_CHECKING:
+    from mlplat_tui.project.config import Project
+    from mlplat_tui.ui.app import DashboardApp
 
 
 def _process_start() -> float:
@@ -44,7 +48,8 @@ def open_dashboard(
 
     With ``dev=True`` the dev loop runs inside it: the stack comes up, the model trains, and
     every save retrains and hot-swaps; ``dev_options`` are passed on to ``DevLoop`` (``warm``,
-    ``debounce_s``, ``down_on_exit``). Blocks until the user quits.
+    ``debounce_s``, ``down_on_exit``). Blocks until the user quits; raises ``ServiceError``
+    (exit 1) when the dev loop did not start or died, after the user has seen why.
     """
     launched_at = _process_start()
     from mlplat_tui.project.config import load_project
@@ -55,6 +60,28 @@ def open_dashboard(
             "the dashboard needs an interactive terminal",
             hint="use `mlplat status`, `mlplat runs` or `mlplat dev --headless` without one",
         )
+    app = dashboard_app(project, dev=dev, backend=backend, dev_options=dev_options, launched_at=launched_at)
+    app.run()
+    if app.dev_failure:
+        raise ServiceError(
+            f"the dev loop died: {app.dev_failure}",
+            hint="fix the cause, then run `mlplat dev` again (`mlplat dev --headless` prints every step)",
+        )
+
+
+def dashboard_app(
+    project: Project,
+    *,
+    dev: bool = False,
+    backend: str | None = None,
+    dev_options: Mapping[str, Any] | None = None,
+    launched_at: float | None = None,
+) -> DashboardApp:
+    """The dashboard wired to the real platform (what ``open_dashboard`` runs; tests pilot it).
+
+    The dev loop and the dashboard act on one backend: the one ``DashboardData`` resolved
+    (the stack that is up, else the configured one).
+    """
     from mlplat_tui.ui.app import DashboardApp, DevLoopFactory
     from mlplat_tui.ui.data import DashboardData
 
@@ -66,7 +93,7 @@ def open_dashboard(
         def factory(emit):  # type: ignore[no-untyped-def]
             return DevLoop(project, backend=data.backend(), emit=emit, **dict(dev_options or {}))
 
-    DashboardApp(data, dev_loop=factory, launched_at=launched_at).run()
+    return DashboardApp(data, dev_loop=factory, launched_at=launched_at)
 
 
 @click.command("ui")

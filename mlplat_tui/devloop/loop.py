@@ -13,7 +13,10 @@ training command's own run time).
 
 Thread-friendly: ``start()`` runs the loop in a thread (the dashboard hosts it that way),
 ``stop()`` ends it (cancelling a training run and ending its process tree), ``run_forever()``
-blocks. All events are emitted from the loop's thread. No UI code here.
+blocks. All events are emitted from the loop's thread. The loop's last event is always
+``stopped``; when something ended it other than ``stop()``, that event carries the ``error``
+and ``DevLoop.died`` is True, so a host can say so and exit non-zero instead of showing a loop
+that watches nothing. No UI code here.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
 DEFAULT_DEBOUNCE_S = 0.15  # editors finish an atomic save in a few ms; 'save all' well within
 _HASH_CAP = 16 * 1024 * 1024  # bigger files are compared by size and mtime, not content
 _PRIME_HASH_CAP = 1024 * 1024  # at start-up only small files are read (code, small data)
+_TRACKER_MODULES = ("mlflow", "mlflow.tracking", "mlflow.entities")
 
 
 class ContentIndex:
@@ -144,7 +148,7 @@ class DevLoop:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.state = "stopped"  # stopped | starting | watching | training | stopping
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # what ended the loop, when not stop()
         self.results: list[CycleResult] = []
 
     # -- public control ----------------------------------------------------------------------
@@ -174,6 +178,11 @@ class DevLoop:
     def trigger(self) -> None:
         """Retrain once more after the current cycle (the dashboard's "train now")."""
         self._queue.put(_Trigger("manual"))
+
+    @property
+    def died(self) -> bool:
+        """True when the loop ended on an error rather than through ``stop()`` or ``--once``."""
+        return self.error is not None
 
     def join(self, timeout_s: float | None = None) -> bool:
         """Wait for the loop thread; True when it has ended."""
@@ -287,12 +296,22 @@ class DevLoop:
                 trigger = item
         except BaseException as exc:  # reported to whoever hosts the loop
             self.error = exc
-            msg = str(exc) if isinstance(exc, MlplatError) else f"{type(exc).__name__}: {exc}"
-            self._deliver(Event("failed", f"dev loop stopped: {msg.splitlines()[0]}", error=msg))
         finally:
             self.state = "stopping"
             self._teardown()
             self.state = "stopped"
+            self._deliver(self._stopped_event())
+
+    def _stopped_event(self) -> Event:
+        exc = self.error
+        if exc is None:
+            return Event("stopped", "dev loop stopped")
+        msg = str(exc) if isinstance(exc, MlplatError) else f"{type(exc).__name__}: {exc}"
+        return Event(
+            "stopped",
+            f"dev loop died: {msg.splitlines()[0]}; saves are no longer watched",
+            error=msg,
+        )
 
     def _prepare(self, *, watch: bool) -> None:
         if watch:
@@ -302,9 +321,11 @@ class DevLoop:
         start = getattr(self.runner, "start", None)
         if callable(start):
             start()  # the warm worker imports while the stack comes up
-        if self.backend is not None:
-            # the pipeline's tracker client imports mlflow (seconds): do it while the stack starts
-            threading.Thread(target=_import_quietly, args=("mlflow",), daemon=True).start()
+        # The pipeline's tracker client imports mlflow (seconds): do it while the stack starts,
+        # and wait for it before the pipeline exists, so mlflow is only ever imported by one
+        # thread at a time (see Preload).
+        preload = Preload(_TRACKER_MODULES if self.backend is not None else ())
+        preload.start()
         if self.backend is not None and self.start_stack:
             status = self.backend.status()
             if status.up:
@@ -314,6 +335,7 @@ class DevLoop:
                 self.emit(Event("stack", f"starting the {self.backend.name} stack"))
                 self.backend.up(lambda line: self._deliver(Event("stack", line)))
                 self.emit(Event("stack", "stack is up", duration_s=time.monotonic() - started))
+        preload.wait()
         from mlplat_tui.cycle.pipeline import Pipeline
 
         self._pipeline = Pipeline(self.project, self.backend, runner=self.runner)
@@ -461,9 +483,34 @@ class DevLoop:
         )
 
 
-def _import_quietly(module: str) -> None:
-    with contextlib.suppress(Exception):
-        importlib.import_module(module)
+class Preload:
+    """Import heavy modules on one background thread; ``wait()`` before anything else uses them.
+
+    Two threads importing mlflow at once break it: the import system's deadlock detection
+    hands the second thread a partially initialised ``mlflow.tracking`` ("cannot import name
+    '_get_store' from partially initialized module"), and the dev loop died on its first cycle
+    whenever the stack was already up. So one thread imports, and the loop waits for it before
+    building the pipeline (whose tracker client imports mlflow). A failed import is not raised
+    here: the importing code meets it again and reports it where it matters.
+    """
+
+    def __init__(self, modules: tuple[str, ...]) -> None:
+        self.modules = modules
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.modules:
+            self._thread = threading.Thread(target=self._run, name="mlplat-preload", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        for module in self.modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(module)
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
 
 
 def _merge(a: _Trigger | None, b: _Trigger) -> _Trigger:

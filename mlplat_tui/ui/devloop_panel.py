@@ -1,6 +1,7 @@
 """Dev loop panel: the loop's phase (watching, training, gating, swapping, idle), the last
 change, the current step with its elapsed time, the last outcome, and a live tail of the
-training output.
+training output. A loop that died says so, with the reason, in place of the phase: saves are
+not watched any more, and the panel must not suggest otherwise.
 
 Attributes down: the screen sets ``state`` (folded from events by ``devstate.apply``) and
 ``now`` (its clock tick), and calls ``add_output`` for each line of training output.
@@ -17,7 +18,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Log, Static
 
-from mlplat_tui.ui.devstate import DevLoopState
+from mlplat_tui.ui.devstate import PHASES, DevLoopState
 from mlplat_tui.ui.snapshots import fmt_duration, fmt_time
 
 _TAIL_LINES = 200
@@ -62,13 +63,22 @@ class DevLoopPanel(Widget):
         st = self.state
         style = self.get_component_rich_style
         label, dim = style("devloop-panel--label"), style("devloop-panel--dim")
-        for phase in ("off", "idle", "watching", "training", "bundling", "gating", "swapping"):
+        for phase in PHASES:
             self.set_class(st.phase == phase, f"-{phase}")
-        phase = "idle (no dev loop: `mlplat dev`)" if st.phase == "off" else st.phase
-        mark = {"off": dim, "idle": dim, "watching": style("devloop-panel--ok")}.get(
-            st.phase, style("devloop-panel--active")
-        )
-        lines = Text.assemble(("● ", mark), (phase, label))
+        phase = {
+            "off": "idle (no dev loop: `mlplat dev`)",
+            "stopped": "stopped (saves are not watched)",
+            "died": "died: saves are not watched",
+        }.get(st.phase, st.phase)
+        bad = style("devloop-panel--bad")
+        mark = {
+            "off": dim,
+            "idle": dim,
+            "stopped": dim,
+            "watching": style("devloop-panel--ok"),
+            "died": bad,
+        }.get(st.phase, style("devloop-panel--active"))
+        lines = Text.assemble(("● ", mark), (phase, bad if st.phase == "died" else label))
         if st.step and st.step_started is not None:
             elapsed = max(0.0, (self.now or st.step_started) - st.step_started)
             lines.append_text(Text.assemble("  ", (st.step, ""), " ", (fmt_duration(elapsed), dim)))
@@ -90,11 +100,15 @@ class DevLoopPanel(Widget):
             if st.last_result_ok is None
             else style("devloop-panel--ok" if st.last_result_ok else "devloop-panel--bad")
         )
+        if st.died:
+            last, result_style = f"dev loop died: {st.died}", bad
+        else:
+            last = st.last_result or "-"
         lines.append_text(
             Text.assemble(
                 "\n",
                 ("last    ", label),
-                (st.last_result or "-", result_style),
+                (last, result_style),
                 (f"  ({st.cycles} cycle{'s' if st.cycles != 1 else ''})" if st.cycles else "", dim),
             )
         )

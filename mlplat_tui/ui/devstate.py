@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from mlplat_tui.events import Event
 
-# phase shown on the panel -> style class in devloop_panel.tcss
-PHASES = ("off", "idle", "watching", "training", "bundling", "gating", "swapping")
+# phase shown on the panel -> style class in devloop_panel.tcss; "stopped" and "died" are the
+# ends of a hosted dev loop: after them nothing watches the files any more
+PHASES = ("off", "idle", "watching", "training", "bundling", "gating", "swapping", "stopped", "died")
 
 # event kind -> (phase entered, step label)
 _ENTERS: dict[str, tuple[str, str]] = {
@@ -40,12 +41,25 @@ class DevLoopState:
     last_result_ok: bool | None = None
     cycles: int = 0
     watching: bool = False  # a dev loop is running (as opposed to a one-off "train now")
+    died: str | None = None  # why the dev loop died (the panel must not go on saying "watching")
 
 
 def apply(state: DevLoopState, event: Event) -> DevLoopState:
     """The state after ``event``. Unknown kinds and ``output`` lines leave it unchanged."""
     kind = event.kind
+    if state.phase in ("stopped", "died"):
+        return state  # a late event of the ended loop (or of a "train now") must not revive it
     rest = "watching" if state.watching else "idle"
+    if kind == "stopped":
+        reason = (event.error or event.message).splitlines()[0] if event.error else None
+        return replace(
+            state,
+            phase="died" if reason else "stopped",
+            watching=False,
+            step=None,
+            step_started=None,
+            died=reason,
+        )
     if kind == "watching":
         return replace(state, phase="watching", watching=True, step=None, step_started=None)
     if kind == "change":

@@ -84,3 +84,11 @@ class ServeRequested(Message):
         self.run_id = run_id
         self.version = version
         self.bundle_id = bundle_id
+
+
+class DevLoopDied(Message):
+    """The hosted dev loop ended on an error (or never started): the app must say so and exit 1."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason

@@ -49,3 +49,13 @@ def test_failures_and_rejections_end_the_cycle_with_the_reason() -> None:
     assert rejected.last_result == "rejected: size_mb, still serving v1" and rejected.last_result_ok is False
     cancelled = apply(base, Event("cancelled", "a newer change"))
     assert cancelled.cycles == 0 and cancelled.phase == "idle"
+
+
+def test_a_loop_that_died_stops_watching_and_keeps_the_reason() -> None:
+    watching = DevLoopState(phase="watching", watching=True)
+    died = apply(watching, Event("stopped", "dev loop died", error="ImportError: partially initialized\n..."))
+    assert (died.phase, died.watching, died.died) == ("died", False, "ImportError: partially initialized")
+    # a late event of the ended loop does not bring "watching" back
+    assert apply(died, Event("watching", "watching *.py")) == died
+    stopped = apply(watching, Event("stopped", "dev loop stopped"))
+    assert (stopped.phase, stopped.watching, stopped.died) == ("stopped", False, None)

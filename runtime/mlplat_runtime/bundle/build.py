@@ -25,6 +25,7 @@ from mlplat_runtime.bundle.hashing import bundle_id, file_digest, short_id
 from mlplat_runtime.bundle.manifest import (
     MANIFEST_NAME,
     MODEL_NAME,
+    NAME_PATTERN,
     REFERENCE_NAME,
     SAMPLES_NAME,
     Lineage,
@@ -33,7 +34,7 @@ from mlplat_runtime.bundle.manifest import (
 from mlplat_runtime.errors import BundleError, UsageError
 
 # Names travel in URLs (/v2/models/{name}), folder names and registry entries.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NAME_RE = re.compile(NAME_PATTERN)
 
 
 def _check_name(kind: str, value: str) -> None:

@@ -57,6 +57,8 @@ def parse_manifest(path: Path) -> tuple[Manifest | None, list[str]]:
         json.loads(raw)
     except ValueError as exc:
         return None, [f"bundle member '{MANIFEST_NAME}': not valid JSON ({exc})"]
+    except RecursionError:
+        return None, [f"bundle member '{MANIFEST_NAME}': not a manifest (JSON nested too deeply)"]
     try:
         return Manifest.model_validate_json(raw), []
     except ValidationError as exc:

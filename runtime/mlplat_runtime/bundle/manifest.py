@@ -30,6 +30,9 @@ OIP_TO_NUMPY: dict[str, str] = {
 }
 NUMPY_TO_OIP: dict[str, str] = {v: k for k, v in OIP_TO_NUMPY.items()}
 
+# A model name or version: 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
 OipDatatype = Literal["BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]
 
 
@@ -71,8 +74,9 @@ class GateResult(_Frozen):
 
 class Manifest(_Frozen):
     schema_version: Literal[1] = SCHEMA_VERSION
-    model_name: str
-    version: str  # human version ("3"); bring-your-own bundles default to bundle_id[:12]
+    # names travel in URLs, folder names and registry entries: no NUL, no "../", no 100k characters
+    model_name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(pattern=NAME_PATTERN)  # human ("3"); bring-your-own: bundle_id[:12]
     bundle_id: str  # "sha256:<hex>" over the content files (not over manifest.json)
     created_at: str  # ISO 8601, UTC
     signature: Signature

@@ -10,6 +10,7 @@ Imports numpy only; ONNX Runtime is run by the callers through ``session.py``.
 
 from __future__ import annotations
 
+import math
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ OUTPUT_PREFIX = "output:"
 GENERATED_ROWS = 8
 GENERATED_SEED = 0
 MAX_SAMPLES_BYTES = 512 * 1024**2  # inflated size of every array together
+MAX_NPY_HEADER = 10_000  # numpy's own safe limit for an .npy header
 
 # Float outputs may differ in the last bits between CPUs (vector widths, thread splits).
 FLOAT_TOLERANCE: dict[str, tuple[float, float]] = {  # numpy dtype -> (rtol, atol)
@@ -46,8 +48,18 @@ def generate_inputs(
     index-like inputs stay in range; the seed is fixed so builds are reproducible."""
     rng = np.random.default_rng(seed)
     inputs: dict[str, np.ndarray] = {}
+    total = 0
     for spec in signature.inputs:
         shape = tuple((rows if i == 0 else 1) if d == -1 else d for i, d in enumerate(spec.shape))
+        total += math.prod(shape) * (
+            8 if spec.datatype == "BYTES" else np.dtype(OIP_TO_NUMPY[spec.datatype]).itemsize
+        )
+        if total > MAX_SAMPLES_BYTES:
+            raise BundleError(
+                f"input '{spec.name}' declares shape {list(spec.shape)}: generated samples would take"
+                f" {total} bytes, over the {MAX_SAMPLES_BYTES}-byte cap for samples",
+                hint="pass --samples with a few rows of real inputs (" + HINT_SAMPLES + ")",
+            )
         if spec.datatype == "BYTES":
             inputs[spec.name] = np.full(shape, "a", dtype="<U1")
             continue
@@ -121,6 +133,8 @@ def read_npz(path: Path, max_bytes: int = MAX_SAMPLES_BYTES) -> dict[str, np.nda
     try:
         with zipfile.ZipFile(path) as zf:
             inflated = sum(info.file_size for info in zf.infolist())
+            if inflated <= max_bytes:
+                _check_headers(path, zf)
     except (OSError, zipfile.BadZipFile) as exc:
         raise BundleError(f"'{path.name}' is not a readable .npz file: {exc}", hint=HINT_SAMPLES) from exc
     if inflated > max_bytes:
@@ -138,6 +152,25 @@ def read_npz(path: Path, max_bytes: int = MAX_SAMPLES_BYTES) -> dict[str, np.nda
         ) from exc
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise BundleError(f"'{path.name}' is not a readable .npz file: {exc}", hint=HINT_SAMPLES) from exc
+
+
+def _check_headers(path: Path, zf: zipfile.ZipFile) -> None:
+    """Refuse an ``.npy`` member whose header is over ``MAX_NPY_HEADER`` bytes before numpy reads
+    it (numpy would refuse too, but with advice to turn pickle on)."""
+    for info in zf.infolist():
+        with zf.open(info) as member:
+            head = member.read(12)
+        if len(head) < 10 or head[:6] != b"\x93NUMPY":
+            raise BundleError(
+                f"'{path.name}': member '{info.filename}' is not an .npy array", hint=HINT_SAMPLES
+            )
+        size = int.from_bytes(head[8:10], "little") if head[6] == 1 else int.from_bytes(head[8:12], "little")
+        if size > MAX_NPY_HEADER:
+            raise BundleError(
+                f"'{path.name}': member '{info.filename}' has a {size}-byte .npy header, over the"
+                f" {MAX_NPY_HEADER}-byte cap",
+                hint=HINT_SAMPLES,
+            )
 
 
 def read_user_inputs(path: Path) -> dict[str, np.ndarray]:

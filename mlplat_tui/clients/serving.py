@@ -6,32 +6,15 @@ it would to a container or a cluster.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from mlplat_runtime.errors import AuthError, MlplatError, ModelLoadError, NotFoundError, ServiceError
+from mlplat_tui.clients.protocols import LoadedVersion, ModelState
 
-
-@dataclass(frozen=True)
-class LoadedVersion:
-    name: str
-    version: str
-    bundle_id: str
-    provider: str
-    swap_ms: float | None = None
-
-
-@dataclass(frozen=True)
-class ModelState:
-    name: str
-    version: str | None
-    state: str
-    reason: str
-    bundle_id: str | None
-    provider: str | None
+__all__ = ["LoadedVersion", "ModelState", "ServingAdmin", "model_metadata"]
 
 
 def _raise_for(resp: httpx.Response, what: str) -> None:
@@ -50,7 +33,7 @@ def _raise_for(resp: httpx.Response, what: str) -> None:
 
 
 class ServingAdmin:
-    """The admin port: load/unload/index, bearer token required."""
+    """The admin port: load/unload/index, bearer token required (a ``ServingAdminApi``)."""
 
     def __init__(
         self,
@@ -88,6 +71,14 @@ class ServingAdmin:
             ) from None
         _raise_for(resp, what)
         return resp.json()
+
+    def health(self) -> bool:
+        """True when the admin port answers HTTP at all (a refused token is still an answer:
+        the load then says why). Never raises."""
+        try:
+            return self._http.post("/v2/repository/index", json={}, timeout=2.0).status_code < 500
+        except httpx.HTTPError:
+            return False
 
     def load(self, name: str, bundle_path: str) -> LoadedVersion:
         data = self._post(

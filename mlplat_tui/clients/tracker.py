@@ -18,7 +18,23 @@ from mlplat_runtime.errors import ServiceError
 _MAX_PARAM = 6000
 
 
+def tracker_answers(uri: str, *, timeout: float = 2.0) -> bool:
+    """True when an MLflow server answers ``GET /health`` at ``uri``; never raises.
+
+    Asked before every cycle: MLflow's own client retries a refused connection for minutes, so
+    a tracker that went away must be noticed here, not inside ``create_run``.
+    """
+    import httpx
+
+    try:
+        return httpx.get(f"{uri.rstrip('/')}/health", timeout=timeout, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 class Tracker:
+    """The real ``TrackerApi``: MLflow's client on the stack's tracker."""
+
     def __init__(self, uri: str, experiment: str) -> None:
         # mlplat prints the run's link itself; MLflow would write it to stdout (breaking --json).
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -35,8 +51,17 @@ class Tracker:
                 hint="check `mlplat status` and `mlplat logs tracker`",
             ) from None
 
+    def health(self) -> bool:
+        return tracker_answers(self.uri)
+
     def start_run(self, run_name: str, tags: Mapping[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
+        try:
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
+        except Exception as exc:  # mlflow raises MlflowException / requests errors
+            raise ServiceError(
+                f"MLflow tracker at {self.uri} refused to create the run: {exc}",
+                hint="check `mlplat status` and `mlplat logs tracker`",
+            ) from None
         return str(run.info.run_id)
 
     def log(
@@ -64,3 +89,6 @@ class Tracker:
 
     def run_url(self, run_id: str) -> str:
         return f"{self.uri}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
+    def close(self) -> None:
+        """MLflow's client holds no connection of its own to close."""

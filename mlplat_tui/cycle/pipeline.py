@@ -1,55 +1,107 @@
-"""One training cycle: train → bundle → gates → record → deploy.
+"""One training cycle: train → bundle → gates → record → deploy, with a typed outcome.
 
 ``mlplat train`` runs one cycle; the dev loop runs one per change. A cycle never raises for
 what a data scientist causes (a crashing ``train.py``, a gate miss, a model serving refuses):
 it emits ``failed`` / ``rejected`` events, records the run with the reason and returns a
-``CycleResult``. The serving model is only ever replaced by a load that serving accepted.
+``CycleResult`` whose ``outcome`` (a ``CycleOutcome``) says how it ended and ``reason`` why.
+The serving model is only ever replaced by a load that serving accepted.
 
-When the stack is down the cycle still trains, bundles and gates, but tracks nothing and
-deploys nothing (``CycleResult.tracked`` is False) and says so in an event.
+The cycle is *given* its clients (tracker, metadata, serving admin; each may be absent) by a
+``ClientSource``, asked once per cycle: by default ``StackConnector`` over the backend's ports,
+in tests the fakes. Each absent service changes one thing, said in a ``stack`` event:
+
+- no tracker: nothing in MLflow; the run, bundle, gates and deployment are still recorded in
+  the metadata store;
+- no metadata store: nothing recorded, and the champion cannot be looked up, so the gates
+  that compare with it are not evaluated (``ChampionUnknown``) and the bundle is not deployed;
+- no serving admin: the bundle is gated and recorded but not deployed (outcome ``passed``).
+
+Imports the client protocols, the gates and the deploy use case; never the dev loop or a UI.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from mlplat_runtime.bundle.manifest import GateResult, Manifest
 from mlplat_runtime.errors import MlplatError, TrainingError
+from mlplat_tui.clients.factory import ClientSource, Endpoints, FixedClients, StackClients, StackConnector
 from mlplat_tui.cycle.recording import Recorder
 from mlplat_tui.cycle.training import SubprocessRunner, TrainingCancelled, TrainingRunner
 from mlplat_tui.events import Event, EventSink, null_sink
+from mlplat_tui.gates import ChampionUnknown
 from mlplat_tui.project.config import Project
 from mlplat_tui.stack.base import Ports, Service, StackBackend
+
+Champion = Manifest | ChampionUnknown | None
+_CANCELLED = "cancelled by a newer change"
+
+
+class CycleOutcome(StrEnum):
+    """How a cycle ended. Front ends map it (exit codes, colours); nobody parses ``reason``."""
+
+    DEPLOYED = "deployed"  # gates passed and the new version serves
+    PASSED = "passed"  # gates passed, not deployed (no serving up, or --no-deploy)
+    REJECTED = "rejected"  # a gate missed (or could not be evaluated), or serving refused the bundle
+    FAILED = "failed"  # training, bundling or another step failed
+    CANCELLED = "cancelled"  # a newer change (or the user) cancelled it
+
+
+# The run status the metadata store keeps for each outcome.
+_RUN_STATUS = {
+    CycleOutcome.DEPLOYED: "deployed",
+    CycleOutcome.PASSED: "finished",
+    CycleOutcome.REJECTED: "rejected",
+    CycleOutcome.FAILED: "failed",
+    CycleOutcome.CANCELLED: "cancelled",
+}
 
 
 @dataclass(frozen=True)
 class CycleResult:
+    outcome: CycleOutcome = CycleOutcome.FAILED
+    reason: str = ""  # why it ended so: the gate misses, serving's refusal, the error...
     run_id: str | None = None
     bundle_id: str | None = None
     bundle_path: Path | None = None
     version: str | None = None
     gates: tuple[GateResult, ...] = ()
-    passed: bool = False
-    deployed: bool = False
+    passed: bool = False  # every gate passed (true also when serving then refused the bundle)
     serving_version: str | None = None
     train_s: float | None = None
     total_s: float = 0.0
-    error: str | None = None
-    cancelled: bool = False
-    tracked: bool = False
+    tracked: bool = False  # the run is in MLflow
+    recorded: bool = False  # the run is in the metadata store
     run_url: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def deployed(self) -> bool:
+        return self.outcome is CycleOutcome.DEPLOYED
+
+    @property
+    def cancelled(self) -> bool:
+        return self.outcome is CycleOutcome.CANCELLED
+
+    @property
+    def error(self) -> str | None:
+        """The reason of a rejected or failed cycle; None otherwise."""
+        bad = self.outcome in (CycleOutcome.REJECTED, CycleOutcome.FAILED)
+        return (self.reason or self.outcome.value) if bad else None
+
     def to_json(self) -> dict[str, Any]:
         return {
+            "outcome": self.outcome.value,
+            "reason": self.reason,
             "run_id": self.run_id,
             "bundle_id": self.bundle_id,
             "bundle_path": str(self.bundle_path) if self.bundle_path else None,
@@ -62,6 +114,7 @@ class CycleResult:
             "error": self.error,
             "cancelled": self.cancelled,
             "tracked": self.tracked,
+            "recorded": self.recorded,
             "run_url": self.run_url,
             "metrics": self.metrics,
             "gates": [g.model_dump() for g in self.gates],
@@ -80,71 +133,85 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-class Pipeline:
-    """Connections to the stack's services, reused across the cycles of a dev loop.
+def _absent_note(clients: StackClients) -> str | None:
+    """The ``stack`` event for what is not up, saying what the cycle does without it."""
+    if clients.tracker is None and clients.metadata is None and clients.admin is None:
+        return (
+            "stack is not up: training without tracking, recording or serving "
+            "(run `mlplat up` to track and serve)"
+        )
+    parts = []
+    if clients.tracker is None:
+        parts.append("the tracker is not up: not tracked in MLflow (recorded in the metadata store)")
+    if clients.metadata is None:
+        parts.append("the metadata store is not up: nothing recorded, and the champion cannot be looked up")
+    if clients.admin is None:
+        parts.append("serving is not up: the bundle will not be deployed")
+    return "; ".join(parts) or None
 
-    The pipeline records in the metadata store every event it emits itself (except ``output``
-    lines); a caller such as the dev loop records its own events with ``record_event``.
+
+class Pipeline:
+    """One project's cycles, with the clients of its stack, reused across a dev loop's cycles.
+
+    ``clients`` is where the clients come from: a ``ClientSource``, a fixed ``StackClients``
+    (tests hand the fakes), or None for the real ones over ``backend``'s ports (none at all
+    without a backend). ``stage`` turns a bundle folder into the path serving reads (default:
+    the backend's ``serving_bundle_path``). The pipeline records in the metadata store every
+    event it emits itself (except ``output`` lines); a caller such as the dev loop records its
+    own events with ``record_event``.
     """
 
     def __init__(
-        self, project: Project, backend: StackBackend | None, *, runner: TrainingRunner | None = None
+        self,
+        project: Project,
+        backend: StackBackend | None = None,
+        *,
+        runner: TrainingRunner | None = None,
+        clients: ClientSource | StackClients | None = None,
+        stage: Callable[[Path], str] | None = None,
     ) -> None:
         self.project = project
         self.backend = backend
         self.runner: TrainingRunner = runner or SubprocessRunner()
         self.ports = backend.ports if backend is not None else Ports.from_project(project)
-        self.rec = Recorder(project, self.ports.url(Service.TRACKER))
-        self._admin: Any = None
-        self._stack_checked = 0.0
+        if isinstance(clients, StackClients):
+            clients = FixedClients(clients)
+        if clients is None:
+            clients = (
+                StackConnector(project, Endpoints.of(project, self.ports))
+                if backend is not None
+                else FixedClients(StackClients())
+            )
+        self.source: ClientSource = clients
+        self.stage: Callable[[Path], str] = stage or (
+            backend.serving_bundle_path if backend is not None else str
+        )
+        self.rec = Recorder(project)
+        self.clients = StackClients()
 
     # -- connections ---------------------------------------------------------------------
     def connect(self) -> bool:
-        """Connect to whatever of the stack is up; True when tracker and metadata both are."""
-        if self.backend is None:
-            return False
-        if self.rec.metadata is not None and time.monotonic() - self._stack_checked < 30:
-            return self.rec.metadata.health()
-        from mlplat_tui.clients.metadata import MetadataClient
-        from mlplat_tui.clients.serving import ServingAdmin
+        """Ask the source for the clients of what is up now; True when tracker and metadata are.
 
-        try:
-            status = self.backend.status()
-        except MlplatError:  # e.g. no Docker engine: train untracked, as with the stack down
-            return False
-        self._stack_checked = time.monotonic()
-        tracker_up = bool((s := status.service(Service.TRACKER)) and s.healthy)
-        meta_up = bool((s := status.service(Service.METADATA)) and s.healthy)
-        serving_up = bool((s := status.service(Service.SERVING)) and s.healthy)
-        if tracker_up and self.rec.tracker is None:
-            from mlplat_tui.clients.tracker import Tracker
-
-            try:
-                self.rec.tracker = Tracker(self.ports.url(Service.TRACKER), self.project.name)
-            except MlplatError:
-                tracker_up = False
-        self.close()
-        self.rec.metadata = MetadataClient(self.ports.url(Service.METADATA)) if meta_up else None
-        token_file = self.project.paths.admin_token
-        self._admin = (
-            ServingAdmin.from_token_file(self.ports.url("admin"), token_file)
-            if serving_up and token_file.exists()
-            else None
-        )
-        return tracker_up and meta_up
+        Raises ``StackError`` when the stack on our ports is another project's.
+        """
+        self.clients = self.source.connect()
+        self.rec.tracker, self.rec.metadata = self.clients.tracker, self.clients.metadata
+        return self.clients.tracker is not None and self.clients.metadata is not None
 
     def close(self) -> None:
         """Close the HTTP clients (a dev loop reconnects; its old pools must not pile up)."""
-        for client in (self.rec.metadata, self._admin):
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    client.close()
-        self.rec.metadata = None
-        self._admin = None
+        self.source.close()
+        self.clients = StackClients()
+        self.rec.tracker = self.rec.metadata = None
 
     def record_event(self, event: Event) -> None:
         """Record an event the caller emitted (e.g. ``change``, ``cycle``) in the metadata store."""
-        self._recorder(null_sink)(event)
+        self.rec.event(event)
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until every queued event is in the metadata store (bounded)."""
+        self.rec.flush(timeout_s)
 
     # -- the cycle -----------------------------------------------------------------------
     def run_cycle(
@@ -156,178 +223,44 @@ class Pipeline:
         changed: tuple[str, ...] = (),
     ) -> CycleResult:
         try:
-            return self._run_cycle(emit=emit, cancel=cancel, deploy=deploy, changed=changed)
+            return _Cycle(self, emit, cancel or threading.Event(), deploy, changed).run()
         finally:
             self.flush()
 
-    def _run_cycle(
-        self,
-        *,
-        emit: EventSink = null_sink,
-        cancel: threading.Event | None = None,
-        deploy: bool = True,
-        changed: tuple[str, ...] = (),
-    ) -> CycleResult:
-        cancel = cancel or threading.Event()
-        started = time.monotonic()
-        tracked = self.connect()
-        model = self.project.config.model.name
-        record = self._recorder(emit)
-        if not tracked:
-            record(
-                Event(
-                    "stack",
-                    "stack is not up: training without tracking or serving "
-                    "(run `mlplat up` to track and serve)",
-                )
-            )
-        run_id, run_url = uuid.uuid4().hex, None
-        if tracked:
-            try:
-                run_id, run_url = self.rec.start_run(model, changed)
-            except Exception as exc:  # MLflow raises many types; train untracked rather than not at all
-                record(Event("stack", f"MLflow refused to create the run ({exc}); training untracked"))
-                tracked = False
-        out_dir = self.project.paths.run_output(run_id)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        base = CycleResult(run_id=run_id, tracked=tracked, run_url=run_url)
+    # -- steps the CLI also uses ----------------------------------------------------------
+    def champion(self, model: str) -> Champion:
+        """What the bundle is gated against: the manifest serving locally now, None when
+        nothing was ever served, ``ChampionUnknown`` when the store cannot tell.
 
-        # 1. train
-        record(
-            Event(
-                "training",
-                f"training: {self.project.config.train.command}",
-                run_id=run_id,
-                data={"changed": list(changed)},
-            )
-        )
+        Without a store: a project whose stack never ran (no ``.mlplat/stack/``) cannot have
+        served anything, so it truly has no champion; any other project may have one.
+        """
+        metadata = self.clients.metadata
+        if metadata is None:
+            if not self.project.paths.stack.exists():
+                return None
+            return ChampionUnknown("the metadata store is not up, so what serves cannot be looked up")
         try:
-            train_s = self.runner.run(
-                self.project.config.train.command,
-                cwd=self.project.root,
-                env=self._train_env(out_dir, run_id if tracked else None),
-                cancel=cancel,
-                on_output=lambda line: emit(Event("output", line, run_id=run_id)),
-                timeout_s=self.project.config.train.timeout_s,
-            )
-        except TrainingCancelled:
-            self.rec.close_run(run_id, "KILLED", status="cancelled", error="cancelled by a newer change")
-            record(Event("cancelled", "training cancelled by a newer change", run_id=run_id))
-            return replace(base, cancelled=True, total_s=time.monotonic() - started)
-        except TrainingError as exc:
-            return self._fail(record, run_id, base, started, str(exc), exc.output_tail)
-        record(Event("trained", "training finished", run_id=run_id, duration_s=train_s))
+            current = metadata.current_deployment(model, target="local")
+            if current is None:
+                return None
+            from mlplat_runtime.bundle import open_bundle
 
-        # 2. bundle, 3. gates
-        try:
-            if cancel.is_set():
-                raise TrainingCancelled()
-            bundle_dir, manifest = self._bundle(out_dir, run_id, tracked)
-            record(
-                Event(
-                    "bundled",
-                    f"bundle v{manifest.version} {manifest.bundle_id[:19]}",
-                    run_id=run_id,
-                    bundle_id=manifest.bundle_id,
-                    version=manifest.version,
-                )
-            )
-            champion = self.champion(model)
-            gates = self.evaluate_gates(bundle_dir, champion)
-            from mlplat_runtime.bundle import with_gates
-
-            manifest = with_gates(bundle_dir, gates)
-        except TrainingCancelled:
-            self.rec.close_run(run_id, "KILLED", status="cancelled", error="cancelled by a newer change")
-            record(Event("cancelled", "cycle cancelled by a newer change", run_id=run_id))
-            return replace(base, cancelled=True, train_s=train_s, total_s=time.monotonic() - started)
+            return open_bundle(Path(metadata.bundle(current.bundle_id).path)).manifest
         except MlplatError as exc:
-            return self._fail(record, run_id, base, started, str(exc), "", train_s=train_s)
-        from mlplat_tui.gates.evaluate import all_passed, failure_reasons
+            return ChampionUnknown(f"the serving champion cannot be looked up: {exc.message}")
 
-        passed = all_passed(gates)
-        record(
-            Event(
-                "gated",
-                "gates passed" if passed else "gates failed: " + "; ".join(failure_reasons(gates)),
-                run_id=run_id,
-                bundle_id=manifest.bundle_id,
-                version=manifest.version,
-                gates=tuple(gates),
-            )
-        )
-        result = replace(
-            base,
-            bundle_id=manifest.bundle_id,
-            bundle_path=bundle_dir,
-            version=manifest.version,
-            gates=tuple(gates),
-            passed=passed,
-            train_s=train_s,
-            metrics=dict(manifest.metrics),
-        )
-        # 4. deploy first (what the user waits for), then track
-        serving_before = champion.version if champion else None
-        deployed, serving_version, error = False, serving_before, None
-        if not passed:
-            still = f"still serving v{serving_before}" if serving_before else "nothing serving"
-            error = "rejected: " + "; ".join(failure_reasons(gates)) + f", {still}"
-            record(
-                Event(
-                    "rejected",
-                    error,
-                    run_id=run_id,
-                    bundle_id=manifest.bundle_id,
-                    version=manifest.version,
-                    gates=tuple(gates),
-                )
-            )
-        elif deploy and self._admin is not None and not cancel.is_set():
-            deployed, serving_version, error = self._deploy(
-                record, run_id, manifest, bundle_dir, serving_before
-            )
-        if tracked:
-            try:
-                self.rec.track(run_id, manifest, bundle_dir)
-            except Exception as exc:  # MLflow errors are many types; the outcome still stands
-                record(Event("stack", f"tracking the run in MLflow failed: {exc}", run_id=run_id))
-        status = "deployed" if deployed else ("finished" if passed and error is None else "rejected")
-        self.rec.close_run(
-            run_id,
-            "FINISHED",
-            status=status,
-            error=error,
-            bundle_id=manifest.bundle_id,
-            version=manifest.version,
-            gates_passed=passed,
-            deployed=deployed,
-            metrics=dict(manifest.metrics),
-            params=dict(manifest.params),
-            git_commit=manifest.lineage.git_commit,
-            dirty_hash=manifest.lineage.dirty_hash,
-            data_hashes=dict(manifest.lineage.data_hashes),
-        )
-        return replace(
-            result,
-            deployed=deployed,
-            serving_version=serving_version,
-            error=error,
-            total_s=time.monotonic() - started,
+    def evaluate_gates(self, bundle_dir: Path, champion: Champion) -> list[GateResult]:
+        from mlplat_tui.gates.evaluate import validate_bundle
+
+        return validate_bundle(
+            self.project,
+            bundle_dir,
+            champion=champion,
+            serving_signature=champion.signature if isinstance(champion, Manifest) else None,
         )
 
-    # -- steps ---------------------------------------------------------------------------
-    def _recorder(self, emit: EventSink) -> EventSink:
-        def record(event: Event) -> None:
-            emit(event)
-            self.rec.event(event)
-
-        return record
-
-    def flush(self, timeout_s: float = 10.0) -> None:
-        """Wait until every queued event is in the metadata store (bounded)."""
-        self.rec.flush(timeout_s)
-
-    def _train_env(self, out_dir: Path, run_id: str | None) -> dict[str, str]:
+    def train_env(self, out_dir: Path, run_id: str | None) -> dict[str, str]:
         import os
 
         env = dict(os.environ)
@@ -342,7 +275,7 @@ class Pipeline:
             env.pop("MLFLOW_TRACKING_URI", None)
         return env
 
-    def _bundle(self, out_dir: Path, run_id: str, tracked: bool) -> tuple[Path, Manifest]:
+    def build_bundle(self, out_dir: Path, run_id: str, tracked: bool) -> tuple[Path, Manifest]:
         from mlplat_runtime.bundle import build_bundle, open_bundle
         from mlplat_tui.project.lineage import build_lineage
 
@@ -361,9 +294,8 @@ class Pipeline:
         reference = _read_json(out_dir / "reference.json", "reference.json") or None
         samples = out_dir / "samples.npz"
         model = self.project.config.model.name
-        version = (
-            self.rec.metadata.next_version(model) if self.rec.metadata is not None else self._local_version()
-        )
+        metadata = self.clients.metadata
+        version = metadata.next_version(model) if metadata is not None else self._local_version()
         bundles = self.project.paths.bundles
         bundles.mkdir(parents=True, exist_ok=True)
         target = bundles / f"{model}-v{version}"
@@ -389,82 +321,243 @@ class Pipeline:
         bundles = self.project.paths.bundles
         return str(sum(1 for _ in bundles.glob("*-v*")) + 1) if bundles.exists() else "1"
 
-    def champion(self, model: str) -> Manifest | None:
-        if self.rec.metadata is None:
-            return None
-        current = self.rec.metadata.current_deployment(model, target="local")
-        if current is None:
-            return None
-        try:
-            from mlplat_runtime.bundle import open_bundle
 
-            bundle = self.rec.metadata.bundle(current.bundle_id)
-            return open_bundle(Path(bundle.path)).manifest
-        except MlplatError:
-            return None
+class _Cycle:
+    """The steps of one cycle, with its run id, events and timings (one instance per cycle)."""
 
-    def evaluate_gates(self, bundle_dir: Path, champion: Manifest | None) -> list[GateResult]:
-        from mlplat_tui.gates.evaluate import validate_bundle
+    def __init__(
+        self, pipe: Pipeline, emit: EventSink, cancel: threading.Event, deploy: bool, changed: tuple[str, ...]
+    ) -> None:
+        self.pipe, self.emit, self.cancel, self.deploy, self.changed = pipe, emit, cancel, deploy, changed
+        self.rec = pipe.rec
+        self.started = time.monotonic()
+        self.model = pipe.project.config.model.name
+        self.run_id = uuid.uuid4().hex
+        self.tracked = False
+        self.result = CycleResult()
 
-        return validate_bundle(
-            self.project,
-            bundle_dir,
-            champion=champion,
-            serving_signature=champion.signature if champion else None,
+    def record(self, event: Event) -> None:
+        self.emit(event)
+        self.rec.event(event)
+
+    def run(self) -> CycleResult:
+        self._connect()
+        run_url = None
+        if self.pipe.clients.tracker is not None:
+            try:
+                self.run_id, run_url = self.rec.create_mlflow_run(self.model, self.changed)
+                self.tracked = True
+            except MlplatError as exc:
+                self.record(Event("stack", f"{exc.message}; not tracked in MLflow"))
+        self.rec.record_run(self.run_id, self.model)
+        self.result = CycleResult(
+            run_id=self.run_id,
+            tracked=self.tracked,
+            recorded=self.pipe.clients.metadata is not None,
+            run_url=run_url,
         )
+        out_dir = self.pipe.project.paths.run_output(self.run_id)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        train_s = self._train(out_dir)
+        if isinstance(train_s, CycleResult):
+            return train_s
+        return self._after_training(out_dir, train_s)
 
-    def _deploy(
-        self, record: EventSink, run_id: str, manifest: Manifest, bundle_dir: Path, serving_before: str | None
-    ) -> tuple[bool, str | None, str | None]:
-        assert self.backend is not None
+    def _connect(self) -> None:
         try:
-            path = self.backend.serving_bundle_path(bundle_dir)
-            loaded = self._admin.load(manifest.model_name, path)
-        except MlplatError as exc:  # refused, unreachable, wrong token: the old version serves on
-            still = f"still serving v{serving_before}" if serving_before else "nothing serving"
-            error = f"rejected: serving refused the bundle: {exc.message}, {still}"
-            record(
+            self.pipe.connect()
+        except MlplatError as exc:  # another project's stack on our ports: use none of it
+            self.pipe.clients = StackClients()
+            self.rec.tracker = self.rec.metadata = None
+            self.record(
+                Event("stack", f"{exc.message}; training without tracking or serving", error=str(exc))
+            )
+            return
+        note = _absent_note(self.pipe.clients)
+        if note:
+            self.record(Event("stack", note, data={"absent": list(self.pipe.clients.notes)}))
+
+    def _train(self, out_dir: Path) -> float | CycleResult:
+        project = self.pipe.project
+        self.record(
+            Event(
+                "training",
+                f"training: {project.config.train.command}",
+                run_id=self.run_id,
+                data={"changed": list(self.changed)},
+            )
+        )
+        try:
+            train_s = self.pipe.runner.run(
+                project.config.train.command,
+                cwd=project.root,
+                env=self.pipe.train_env(out_dir, self.run_id if self.tracked else None),
+                cancel=self.cancel,
+                on_output=lambda line: self.emit(Event("output", line, run_id=self.run_id)),
+                timeout_s=project.config.train.timeout_s,
+            )
+        except TrainingCancelled:
+            return self._cancelled("training cancelled by a newer change")
+        except TrainingError as exc:
+            return self._fail(str(exc), exc.output_tail)
+        self.record(Event("trained", "training finished", run_id=self.run_id, duration_s=train_s))
+        return train_s
+
+    def _after_training(self, out_dir: Path, train_s: float) -> CycleResult:
+        from mlplat_runtime.bundle import with_gates
+        from mlplat_tui.gates.evaluate import all_passed, failure_reasons
+
+        self.result = replace(self.result, train_s=train_s)
+        try:
+            if self.cancel.is_set():
+                raise TrainingCancelled()
+            bundle_dir, manifest = self.pipe.build_bundle(out_dir, self.run_id, self.tracked)
+            self.record(
                 Event(
-                    "rejected", error, run_id=run_id, bundle_id=manifest.bundle_id, version=manifest.version
+                    "bundled",
+                    f"bundle v{manifest.version} {manifest.bundle_id[:19]}",
+                    run_id=self.run_id,
+                    bundle_id=manifest.bundle_id,
+                    version=manifest.version,
                 )
             )
-            self.rec.deployment(run_id, manifest, ok=False, reason=exc.message)
-            return False, serving_before, error
-        self.rec.deployment(run_id, manifest, ok=True, reason="")
-        record(
+            champion = self.pipe.champion(self.model)
+            gates = self.pipe.evaluate_gates(bundle_dir, champion)
+            manifest = with_gates(bundle_dir, gates)
+        except TrainingCancelled:
+            return self._cancelled("cycle cancelled by a newer change")
+        except MlplatError as exc:
+            return self._fail(str(exc), "")
+        passed = all_passed(gates)
+        reasons = "; ".join(failure_reasons(gates))
+        self.record(
             Event(
-                "swapped",
-                f"serving v{loaded.version} on {loaded.provider}",
-                run_id=run_id,
+                "gated",
+                "gates passed" if passed else f"gates failed: {reasons}",
+                run_id=self.run_id,
                 bundle_id=manifest.bundle_id,
                 version=manifest.version,
-                duration_s=(loaded.swap_ms or 0) / 1000,
-                data={"provider": loaded.provider},
+                gates=tuple(gates),
             )
         )
-        return True, loaded.version, None
+        self.rec.record_bundle(self.run_id, manifest, bundle_dir)  # known to the store before it serves
+        self.result = replace(
+            self.result,
+            bundle_id=manifest.bundle_id,
+            bundle_path=bundle_dir,
+            version=manifest.version,
+            gates=tuple(gates),
+            passed=passed,
+            metrics=dict(manifest.metrics),
+        )
+        serving_before = champion.version if isinstance(champion, Manifest) else None
+        outcome, reason, serving = self._decide(passed, reasons, manifest, bundle_dir, serving_before)
+        if self.tracked:
+            try:
+                self.rec.track(self.run_id, manifest, bundle_dir)
+            except Exception as exc:  # MLflow errors are many types; the outcome still stands
+                self.record(Event("stack", f"tracking the run in MLflow failed: {exc}", run_id=self.run_id))
+        mlflow_status = "KILLED" if outcome is CycleOutcome.CANCELLED else "FINISHED"
+        return self._close(outcome, reason, mlflow_status, serving_version=serving, manifest=manifest)
 
-    def _fail(
+    def _decide(
+        self, passed: bool, reasons: str, manifest: Manifest, bundle_dir: Path, serving_before: str | None
+    ) -> tuple[CycleOutcome, str, str | None]:
+        still = f"still serving v{serving_before}" if serving_before else "nothing serving"
+        if not passed:
+            reason = f"rejected: {reasons}, {still}"
+            self.record(
+                Event(
+                    "rejected",
+                    reason,
+                    run_id=self.run_id,
+                    bundle_id=manifest.bundle_id,
+                    version=manifest.version,
+                    gates=manifest.gates,
+                )
+            )
+            return CycleOutcome.REJECTED, reason, serving_before
+        admin = self.pipe.clients.admin
+        if not self.deploy:
+            return CycleOutcome.PASSED, "gates passed; not deployed (--no-deploy)", serving_before
+        if admin is None:
+            return CycleOutcome.PASSED, "gates passed; not deployed (serving is not up)", serving_before
+        if self.cancel.is_set():
+            return self._cancel_outcome()
+        from mlplat_tui.deploy.serve import BundleToServe, LocalTarget, serve_bundle
+
+        deployed = serve_bundle(
+            LocalTarget(admin, self.pipe.stage),
+            BundleToServe(
+                manifest.model_name, manifest.version, manifest.bundle_id, bundle_dir, run_id=self.run_id
+            ),
+            metadata=self.pipe.clients.metadata,
+            emit=self.record,
+            serving_before=serving_before,
+            by="cycle",
+        )
+        if not deployed.served:
+            return CycleOutcome.REJECTED, f"rejected: {deployed.reason}, {still}", serving_before
+        return CycleOutcome.DEPLOYED, f"serving v{deployed.serving_version}", deployed.serving_version
+
+    def _cancel_outcome(self) -> tuple[CycleOutcome, str, str | None]:
+        self.record(Event("cancelled", "cycle cancelled by a newer change", run_id=self.run_id))
+        return CycleOutcome.CANCELLED, _CANCELLED, None
+
+    def _close(
         self,
-        record: EventSink,
-        run_id: str,
-        base: CycleResult,
-        started: float,
-        message: str,
-        tail: str,
-        train_s: float | None = None,
+        outcome: CycleOutcome,
+        reason: str,
+        mlflow_status: str,
+        *,
+        serving_version: str | None = None,
+        manifest: Manifest | None = None,
     ) -> CycleResult:
-        self.rec.close_run(run_id, "FAILED", status="failed", error=message)
-        record(
+        fields: dict[str, Any] = {}
+        if manifest is not None:
+            fields = {
+                "bundle_id": manifest.bundle_id,
+                "version": manifest.version,
+                "gates_passed": all(g.passed for g in manifest.gates),
+                "deployed": outcome is CycleOutcome.DEPLOYED,
+                "metrics": dict(manifest.metrics),
+                "params": dict(manifest.params),
+                "git_commit": manifest.lineage.git_commit,
+                "dirty_hash": manifest.lineage.dirty_hash,
+                "data_hashes": dict(manifest.lineage.data_hashes),
+            }
+        failed = outcome in (CycleOutcome.REJECTED, CycleOutcome.FAILED, CycleOutcome.CANCELLED)
+        self.rec.close_run(
+            self.run_id,
+            mlflow_status,
+            status=_RUN_STATUS[outcome],
+            error=reason if failed else None,
+            tracked=self.tracked,
+            **fields,
+        )
+        return replace(
+            self.result,
+            outcome=outcome,
+            reason=reason,
+            serving_version=serving_version,
+            total_s=time.monotonic() - self.started,
+        )
+
+    def _cancelled(self, message: str) -> CycleResult:
+        self.record(Event("cancelled", message, run_id=self.run_id))
+        return self._close(CycleOutcome.CANCELLED, _CANCELLED, "KILLED")
+
+    def _fail(self, message: str, tail: str) -> CycleResult:
+        self.record(
             Event(
                 "failed",
                 message.splitlines()[0],
-                run_id=run_id,
+                run_id=self.run_id,
                 error=message,
                 data={"output_tail": tail} if tail else {},
             )
         )
-        return replace(base, error=message, train_s=train_s, total_s=time.monotonic() - started)
+        return self._close(CycleOutcome.FAILED, message, "FAILED")
 
 
 def run_cycle(
@@ -476,9 +569,10 @@ def run_cycle(
     cancel: threading.Event | None = None,
     deploy: bool = True,
     changed: tuple[str, ...] = (),
+    clients: ClientSource | StackClients | None = None,
 ) -> CycleResult:
     """One cycle with fresh connections (``mlplat train``); the dev loop keeps a ``Pipeline``."""
-    pipeline = Pipeline(project, backend, runner=runner)
+    pipeline = Pipeline(project, backend, runner=runner, clients=clients)
     try:
         return pipeline.run_cycle(emit=emit, cancel=cancel, deploy=deploy, changed=changed)
     finally:

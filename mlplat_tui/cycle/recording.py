@@ -1,10 +1,15 @@
-"""Recording a training cycle: the MLflow run, and runs, bundles, gates, deployments and events
-in the metadata store.
+"""Recording a training cycle: the MLflow run, and runs, bundles, gates and events in the
+metadata store (deployments are recorded by the deploy use case, ``mlplat_tui.deploy``).
 
-Split from ``pipeline.py`` so the cycle reads as its steps. Everything here is bookkeeping:
-a store that is down or refuses must never change the outcome of a cycle, so metadata writes are
-best effort (the run record carries the outcome), and events are written by one background
-thread, in order, off the path from save to serving.
+Split from ``pipeline.py`` so the cycle reads as its steps. The two records are independent:
+the metadata store holds the run, its bundle and gates whether or not MLflow is up (a
+deployment whose bundle the store never heard of cannot be the next cycle's champion nor be
+restored after ``up``), and MLflow gets what it can when it is up. Everything here is
+bookkeeping: a service that is down or refuses never changes the outcome of a cycle, so writes
+are best effort, and events are written by one background thread, in order, off the path from
+save to serving.
+
+Imports the client protocols and the records; mlflow only through the tracker client.
 """
 
 from __future__ import annotations
@@ -16,22 +21,22 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from mlplat_runtime.bundle.manifest import Manifest
 from mlplat_runtime.errors import MlplatError
+from mlplat_tui.clients.protocols import MetadataApi, TrackerApi
 from mlplat_tui.events import Event
 from mlplat_tui.project.config import Project
 
 
 class Recorder:
-    """The tracker and metadata clients of one pipeline (either may be None: stack down)."""
+    """The tracker and metadata clients of the current cycle (either may be None: not up)."""
 
-    def __init__(self, project: Project, tracker_uri: str) -> None:
+    def __init__(self, project: Project) -> None:
         self.project = project
-        self.tracker_uri = tracker_uri
-        self.tracker: Any = None
-        self.metadata: Any = None
+        self.tracker: TrackerApi | None = None
+        self.metadata: MetadataApi | None = None
         self._events: queue.Queue[Event] = queue.Queue()
         self._events_thread: threading.Thread | None = None
 
@@ -68,62 +73,49 @@ class Recorder:
             time.sleep(0.01)
 
     # -- runs --------------------------------------------------------------------------------
-    def start_run(self, model: str, changed: tuple[str, ...]) -> tuple[str, str]:
-        """Create the MLflow run and its metadata record; (run id, MLflow link)."""
-        run_id = str(
-            self.tracker.start_run(
-                run_name=f"{model}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
-                tags={
-                    "mlplat.project": self.project.name,
-                    "mlplat.model": model,
-                    "mlplat.changed": ",".join(changed)[:500],
-                },
-            )
+    def create_mlflow_run(self, model: str, changed: tuple[str, ...]) -> tuple[str, str]:
+        """Create the MLflow run (before training, so ``mlflow.log_metric`` lands in it);
+        (run id, link). Raises ``MlplatError`` when MLflow refuses."""
+        assert self.tracker is not None
+        run_id = self.tracker.start_run(
+            run_name=f"{model}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
+            tags={
+                "mlplat.project": self.project.name,
+                "mlplat.model": model,
+                "mlplat.changed": ",".join(changed)[:500],
+            },
         )
-        self._record_run(run_id, model, status="running")
-        return run_id, str(self.tracker.run_url(run_id))
+        return run_id, self.tracker.run_url(run_id)
 
-    def deployment(self, run_id: str, manifest: Manifest, *, ok: bool, reason: str) -> None:
-        from mlplat_runtime.metadata.records import DeploymentRecord
-
-        deployment = DeploymentRecord(
-            model_name=manifest.model_name,
-            version=manifest.version,
-            bundle_id=manifest.bundle_id,
-            run_id=run_id,
-            target="local",
-            action="deploy",
-            status="ok" if ok else "failed",
-            reason=reason,
-        )
-        self._safe(lambda: self.metadata.record_deployment(deployment))
-
-    def _safe(self, fn: Callable[[], object]) -> None:
-        if self.metadata is None:
-            return
-        with contextlib.suppress(MlplatError):
-            fn()
-
-    def _record_run(self, run_id: str, model: str, status: Literal["running"]) -> None:
+    def record_run(self, run_id: str, model: str) -> None:
         from mlplat_runtime.metadata.records import RunRecord
 
+        tracker_uri = self.tracker.uri if self.tracker is not None else None
         self._safe(
-            lambda: self.metadata.record_run(
+            lambda m: m.record_run(
                 RunRecord(
                     run_id=run_id,
                     project=self.project.name,
                     model_name=model,
-                    status=status,
+                    status="running",
                     created_at=datetime.now(UTC),
                     command=self.project.config.train.command,
-                    tracker_uri=self.tracker_uri,
+                    tracker_uri=tracker_uri,
                 )
             )
         )
 
-    def track(self, run_id: str, manifest: Manifest, bundle_dir: Path) -> None:
-        from mlplat_runtime.metadata.records import BundleRecord
+    def record_bundle(self, run_id: str, manifest: Manifest, bundle_dir: Path) -> None:
+        """The bundle and its gate results in the store, before anything serves it."""
+        from mlplat_tui.deploy.serve import bundle_record
 
+        record = bundle_record(manifest, bundle_dir, run_id)
+        self._safe(lambda m: m.record_bundle(record))
+        self._safe(lambda m: m.record_gates(manifest.bundle_id, run_id, manifest.gates))
+
+    def track(self, run_id: str, manifest: Manifest, bundle_dir: Path) -> None:
+        """Params, metrics, lineage tags and the bundle as an artifact, in MLflow."""
+        assert self.tracker is not None
         lin = manifest.lineage
         tags = {
             "mlplat.bundle_id": manifest.bundle_id,
@@ -141,32 +133,27 @@ class Recorder:
             tags["mlflow.source.git.commit"] = lin.git_commit
         self.tracker.log(run_id, params=manifest.params, metrics=manifest.metrics, tags=tags)
         self.tracker.log_bundle(run_id, bundle_dir)
-        size = sum(p.stat().st_size for p in bundle_dir.rglob("*") if p.is_file())
-        self._safe(
-            lambda: self.metadata.record_bundle(
-                BundleRecord(
-                    bundle_id=manifest.bundle_id,
-                    run_id=run_id,
-                    model_name=manifest.model_name,
-                    version=manifest.version,
-                    path=str(bundle_dir),
-                    size_bytes=size,
-                    created_at=datetime.fromisoformat(manifest.created_at),
-                    manifest=manifest.model_dump(mode="json"),
-                )
-            )
-        )
-        self._safe(lambda: self.metadata.record_gates(manifest.bundle_id, run_id, manifest.gates))
 
     def close_run(
-        self, run_id: str, mlflow_status: str, *, status: str, error: str | None = None, **fields: Any
+        self,
+        run_id: str,
+        mlflow_status: str,
+        *,
+        status: str,
+        error: str | None = None,
+        tracked: bool = False,
+        **fields: Any,
     ) -> None:
-        if self.tracker is not None and self.metadata is not None:
+        """The outcome in the store (always, when it is up) and the MLflow run's end (when tracked)."""
+        if tracked and self.tracker is not None:
             # The MLflow run status is bookkeeping; the metadata store has the outcome.
             with contextlib.suppress(Exception):
                 self.tracker.finish(run_id, mlflow_status)
-            self._safe(
-                lambda: self.metadata.update_run(
-                    run_id, status=status, error=error, finished_at=datetime.now(UTC).isoformat(), **fields
-                )
-            )
+        finished = datetime.now(UTC).isoformat()
+        self._safe(lambda m: m.update_run(run_id, status=status, error=error, finished_at=finished, **fields))
+
+    def _safe(self, fn: Callable[[MetadataApi], object]) -> None:
+        if self.metadata is None:
+            return
+        with contextlib.suppress(MlplatError):
+            fn(self.metadata)

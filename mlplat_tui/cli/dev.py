@@ -68,7 +68,7 @@ def _exit_code(result: Any) -> int:
         return EXIT_INTERRUPTED
     if result.deployed or (result.passed and not result.error):
         return EXIT_DEPLOYED
-    if result.error and result.error.startswith("rejected"):
+    if result.outcome == "rejected":  # CycleOutcome.REJECTED (a StrEnum)
         return EXIT_REJECTED
     return EXIT_FAILED
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -60,13 +61,26 @@ class MetadataClient:
     """Talks to ``python -m mlplat_runtime.metadata`` at ``base_url`` (e.g. http://127.0.0.1:7801)."""
 
     def __init__(
-        self, base_url: str, *, timeout: float = 5.0, transport: httpx.BaseTransport | None = None
+        self,
+        base_url: str,
+        *,
+        timeout: float = 5.0,
+        transport: httpx.BaseTransport | None = None,
+        token: str | None = None,
+        token_file: Path | None = None,
     ) -> None:
+        """``token`` (or the one in ``token_file``, when that file exists) is sent as a bearer
+        token: a service started with ``--token-file`` refuses writes without it."""
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        if token is None and token_file is not None and Path(token_file).is_file():
+            from mlplat_runtime.tokens import read_token_file
+
+            token = read_token_file(Path(token_file))
+        headers = {"authorization": f"Bearer {token}"} if token else None
         # Our services are on loopback: a proxy from the environment must never see them.
         self._http = httpx.Client(
-            base_url=self.base_url, timeout=timeout, transport=transport, trust_env=False
+            base_url=self.base_url, timeout=timeout, transport=transport, trust_env=False, headers=headers
         )
 
     def close(self) -> None:

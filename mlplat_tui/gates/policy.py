@@ -30,7 +30,8 @@ How the two are merged (``effective_policy``):
   ``ConfigError`` naming the project file: a floor cannot be invented for them.
 
 Every error in the policy file names that file, the key and what was expected.
-This module parses and merges only: it never measures anything (that is ``gates.py``).
+Which keys exist, how each is parsed and how a floor tightens it come from the gate kinds
+(``gates/kinds.py``); this module finds, reads and merges only: it never measures anything.
 """
 
 from __future__ import annotations
@@ -41,15 +42,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from mlplat_runtime.errors import ConfigError
-from mlplat_tui.project.config import GatesSection, NoRegression, Project, Threshold, parse_threshold
+from mlplat_tui.gates.kinds import kind_for
+from mlplat_tui.project.config import Project
+from mlplat_tui.project.gate_specs import (
+    FLOOR_NOTE,
+    GatesSection,
+    at_least_as_strict,
+    expected_keys,
+    parse_gates,
+)
+
+__all__ = [
+    "FLOOR_NOTE",
+    "POLICY_ENV",
+    "at_least_as_strict",
+    "effective_gates",
+    "effective_policy",
+    "load_policy",
+]
 
 POLICY_ENV = "MLPLAT_POLICY"
-FLOOR_NOTE = "policy floor"
-_FIXED_KEYS = ("latency.p50_ms", "latency.p95_ms", "latency.p99_ms", "size_mb")
-_KEYS_EXPECTED = "one of metrics.<name>, latency.p50_ms, latency.p95_ms, latency.p99_ms, size_mb"
 
 
 @dataclass(frozen=True)
@@ -72,10 +85,6 @@ class EffectivePolicy:
     gates: GatesSection
     notes: Mapping[str, str] = field(default_factory=dict)
     policy: Policy | None = None
-
-
-def _is_gate_key(key: str) -> bool:
-    return (key.startswith("metrics.") and len(key) > len("metrics.")) or key in _FIXED_KEYS
 
 
 def load_policy(path: Path | str) -> Policy:
@@ -103,45 +112,29 @@ def load_policy(path: Path | str) -> Policy:
     if not isinstance(table, dict):
         raise ConfigError(file, "gates", "a table of gate = threshold", got=table)
 
-    thresholds: dict[str, Threshold] = {}
-    no_regression: NoRegression | None = None
-    required: tuple[str, ...] = ()
-    for key, value in table.items():
-        if key == "required":
-            required = _parse_required(file, value)
-        elif key == "no_regression":
-            no_regression = _parse_no_regression(file, value)
-        elif _is_gate_key(key):
-            thresholds[key] = parse_threshold(file, key, value)
-        else:
-            raise ConfigError(file, f"gates.{key}", f"{_KEYS_EXPECTED}, no_regression or required")
-    return Policy(p, GatesSection(thresholds=thresholds, no_regression=no_regression), required)
+    required = _parse_required(file, table["required"]) if "required" in table else ()
+    try:
+        gates = parse_gates(file, {k: v for k, v in table.items() if k != "required"})
+    except ConfigError as exc:
+        if exc.expected.startswith("one of "):  # an unknown key: say that `required` exists too
+            raise ConfigError(file, exc.key, f"{exc.expected.removesuffix('.')} or required") from None
+        raise
+    return Policy(p, gates, required)
+
+
+def _is_gate_key(key: str) -> bool:
+    kind = kind_for(key)
+    return kind is not None and kind.configurable
 
 
 def _parse_required(file: str, value: object) -> tuple[str, ...]:
-    expected = f'a list of gate names like ["metrics.roc_auc"] ({_KEYS_EXPECTED} or no_regression)'
+    expected = f'a list of gate names like ["metrics.roc_auc"] (one of {expected_keys()})'
     if not isinstance(value, list):
         raise ConfigError(file, "gates.required", expected, got=value)
     for item in value:
-        if not isinstance(item, str) or not (_is_gate_key(item) or item == "no_regression"):
+        if not isinstance(item, str) or not _is_gate_key(item):
             raise ConfigError(file, "gates.required", expected, got=item)
     return tuple(dict.fromkeys(value))  # de-duplicated, order kept
-
-
-def _parse_no_regression(file: str, value: object) -> NoRegression:
-    expected = '{ metric = "<name>", tolerance = <number>, higher_is_better = <bool> }'
-    if not isinstance(value, dict):
-        raise ConfigError(file, "gates.no_regression", expected, got=value)
-    try:
-        return NoRegression.model_validate(value)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        sub = ".".join(str(p) for p in err["loc"])
-        key = f"gates.no_regression.{sub}" if sub else "gates.no_regression"
-        what = "this key to be present" if err["type"] == "missing" else err["msg"]
-        if err["type"] == "extra_forbidden":
-            what = "no such key (metric, tolerance, higher_is_better)"
-        raise ConfigError(file, key, what) from None
 
 
 def policy_path(project: Project, env: Mapping[str, str] | None = None) -> Path | None:
@@ -155,62 +148,24 @@ def policy_path(project: Project, env: Mapping[str, str] | None = None) -> Path 
     return None
 
 
-def _bounds_side(t: Threshold) -> str:
-    return "lower" if t.op in (">=", ">") else "upper" if t.op in ("<=", "<") else "exact"
-
-
-def at_least_as_strict(project: Threshold, floor: Threshold) -> bool:
-    """True when every value passing ``project`` also passes ``floor``."""
-    if project.op == "==":
-        return floor.holds(project.value)
-    side = _bounds_side(floor)
-    if side == "exact" or _bounds_side(project) != side:
-        return False
-    if project.value != floor.value:
-        return project.value > floor.value if side == "lower" else project.value < floor.value
-    # Same bound: a strict project bound is tighter; a closed one is as strict only as a closed floor.
-    return project.op in (">", "<") or floor.op in (">=", "<=")
-
-
-def _merge_no_regression(
-    project: NoRegression | None, floor: NoRegression | None, notes: dict[str, str]
-) -> NoRegression | None:
-    if floor is None:
-        return project
-    if project is None:
-        notes["no_regression"] = f"{FLOOR_NOTE} (not in mlplat.toml)"
-        return floor
-    same = project.metric.removeprefix("metrics.") == floor.metric.removeprefix("metrics.")
-    if same and project.higher_is_better == floor.higher_is_better:
-        if project.tolerance <= floor.tolerance:
-            return project
-        notes["no_regression"] = (
-            f"{FLOOR_NOTE} tolerance {floor.tolerance:g} (mlplat.toml asked {project.tolerance:g})"
-        )
-        return floor
-    notes["no_regression"] = (
-        f"{FLOOR_NOTE} on {floor.metric} replaces mlplat.toml's no_regression on {project.metric}"
-    )
-    return floor
-
-
 def merge_gates(project_gates: GatesSection, policy: Policy | None) -> EffectivePolicy:
-    """Apply ``policy``'s floors to ``project_gates`` (see the module docstring for the rules)."""
+    """Apply ``policy``'s floors to ``project_gates``; each gate's kind says how it tightens."""
     if policy is None:
         return EffectivePolicy(project_gates)
     notes: dict[str, str] = {}
-    merged = dict(project_gates.thresholds)
-    for key, floor in policy.gates.thresholds.items():
+    merged = dict(project_gates.specs)
+    for key, floor in policy.gates.specs.items():
+        kind = kind_for(key)
+        assert kind is not None  # parse_gates only keeps keys a kind claims
         own = merged.get(key)
         if own is None:
             merged[key] = floor
             notes[key] = f"{FLOOR_NOTE} (not in mlplat.toml)"
-        elif not at_least_as_strict(own, floor):
-            merged[key] = floor
-            notes[key] = f"{FLOOR_NOTE} {floor} (mlplat.toml asked {own})"
-    no_reg = _merge_no_regression(project_gates.no_regression, policy.gates.no_regression, notes)
-    gates = GatesSection(thresholds=merged, no_regression=no_reg)
-    return EffectivePolicy(gates, notes, policy)
+            continue
+        merged[key], note = kind.tighten(key, own, floor)
+        if note is not None:
+            notes[key] = note
+    return EffectivePolicy(GatesSection(specs=merged), notes, policy)
 
 
 def effective_policy(project: Project, env: Mapping[str, str] | None = None) -> EffectivePolicy:
@@ -233,12 +188,7 @@ def effective_policy(project: Project, env: Mapping[str, str] | None = None) -> 
     result = merge_gates(project.config.gates, policy)
     if policy is not None:
         for key in policy.required:
-            present = (
-                result.gates.no_regression is not None
-                if key == "no_regression"
-                else (key in result.gates.thresholds)
-            )
-            if not present:
+            if key not in result.gates.specs:
                 err = ConfigError(
                     str(project.config_path),
                     f"gates.{key}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +42,7 @@ class TrainSection(_Section):
     command: str = "python train.py"
     watch: tuple[str, ...] = ("*.py", "data/**")
     ignore: tuple[str, ...] = (".mlplat/**", "**/__pycache__/**")
-    timeout_s: float = 3600.0
+    timeout_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)  # seconds; finite, > 0
     warm_worker: bool = True
     preload: tuple[str, ...] = ()  # modules the warm worker imports up front (e.g. "sklearn")
 
@@ -102,6 +103,19 @@ class GatesSection(_Section):
 class StackSection(_Section):
     backend: Literal["local", "docker"] = "local"
     host: str = "127.0.0.1"
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if v.strip() in ("0.0.0.0", "::", "[::]", ""):
+            warnings.warn(
+                f"[stack] host = {v!r} publishes the stack on every network interface: anyone who can"
+                " reach this machine can call it (see docs/security.md); use 127.0.0.1 unless you mean it",
+                UserWarning,
+                stacklevel=2,
+            )
+        return v
+
     port_base: int = Field(default=7800, ge=1024, le=65000)
     gpu: Literal["auto", "off", "on"] = "auto"
     runtime_image: str = "mlplat-runtime:latest"
@@ -195,6 +209,8 @@ def parse_config(text: str, file: str = CONFIG_NAME) -> ProjectConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "(syntax)", f"valid TOML ({exc})") from None
+    except RecursionError:
+        raise ConfigError(file, "(syntax)", "TOML nested a few levels deep, not thousands") from None
     raw = dict(raw)
     raw["gates"] = _gates_from_toml(file, raw.get("gates"))
     try:
@@ -224,4 +240,8 @@ def load_project(root: Path | str = ".") -> Project:
             hint="run mlplat in a project folder, pass --project DIR, or create one with "
             "`mlplat init DIR --template sklearn`",
         ) from None
-    return Project(root=root_path, config=parse_config(path.read_text(encoding="utf-8"), str(path)))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), "(file)", f"UTF-8 text (byte {exc.start} is not)") from None
+    return Project(root=root_path, config=parse_config(text, str(path)))

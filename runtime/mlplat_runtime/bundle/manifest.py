@@ -62,14 +62,29 @@ class Lineage(_Frozen):
     training_command: str | None = None
 
 
+GateOp = Literal[">=", "<=", ">", "<", "=="]
+
+
 class GateResult(_Frozen):
-    """One guardrail evaluated against a bundle."""
+    """One guardrail evaluated against a bundle.
+
+    ``threshold`` and ``detail`` are for people; what code needs travels as fields: ``op`` and
+    ``bound`` (the comparison that was applied, e.g. ``>=`` and ``0.85``; None for gates that are
+    not a comparison, such as ``signature``), ``evaluated`` (False when the gate could not be
+    evaluated at all, e.g. the champion could not be looked up: such a gate is never passed) and
+    ``policy_floor`` (the bound is the platform policy's floor, not the project's own).
+    The four have defaults, so manifests written before they existed still validate.
+    """
 
     name: str  # e.g. "metrics.roc_auc", "latency.p95_ms", "size_mb", "no_regression", "signature"
     measured: float | str | None
     threshold: str  # human form: ">= 0.85", "<= 5", "compatible with v3"
     passed: bool
     detail: str = ""
+    op: GateOp | None = None
+    bound: float | None = None
+    evaluated: bool = True
+    policy_floor: bool = False
 
 
 class Manifest(_Frozen):

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
-from mlplat_runtime.bundle.manifest import GateResult
+from mlplat_runtime.bundle.manifest import GateOp, GateResult
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -102,19 +102,18 @@ class GateRecord(_Record):
     threshold: str
     passed: bool
     detail: str = ""
+    # The typed comparison (see ``GateResult``); the store keeps only the text columns today.
+    op: GateOp | None = None
+    bound: float | None = None
+    evaluated: bool = True
+    policy_floor: bool = False
 
     @classmethod
     def from_result(cls, bundle_id: str, run_id: str | None, gate: GateResult) -> GateRecord:
         return cls(bundle_id=bundle_id, run_id=run_id, **gate.model_dump())
 
     def to_result(self) -> GateResult:
-        return GateResult(
-            name=self.name,
-            measured=self.measured,
-            threshold=self.threshold,
-            passed=self.passed,
-            detail=self.detail,
-        )
+        return GateResult.model_validate(self.model_dump(exclude={"bundle_id", "run_id"}))
 
 
 class GatesIn(_Record):

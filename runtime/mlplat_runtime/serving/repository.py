@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from mlplat_runtime.bundle.signature import compatibility_problems
 from mlplat_runtime.errors import MlplatError, ModelLoadError, NotFoundError, RequestError
 from mlplat_runtime.serving.checker import Checker
 from mlplat_runtime.serving.metrics import ServingMetrics
-from mlplat_runtime.serving.model import LoadedModel, load_bundle, signature_differences
+from mlplat_runtime.serving.model import LoadedModel, load_bundle
 
 log = logging.getLogger("mlplat.serving")
 
@@ -191,16 +192,14 @@ class Repository:
                         swapped=False,
                     )
                 if current is not None and not allow_signature_change:
-                    diffs = signature_differences(
-                        current.signature,
-                        manifest.signature,
-                        left=f"serving v{current.version}",
-                        right=f"v{manifest.version}",
+                    # the one rule the signature gate applies too (bundle/signature.py)
+                    diffs = compatibility_problems(
+                        current.signature, manifest.signature, label=f"serving v{current.version}"
                     )
                     if diffs:
                         raise ModelLoadError(
                             "the new version's signature is incompatible with the serving one: "
-                            + "; ".join(diffs),
+                            + "; ".join(map(str, diffs)),
                             hint="unload the model first, or load with "
                             '"parameters": {"allow_signature_change": true}',
                         )

@@ -10,17 +10,18 @@ import pytest
 
 from mlplat_runtime.bundle import open_bundle
 from mlplat_runtime.bundle.manifest import GateResult, Manifest, Signature, TensorSpec
+from mlplat_tui.gates import ChampionUnknown
 from mlplat_tui.gates.evaluate import (
     MISSING_METRIC,
-    _request_rows,
     all_passed,
     bundle_size_mb,
     evaluate_gates,
     failure_reasons,
-    signature_problems,
+    request_rows,
     validate_bundle,
 )
 from mlplat_tui.project.config import GatesSection, NoRegression, Threshold, load_project
+from mlplat_tui.project.gate_specs import GateSpec
 from tests.helpers.models import make_bundle, make_identity_onnx, make_multi_io_onnx
 
 FAST = 10  # latency runs: enough to exercise the measurement, cheap on a shared 2-core machine
@@ -31,7 +32,8 @@ def gates(no_regression: NoRegression | None = None, **thresholds: str) -> Gates
     for key, text in thresholds.items():
         op, value = text.split()
         parsed[key.replace("__", ".")] = Threshold(op=op, value=float(value))  # type: ignore[arg-type]
-    return GatesSection(thresholds=parsed, no_regression=no_regression)
+    specs: dict[str, GateSpec] = {**parsed, **({"no_regression": no_regression} if no_regression else {})}
+    return GatesSection(specs=specs)
 
 
 def by_name(results: list[GateResult]) -> dict[str, GateResult]:
@@ -62,6 +64,7 @@ def test_metric_gate_passes_and_fails(bundle_dir: Path) -> None:
     )
     ok, bad = results["metrics.roc_auc"], results["metrics.rmse"]
     assert ok.passed and ok.measured == pytest.approx(0.91) and ok.threshold == ">= 0.85"
+    assert (ok.op, ok.bound, bad.op, bad.bound) == (">=", 0.85, "<=", 1.0)  # typed, not re-parsed
     assert ok.detail == "0.91 >= 0.85"
     assert not bad.passed and bad.measured == pytest.approx(1.5) and bad.detail == "1.5 > 1"
     assert failure_reasons(list(results.values())) == ["metrics.rmse 1.5 > 1"]
@@ -112,19 +115,19 @@ def test_no_latency_gate_means_no_timing(bundle_dir: Path) -> None:
 
 def test_samples_are_split_into_one_row_requests(bundle_dir: Path) -> None:
     inputs, _ = open_bundle(bundle_dir).samples()
-    rows = _request_rows(inputs)
+    rows = request_rows(inputs)
     n = next(iter(inputs.values())).shape[0]
     assert len(rows) == n >= 1
     assert all(v.shape[0] == 1 for row in rows for v in row.values())
     np.testing.assert_array_equal(np.concatenate([r["input"] for r in rows]), inputs["input"])
     # Inputs without a shared batch axis are one request as they are.
     odd: dict[str, np.ndarray] = {"a": np.zeros((2, 3), np.float32), "b": np.zeros((3,), np.int64)}
-    assert len(_request_rows(odd)) == 1
+    assert len(request_rows(odd)) == 1
     # A graph whose first dimension is fixed takes the feed as it is, not row by row.
     fixed = Signature(inputs=(TensorSpec(name="x", datatype="FP32", shape=(3, 4)),), outputs=())
     three = {"x": np.zeros((3, 4), np.float32)}
-    assert len(_request_rows(three)) == 3
-    assert len(_request_rows(three, fixed)) == 1
+    assert len(request_rows(three)) == 3
+    assert len(request_rows(three, fixed)) == 1
 
 
 def test_latency_on_a_model_with_a_fixed_first_dimension(tmp_path: Path) -> None:
@@ -168,12 +171,13 @@ def test_signature_compatible_with_the_same_model_and_with_dynamic_dims(bundle_d
     own = bundle.manifest.signature
     same = by_name(evaluate_gates(bundle, gates(), serving_signature=own, latency_runs=FAST))["signature"]
     assert same.passed and same.measured == "compatible"
-    # The serving model fixed the feature count where ours is dynamic (or the other way): compatible.
+    # The serving model fixed the batch where ours is dynamic: every request it took, ours takes.
     fixed = Signature(
-        inputs=tuple(s.model_copy(update={"shape": (-1, 4)}) for s in own.inputs),
+        inputs=tuple(s.model_copy(update={"shape": (1, *s.shape[1:])}) for s in own.inputs),
         outputs=own.outputs,
     )
-    assert signature_problems(own, fixed) == []
+    widened = by_name(evaluate_gates(bundle, gates(), serving_signature=fixed, latency_runs=FAST))
+    assert widened["signature"].passed
 
 
 def test_signature_incompatible_datatype_shape_and_names(bundle_dir: Path) -> None:
@@ -216,6 +220,7 @@ def test_no_regression_against_champion(bundle_dir: Path, champion: Manifest) ->
 
     worse = run(NoRegression(metric="roc_auc", tolerance=0.01))
     assert not worse.passed and worse.measured == pytest.approx(0.91)
+    assert worse.op == ">=" and worse.bound == pytest.approx(0.92)
     assert worse.threshold == ">= 0.92 (champion v1 0.93 - 0.01)"
     assert failure_reasons([worse]) == ["no_regression: roc_auc 0.91 < 0.92 (champion v1 0.93 - 0.01)"]
     assert run(NoRegression(metric="metrics.roc_auc", tolerance=0.05)).passed
@@ -226,6 +231,30 @@ def test_no_regression_against_champion(bundle_dir: Path, champion: Manifest) ->
 
     missing_new = run(NoRegression(metric="f1"))
     assert missing_new.passed and "champion v1 has no f1" in missing_new.detail
+
+
+def test_an_unknown_champion_is_never_a_pass(bundle_dir: Path) -> None:
+    """The store could not be asked: no_regression and signature are not evaluated, not passed."""
+    rule = NoRegression(metric="roc_auc", tolerance=0.01)
+    unknown = ChampionUnknown("the metadata service is not up")
+    results = by_name(
+        evaluate_gates(open_bundle(bundle_dir), gates(rule), champion=unknown, latency_runs=FAST)
+    )
+    for name in ("no_regression", "signature"):
+        r = results[name]
+        assert not r.passed and not r.evaluated
+        assert r.detail == "could not be evaluated: the metadata service is not up"
+    assert results["no_regression"].measured == pytest.approx(0.91)
+    assert not all_passed(list(results.values()))
+    assert failure_reasons(list(results.values())) == [
+        "signature: could not be evaluated: the metadata service is not up",
+        "no_regression: could not be evaluated: the metadata service is not up",
+    ]
+
+
+def test_a_result_not_evaluated_is_not_passed_even_if_it_says_so() -> None:
+    odd = GateResult(name="drift", measured=None, threshold="", passed=True, evaluated=False, detail="?")
+    assert not all_passed([odd]) and failure_reasons([odd]) == ["drift: ?"]
 
 
 def test_no_regression_fails_when_new_bundle_lacks_the_metric(tmp_path: Path, champion: Manifest) -> None:
@@ -259,7 +288,27 @@ def test_validate_bundle_applies_the_policy_floor(tmp_path: Path, bundle_dir: Pa
     assert "policy floor >= 0.95 (mlplat.toml asked >= 0.8)" in auc.detail
     assert named["size_mb"].passed and "policy floor (not in mlplat.toml)" in named["size_mb"].detail
     assert named["signature"].passed
+    assert auc.policy_floor and named["size_mb"].policy_floor and not named["signature"].policy_floor
     assert failure_reasons(results) == ["metrics.roc_auc 0.91 < 0.95 (policy floor)"]
+
+
+def test_validate_bundle_with_the_stack_down_does_not_pass_no_regression(
+    tmp_path: Path, bundle_dir: Path
+) -> None:
+    """Bug (issue 9): with the stack down, no_regression said "no champion yet" and passed."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "mlplat.toml").write_text(
+        '[project]\nname = "churn"\n[model]\nname = "churn"\n[gates]\n'
+        'no_regression = { metric = "roc_auc", tolerance = 0.05 }\n',
+        encoding="utf-8",
+    )
+    down = ChampionUnknown("the metadata service at http://127.0.0.1:7801 is not up")
+    results = by_name(validate_bundle(load_project(root), bundle_dir, champion=down, latency_runs=FAST))
+    no_reg = results["no_regression"]
+    assert not no_reg.passed and "no champion" not in no_reg.detail
+    assert no_reg.detail == f"could not be evaluated: {down.reason}"
+    assert not all_passed(list(results.values()))
 
 
 def test_validate_bundle_all_passing(tmp_path: Path, bundle_dir: Path) -> None:

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "runs": ("mlplat_tui.cli.query", "runs", "List runs, newest first."),
     "show": ("mlplat_tui.cli.query", "show", "Show one run or bundle with gates and lineage."),
     "sql": ("mlplat_tui.cli.query", "sql", "Read-only SQL over the metadata store."),
+    "rollback": ("mlplat_tui.cli.rollback", "rollback", "Serve an earlier run again, as a rollback."),
     "bundle": ("mlplat_tui.cli.bundle", "bundle", "Build, verify and inspect model bundles."),
     "serve": ("mlplat_tui.cli.serve", "serve", "Serve a bundle over the Open Inference Protocol v2."),
     "images": ("mlplat_tui.cli.images", "images", "Build the runtime and tracker Docker images."),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mlplat_tui.cli.common import echo_json, project_dir
+
+if TYPE_CHECKING:
+    from mlplat_runtime.metadata.runs_query import RunRow
 
 
 def _client(ctx: click.Context):  # type: ignore[no-untyped-def]
@@ -16,43 +18,86 @@ def _client(ctx: click.Context):  # type: ignore[no-untyped-def]
     from mlplat_tui.stack.base import Ports, Service
 
     project = load_project(project_dir(ctx))
-    return project, MetadataClient(Ports.from_project(project).url(Service.METADATA))
+    url = Ports.from_project(project).url(Service.METADATA)
+    from mlplat_tui.clients.identity import check_identity
 
-
-def _table(rows: Sequence[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    check_identity(url, project)  # another project's stack on our ports: refuse, naming it
+    return project, MetadataClient(url)
 
 
 def _dump(model: Any) -> Any:
     return model.model_dump(mode="json") if hasattr(model, "model_dump") else model
 
 
+def run_row_json(row: RunRow) -> dict[str, Any]:
+    """One line of ``mlplat runs --json``: the run's fields, what it serves on now, and whether
+    it was ever deployed (the same answer the dashboard gives, from the same query)."""
+    return {
+        **row.run.model_dump(mode="json"),
+        "served_on": list(row.served_on),
+        "was_deployed": row.was_deployed,
+        "gates_failed": list(row.gates_failed),
+    }
+
+
 @click.command()
 @click.option("-n", "--limit", default=20, show_default=True, help="How many runs.")
-@click.option("--search", default=None, help="Only runs whose id, model or status contains this.")
+@click.option("--offset", default=0, show_default=True, help="Skip this many (paging).")
+@click.option(
+    "--search",
+    default=None,
+    help="Only runs whose id, model, project, status, version or bundle id contains this "
+    "(the dashboard's search).",
+)
+@click.option(
+    "--sort",
+    default="created_at",
+    show_default=True,
+    help="created_at, run_id, status, version, gates_passed or metric:<name>.",
+)
+@click.option("--asc", is_flag=True, help="Oldest (smallest) first.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def runs(ctx: click.Context, limit: int, search: str | None, as_json: bool) -> None:
-    """List runs, newest first, with key metrics, gates and whether each is serving."""
+def runs(
+    ctx: click.Context, limit: int, offset: int, search: str | None, sort: str, asc: bool, as_json: bool
+) -> None:
+    """List runs, newest first, with key metrics and gates.
+
+    \b
+    SERVED    the targets the run serves on now (e.g. local); empty when it does not serve
+    DEPLOYED  yes when it was ever deployed (it may have been replaced since)
+    """
+    from pydantic import ValidationError
+
+    from mlplat_runtime.errors import UsageError
+    from mlplat_runtime.metadata.runs_query import RunsQuery
+    from mlplat_tui.cli.common import print_table
+
     _, client = _client(ctx)
-    items = client.runs(limit=limit, search=search)
+    try:
+        query = RunsQuery(search=search or "", sort=sort, descending=not asc, limit=limit, offset=offset)
+    except ValidationError as exc:
+        raise UsageError(exc.errors()[0]["msg"]) from None
+    with client:
+        page = client.query_runs(query)
     if as_json:
-        echo_json([_dump(r) for r in items])
+        echo_json([run_row_json(r) for r in page.rows])
         return
-    if not items:
-        click.echo("no runs yet: `mlplat train` makes one")
+    if not page.rows:
+        click.echo("no runs yet: `mlplat train` makes one" if not search and not offset else "no runs match")
         return
-    rows = [("CREATED", "RUN", "STATUS", "VERSION", "GATES", "SERVED", "METRICS")]
-    for r in items:
+    rows = []
+    for row in page.rows:
+        r = row.run
         metrics = " ".join(f"{k}={v:.3g}" for k, v in sorted(r.metrics.items())[:3])
         gates = "-" if r.gates_passed is None else ("✓" if r.gates_passed else "✗")
         created = str(r.created_at)[:19].replace("T", " ")
-        rows.append(
-            (created, r.run_id[:12], r.status, r.version or "-", gates, "yes" if r.deployed else "", metrics)
-        )
-    _table(rows)
+        served = ",".join(row.served_on)
+        deployed = "yes" if row.was_deployed else ""
+        rows.append((created, r.run_id[:12], r.status, r.version or "-", gates, served, deployed, metrics))
+    headers = ("CREATED", "RUN", "STATUS", "VERSION", "GATES", "SERVED", "DEPLOYED", "METRICS")
+    more = f" (showing {offset + 1}-{offset + len(rows)} of {page.total})" if page.total > len(rows) else ""
+    print_table(headers, rows, title=f"runs{more}" if more else None)
 
 
 @click.command()
@@ -132,6 +177,7 @@ def sql(ctx: click.Context, query: str, as_json: bool) -> None:
     if as_json:
         echo_json([dict(zip(result.columns, row, strict=True)) for row in result.rows])
         return
-    rows = [tuple(result.columns)] + [tuple("" if v is None else str(v) for v in row) for row in result.rows]
-    _table(rows)
+    from mlplat_tui.cli.common import print_table
+
+    print_table(result.columns, result.rows)
     click.echo(f"({len(result.rows)} rows)")

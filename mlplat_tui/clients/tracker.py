@@ -64,28 +64,46 @@ class Tracker:
             ) from None
         return str(run.info.run_id)
 
+    def _refused(self, what: str, exc: Exception) -> ServiceError:
+        # MLflow raises MlflowException, RestException, requests errors...: one class for callers.
+        return ServiceError(
+            f"MLflow tracker at {self.uri} refused to {what}: {exc}",
+            hint="check `mlplat status` and `mlplat logs tracker`",
+        )
+
     def log(
         self, run_id: str, *, params: Mapping[str, Any], metrics: Mapping[str, float], tags: Mapping[str, str]
     ) -> None:
-        from mlflow.entities import Metric, Param, RunTag
-
-        # Params the training script logged itself must not be re-logged with other values.
-        existing = self.client.get_run(run_id).data.params
-        p = [Param(k, str(v)[:_MAX_PARAM]) for k, v in params.items() if k not in existing]
         import time
 
-        ts = int(time.time() * 1000)
-        m = [Metric(k, float(v), ts, 0) for k, v in metrics.items()]
-        t = [RunTag(k, str(v)) for k, v in tags.items()]
-        for i in range(0, max(len(p), len(m), len(t)), 100):
-            self.client.log_batch(run_id, metrics=m[i : i + 100], params=p[i : i + 100], tags=t[i : i + 100])
+        from mlflow.entities import Metric, Param, RunTag
+
+        try:
+            # Params the training script logged itself must not be re-logged with other values.
+            existing = self.client.get_run(run_id).data.params
+            p = [Param(k, str(v)[:_MAX_PARAM]) for k, v in params.items() if k not in existing]
+            ts = int(time.time() * 1000)
+            m = [Metric(k, float(v), ts, 0) for k, v in metrics.items()]
+            t = [RunTag(k, str(v)) for k, v in tags.items()]
+            for i in range(0, max(len(p), len(m), len(t)), 100):
+                self.client.log_batch(
+                    run_id, metrics=m[i : i + 100], params=p[i : i + 100], tags=t[i : i + 100]
+                )
+        except Exception as exc:
+            raise self._refused(f"log to run {run_id}", exc) from None
 
     def log_bundle(self, run_id: str, bundle_dir: Path) -> None:
-        self.client.log_artifacts(run_id, str(bundle_dir), artifact_path="bundle")
+        try:
+            self.client.log_artifacts(run_id, str(bundle_dir), artifact_path="bundle")
+        except Exception as exc:
+            raise self._refused(f"store the bundle of run {run_id}", exc) from None
 
     def finish(self, run_id: str, status: str) -> None:
         """status: FINISHED | FAILED | KILLED"""
-        self.client.set_terminated(run_id, status=status)
+        try:
+            self.client.set_terminated(run_id, status=status)
+        except Exception as exc:
+            raise self._refused(f"end run {run_id}", exc) from None
 
     def run_url(self, run_id: str) -> str:
         return f"{self.uri}/#/experiments/{self.experiment_id}/runs/{run_id}"

@@ -60,15 +60,18 @@ ARG MLPLAT_TRACKER_LOCK=unknown
 COPY --from=tracker-deps /opt/mlplat /opt/mlplat
 COPY dockerfiles/healthcheck.py /opt/mlplat/healthcheck.py
 # Job execution spawns huey consumers for GenAI scorers, which the platform does not use.
+# The service's command, ports, health path, data folder and environment are those of its spec
+# in mlplat_tui/stack/services.py (tests/mlplat_tui/stack/test_services.py checks this file).
 ENV MLPLAT_SERVICE=tracker \
     MLPLAT_IMAGE=tracker \
-    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+    MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false
 USER mlplat
 WORKDIR /home/mlplat
 EXPOSE 7800
 HEALTHCHECK --interval=5s --timeout=3s --start-period=120s --retries=3 \
     CMD ["/opt/mlplat/bin/python", "-I", "/opt/mlplat/healthcheck.py"]
-CMD ["mlflow", "server", "--backend-store-uri", "sqlite:////var/lib/mlplat/tracker/mlflow.db", \
+CMD ["python", "-m", "mlflow", "server", "--backend-store-uri", "sqlite:////var/lib/mlplat/tracker/mlflow.db", \
      "--serve-artifacts", "--artifacts-destination", "/var/lib/mlplat/tracker/artifacts", \
      "--host", "0.0.0.0", "--port", "7800", "--workers", "1"]
 LABEL org.opencontainers.image.title="mlplat-tracker" \

@@ -36,4 +36,7 @@ def print_table(
     table = Table(*headers, box=box.SIMPLE_HEAD, title=title, header_style="bold", pad_edge=False)
     for row in rows:
         table.add_row(*("" if c is None else str(c) for c in row))
-    Console(soft_wrap=True).print(table)
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:
+        console.width = 10_000  # piped: whole cells, never squeezed to 80 columns with an ellipsis
+    console.print(table)

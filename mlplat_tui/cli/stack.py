@@ -1,4 +1,9 @@
-"""CLI: ``mlplat up``, ``down``, ``status``, ``logs`` — the stack's lifecycle."""
+"""CLI: ``mlplat up``, ``down``, ``status``, ``logs`` — the stack's lifecycle.
+
+Without ``--backend``, ``down``, ``status`` and ``logs`` act on the backend whose stack is up
+(``stack.base.get_backend`` reads the record ``up`` leaves); ``up`` restores what served before
+through ``deploy.restore.up_and_restore``.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,15 @@ import time
 
 import click
 
+from mlplat_runtime.errors import MlplatError
 from mlplat_tui.cli.common import echo_json, project_dir
 
 BACKEND_OPTION = click.option(
     "--backend",
     type=click.Choice(["local", "docker"]),
     default=None,
-    help="Where the services run (default: [stack] backend in mlplat.toml, else local).",
+    help="Where the services run (default: the backend whose stack is up, else [stack] backend in "
+    "mlplat.toml, else local).",
 )
 
 
@@ -54,55 +61,83 @@ def up(ctx: click.Context, backend: str | None, as_json: bool) -> None:
     Example:
       mlplat up && mlplat train
     """
+    from mlplat_tui.deploy.restore import up_and_restore
+
     stack = _backend(ctx, backend)
     started = time.monotonic()
-    status = stack.up(progress=lambda line: click.echo(f"  {line}", err=as_json))
+    status = up_and_restore(stack, lambda line: click.echo(f"  {line}", err=as_json))
+    served = _served(stack)
     if as_json:
-        echo_json(_status_json(status))
+        echo_json(_status_json(status, served))
         return
     click.secho(
         f"stack '{status.project}' up ({stack.name}) in {time.monotonic() - started:.1f}s", fg="green"
     )
-    _print_status(status)
+    _print_status(status, served)
 
 
 @click.command()
 @BACKEND_OPTION
-@click.option("--volumes", is_flag=True, help="Also delete the stack's data (runs, metadata, bundles).")
+@click.option(
+    "--volumes",
+    is_flag=True,
+    help="Also delete the stack's data: tracker store, metadata, bundles, runs (and docker volumes).",
+)
 @click.pass_context
 def down(ctx: click.Context, backend: str | None, volumes: bool) -> None:
     """Stop the stack. Data is kept unless --volumes is given."""
     stack = _backend(ctx, backend)
     stack.down(volumes=volumes, progress=lambda line: click.echo(f"  {line}"))
-    click.echo("stack down")
+    click.echo(f"stack down ({stack.name})")
 
 
-def _status_json(status) -> dict:  # type: ignore[no-untyped-def]
+def _served(stack):  # type: ignore[no-untyped-def]
+    """What serving serves now (None when nothing, or the stack is not up)."""
+    from mlplat_tui.stack.served import served_now
+
+    try:
+        return served_now(stack.project, stack.ports)
+    except MlplatError:
+        return None
+
+
+def _status_json(status, served=None) -> dict:  # type: ignore[no-untyped-def]
     from dataclasses import asdict
 
     data = asdict(status)
     data["up"] = status.up
+    data["serving"] = asdict(served) if served is not None else None
     return data
 
 
-def _print_status(status) -> None:  # type: ignore[no-untyped-def]
-    rows = [("SERVICE", "STATE", "HEALTH", "ADDRESS", "UPTIME", "CPU", "MEM", "ID")]
-    for s in status.services:
-        rows.append(
-            (
-                str(s.name),
-                s.state,
-                "ok" if s.healthy else "-",
-                s.address,
-                _uptime(s.started_at),
-                f"{s.cpu_percent:.0f}%" if s.cpu_percent is not None else "-",
-                _fmt_bytes(s.memory_bytes),
-                (s.ident or "-")[:12],
-            )
+def _serves(served) -> str:  # type: ignore[no-untyped-def]
+    if served is None:
+        return "-"
+    text = f"{served.model} v{served.version}"
+    if served.since is not None:
+        local = served.since.astimezone()
+        text += f" since {local:%Y-%m-%d %H:%M:%S} ({_uptime(served.since.timestamp())})"
+    return text
+
+
+def _print_status(status, served=None) -> None:  # type: ignore[no-untyped-def]
+    from mlplat_tui.cli.common import print_table
+
+    rows = [
+        (
+            str(s.name),
+            s.state,
+            "ok" if s.healthy else "-",
+            s.address,
+            _uptime(s.started_at),
+            f"{s.cpu_percent:.0f}%" if s.cpu_percent is not None else "-",
+            _fmt_bytes(s.memory_bytes),
+            (s.ident or "-")[:12],
+            _serves(served) if str(s.name) == "serving" else "",
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        for s in status.services
+    ]
+    print_table(("SERVICE", "STATE", "HEALTH", "ADDRESS", "UPTIME", "CPU", "MEM", "ID", "SERVES"), rows)
     if status.gpu:
         click.echo(f"GPU: {status.gpu}")
 
@@ -112,16 +147,26 @@ def _print_status(status) -> None:  # type: ignore[no-untyped-def]
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def status(ctx: click.Context, backend: str | None, as_json: bool) -> None:
-    """Show each service's state, health, address, uptime, CPU and memory.
+    """Show each service's state, health, address, uptime, CPU and memory, and what serves
+    (model, version, since when).
 
     Exit code 0 when every service is healthy, 3 otherwise (handy in scripts).
     """
-    st = _backend(ctx, backend).status()
+    stack = _backend(ctx, backend)
+    st = stack.status()
+    served = _served(stack) if st.up else None
     if as_json:
-        echo_json(_status_json(st))
+        echo_json(_status_json(st, served))
     else:
-        click.echo(f"project {st.project} · backend {st.backend} · {'up' if st.up else 'not up'}")
-        _print_status(st)
+        state = "up" if st.up else "not up"
+        if st.held_by is not None:
+            holder = st.held_by
+            state = (
+                f"not up: its ports are held by project '{holder.project}' ({holder.project_root}); "
+                f"stop that stack with `mlplat --project {holder.project_root} down`"
+            )
+        click.echo(f"project {st.project} · backend {st.backend} · {state}")
+        _print_status(st, served)
     ctx.exit(0 if st.up else 3)
 
 

@@ -333,7 +333,9 @@ class DevLoop:
             else:
                 started = time.monotonic()
                 self.emit(Event("stack", f"starting the {self.backend.name} stack"))
-                self.backend.up(lambda line: self._deliver(Event("stack", line)))
+                from mlplat_tui.deploy.restore import up_and_restore
+
+                up_and_restore(self.backend, lambda line: self._deliver(Event("stack", line)))
                 self.emit(Event("stack", "stack is up", duration_s=time.monotonic() - started))
         preload.wait()
         from mlplat_tui.cycle.pipeline import Pipeline

@@ -26,16 +26,17 @@ import re
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from mlplat_runtime.errors import MlplatError, ServiceError, UsageError
-from mlplat_tui.stack.base import Progress
 
 if TYPE_CHECKING:
     import docker
+
+Progress = Callable[[str], None]  # as in stack.base: this layer does not import the stack
 
 TARGETS: tuple[str, ...] = ("runtime", "tracker")
 REQUIREMENTS = {"runtime": "runtime/requirements.txt", "tracker": "dockerfiles/requirements-tracker.txt"}

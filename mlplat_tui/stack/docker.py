@@ -9,6 +9,11 @@ at the same numbers as the local backend, so clients cannot tell the backends ap
 admin token is ``.mlplat/stack/admin.token`` on the host (0600), copied into the serving
 container before it starts: never an environment variable, which ``docker inspect`` shows.
 
+What each service runs, its ports, health path, start timeout and data folder come from
+``stack/services.py`` (the specs the local backend renders too). ``up`` takes the project lock
+(shared with the local backend), refuses while the local stack is up, and does not restore
+serving (``deploy.restore.up_and_restore`` does, above this layer).
+
 ``up`` is idempotent and all-or-nothing: it checks images, names and ports before creating
 anything, keeps running containers whose settings are unchanged, and on any failure removes
 what it created and raises ``StackError`` with the failing service's log tail. A container
@@ -24,13 +29,12 @@ Imports docker inside functions (``mlplat --help`` stays fast); never imports te
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,9 +58,21 @@ from mlplat_tui.stack.base import (
     Service,
     ServiceStatus,
     StackStatus,
+    foreign_holder,
     port_clash,
     port_in_use,
+    refuse_other_backend,
 )
+from mlplat_tui.stack.services import (
+    INTERNAL_PORTS,
+    SPECS,
+    Health,
+    Placement,
+    Probe,
+    command,
+    wait_healthy,
+)
+from mlplat_tui.stack.state import forget_backend, project_lock, record_backend, remove_data
 
 if TYPE_CHECKING:
     import docker
@@ -66,15 +82,8 @@ LABEL_PROJECT = "io.mlplat.project"
 LABEL_SERVICE = "io.mlplat.service"
 LABEL_ROOT = "io.mlplat.root"
 LABEL_SPEC = "io.mlplat.spec"
-INTERNAL = {Service.TRACKER: 7800, Service.METADATA: 7801, Service.SERVING: 7802}
-INTERNAL_ADMIN = 7803
-HEALTH_PATHS = {Service.TRACKER: "/health", Service.METADATA: "/health", Service.SERVING: "/v2/health/ready"}
-START_TIMEOUT_S = {Service.TRACKER: 180.0, Service.METADATA: 60.0, Service.SERVING: 60.0}
-VOLUMES = {
-    Service.TRACKER: ("tracker", "/var/lib/mlplat/tracker"),
-    Service.METADATA: ("metadata", "/var/lib/mlplat/metadata"),
-    Service.SERVING: ("bundles", "/bundles"),
-}
+# service -> (volume suffix, mount point): the spec's data folder, one named volume each
+VOLUMES = {s: (SPECS[s].data, SPECS[s].mount) for s in SERVICES}
 TOKEN_IN_CONTAINER = "/etc/mlplat/admin.token"
 
 
@@ -90,8 +99,21 @@ class DockerBackend:
     def __init__(self, project: Project, *, client: docker.DockerClient | None = None) -> None:
         self.project = project
         self.ports = Ports.from_project(project)
+        self.paths = project.paths
         self.dir = project.paths.stack
         self._client = client
+        # Inside a container every service binds 0.0.0.0 on the spec's ports; only the published
+        # host ports, on [stack] host, reach it from outside.
+        self.placement = Placement(
+            python=("python",),
+            host="0.0.0.0",
+            admin_host="0.0.0.0",
+            ports=INTERNAL_PORTS,
+            data={spec.data: spec.mount for spec in SPECS.values()},
+            admin_token_file=TOKEN_IN_CONTAINER,
+            project=project.name,
+            project_root=str(project.root),
+        )
 
     # -- names ---------------------------------------------------------------------------
     @property
@@ -112,7 +134,7 @@ class DockerBackend:
 
     @property
     def admin_token_file(self) -> Path:
-        return self.dir / "admin.token"
+        return self.paths.admin_token
 
     def image(self, service: Service) -> str:
         s = self.project.config.stack
@@ -123,83 +145,23 @@ class DockerBackend:
 
     def _host_ports(self, service: Service) -> dict[str, tuple[str, int]]:
         host = "127.0.0.1" if self.ports.host == "localhost" else self.ports.host
-        port = {
-            Service.TRACKER: self.ports.tracker,
-            Service.METADATA: self.ports.metadata,
-            Service.SERVING: self.ports.serving,
-        }[service]
-        out = {f"{INTERNAL[service]}/tcp": (host, port)}
-        if service is Service.SERVING:
-            # The admin API takes loads: loopback only, whatever [stack] host says.
-            out[f"{INTERNAL_ADMIN}/tcp"] = ("127.0.0.1", self.ports.admin)
-        return out
+        published = {
+            "tracker": self.ports.tracker,
+            "metadata": self.ports.metadata,
+            "serving": self.ports.serving,
+            "admin": self.ports.admin,
+        }
+        # The admin API takes loads: loopback only, whatever [stack] host says.
+        return {
+            f"{INTERNAL_PORTS[role]}/tcp": ("127.0.0.1" if role == "admin" else host, published[role])
+            for role in SPECS[service].ports
+        }
 
     def command(self, service: Service) -> list[str]:
-        """Each service's entry point inside its container (binds 0.0.0.0: only the published
-        host ports, on ``[stack] host``, reach it from outside)."""
-        port = str(INTERNAL[service])
-        if service is Service.TRACKER:
-            data = VOLUMES[service][1]
-            return [
-                "mlflow",
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{data}/mlflow.db",
-                "--serve-artifacts",
-                "--artifacts-destination",
-                f"{data}/artifacts",
-                "--host",
-                "0.0.0.0",
-                "--port",
-                port,
-                "--workers",
-                "1",
-            ]
-        if service is Service.METADATA:
-            return [
-                "python",
-                "-m",
-                "mlplat_runtime.metadata",
-                "--db",
-                f"{VOLUMES[service][1]}/metadata.duckdb",
-                "--host",
-                "0.0.0.0",
-                "--port",
-                port,
-            ]
-        return [
-            "python",
-            "-m",
-            "mlplat_runtime.serving",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            port,
-            "--admin-host",
-            "0.0.0.0",
-            "--admin-port",
-            str(INTERNAL_ADMIN),
-            "--admin-token-file",
-            TOKEN_IN_CONTAINER,
-        ]
+        """Each service's entry point inside its container (``stack/services.py``)."""
+        return command(SPECS[service], self.placement)
 
     # -- helpers -------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "docker.lock", "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StackError(
-                    f"another `mlplat up`/`down` is already running for project '{self.project.name}'",
-                    hint="wait for it to finish, then run `mlplat status`",
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
     def _admin_token(self) -> str:
         from mlplat_runtime.serving.admin import ensure_admin_token
 
@@ -235,7 +197,12 @@ class DockerBackend:
             "command": self.command(service),
             "name": self.container_name(service),
             "hostname": str(service),
-            "environment": {"MLPLAT_SERVICE": str(service), "MLPLAT_PORT": str(INTERNAL[service])},
+            # MLPLAT_SERVICE and MLPLAT_PORT tell the image's HEALTHCHECK what to probe.
+            "environment": {
+                "MLPLAT_SERVICE": str(service),
+                "MLPLAT_PORT": str(INTERNAL_PORTS[SPECS[service].ports[0]]),
+                **SPECS[service].env,
+            },
             "ports": self._host_ports(service),
             "volumes": {self.volume_name(service): {"bind": path, "mode": "rw"}},
             "network": self.network_name,
@@ -264,7 +231,7 @@ class DockerBackend:
     def _probe(self, service: Service, timeout: float = 1.0) -> bool:
         import httpx
 
-        url = self.ports.url(service) + HEALTH_PATHS[service]
+        url = self.ports.url(service) + SPECS[service].health_path
         try:
             return httpx.get(url, timeout=timeout, trust_env=False).status_code == 200
         except httpx.HTTPError:
@@ -331,7 +298,8 @@ class DockerBackend:
 
     def up(self, progress: Progress | None = None) -> StackStatus:
         say = progress or _quiet
-        with self._lock():
+        with project_lock(self.project):
+            refuse_other_backend(self.project, "docker")
             image_ids, ours = self._preflight()
             token = self._admin_token()
             gpu = self._want_gpu()
@@ -359,7 +327,7 @@ class DockerBackend:
             for service in to_create:
                 for host, port in specs[service][0]["ports"].values():
                     if port not in held and port_in_use(host, port):
-                        raise port_clash(service, host, port)
+                        raise port_clash(self.project, self.ports, service, host, port)
             for service in replace:
                 say(f"{service}: settings or image changed, or not running: recreating {ours[service].name}")
                 ours[service].remove(force=True)
@@ -388,10 +356,7 @@ class DockerBackend:
                         hint="see the message above; `mlplat up` again once fixed",
                     ) from None
                 raise
-            if Service.SERVING in to_create:
-                from mlplat_tui.deploy.restore import restore_serving
-
-                restore_serving(self, say)
+            record_backend(self.paths, "docker")
         # Memory only: a CPU sample costs the engine a second per container, and up is timed.
         return self.status(cpu=False)
 
@@ -431,46 +396,36 @@ class DockerBackend:
         return container
 
     def _wait_healthy(self, services: list[Service], say: Progress, announce: set[Service]) -> None:
-        pending = set(services)
-        begun = time.monotonic()
-        last_note = begun
-        while pending:
-            ours = self.containers()
-            for service in sorted(pending):
-                c = ours.get(service)
-                if c is None:
-                    raise StackError(
-                        f"{service}: its container {self.container_name(service)} disappeared",
-                        hint="something removed it; run `mlplat up` again",
-                    )
-                health = (c.attrs.get("State", {}).get("Health") or {}).get("Status")
-                if c.status in ("exited", "dead") or health == "unhealthy":
-                    code = c.attrs.get("State", {}).get("ExitCode")
-                    why = (
-                        f"exited with status {code}"
-                        if c.status in ("exited", "dead")
-                        else "reported unhealthy"
-                    )
-                    raise StackError(
-                        f"{service} failed to start: its container {why}. Last lines of its log:\n"
-                        f"{self._log_tail(c)}",
-                        hint="the stack was removed again; fix the cause shown in the log, then `mlplat up`",
-                    )
-                if health == "healthy" or (c.status == "running" and self._probe(service, timeout=0.5)):
-                    pending.discard(service)
-                    if service in announce:
-                        say(f"{service}: healthy after {time.monotonic() - begun:.1f}s")
-                elif time.monotonic() - begun > START_TIMEOUT_S[service]:
-                    raise StackError(
-                        f"{service} did not become healthy within {START_TIMEOUT_S[service]:.0f}s. "
-                        f"Last lines of its log:\n{self._log_tail(c)}",
-                        hint="the stack was removed again; see the log above",
-                    )
-            if pending:
-                if time.monotonic() - last_note > 3:
-                    last_note = time.monotonic()
-                    say(f"waiting for {', '.join(sorted(pending))} ({time.monotonic() - begun:.0f}s)")
-                time.sleep(0.2)
+        wait_healthy(
+            services,
+            self._start_probe,
+            log_tail=self._service_log_tail,
+            hint=lambda s: "the stack was removed again; fix the cause shown in the log, then `mlplat up`",
+            say=say,
+            announce=[s for s in services if s in announce],
+            interval_s=0.2,
+        )
+
+    def _service_log_tail(self, service: Service) -> str:
+        c = self.containers().get(service)
+        return self._log_tail(c) if c is not None else "(no log)"
+
+    def _start_probe(self, service: Service) -> Probe:
+        c = self.containers().get(service)
+        if c is None:
+            raise StackError(
+                f"{service}: its container {self.container_name(service)} disappeared",
+                hint="something removed it; run `mlplat up` again",
+            )
+        state = c.attrs.get("State", {})
+        health = (state.get("Health") or {}).get("Status")
+        if c.status in ("exited", "dead"):
+            return Probe(Health.FAILED, f"its container exited with status {state.get('ExitCode')}")
+        if health == "unhealthy":
+            return Probe(Health.FAILED, "its container reported unhealthy")
+        if health == "healthy" or (c.status == "running" and self._probe(service, timeout=0.5)):
+            return Probe(Health.HEALTHY)
+        return Probe(Health.STARTING)
 
     def _remove(self, containers: list[Container], volumes: list[str], network: bool) -> None:
         import docker
@@ -490,7 +445,7 @@ class DockerBackend:
         import docker
 
         say = progress or _quiet
-        with self._lock(), engine_errors("stopping the stack"):
+        with project_lock(self.project), engine_errors("stopping the stack"):
             ours = self.containers()
 
             def remove(service: Service) -> None:
@@ -517,6 +472,9 @@ class DockerBackend:
                         with contextlib.suppress(docker.errors.NotFound):
                             vol.remove(force=True)
                             say(f"volume {vol.name} removed")
+                # Bundles and runs are written on the host, whichever backend serves them.
+                remove_data(self.paths, say)
+            forget_backend(self.paths, "docker")
 
     # -- looking -------------------------------------------------------------------------
     def status(self, *, cpu: bool = True) -> StackStatus:
@@ -548,9 +506,12 @@ class DockerBackend:
             "tracker_image": self.image(Service.TRACKER),
             "volumes": ", ".join(self.volume_name(s) for s in SERVICES),
         }
-        return StackStatus(
+        status = StackStatus(
             project=self.project.name, backend=self.name, services=services, gpu=gpu, extra=extra
         )
+        if not status.up:
+            status = replace(status, held_by=foreign_holder(self.project, self.ports))
+        return status
 
     def _service_status(
         self, service: Service, c: Container | None, used: dict[str, tuple[float | None, int | None]]

@@ -1,15 +1,16 @@
 """The ``local`` backend, the embedded default: the three services as plain processes.
 
-Each service runs in its own process group, started with this Python interpreter; its pidfile
-(JSON: pid, port, started_at, command) and log live under ``<project>/.mlplat/stack/``. ``up``
-holds a file lock so two ``mlplat up`` cannot race, reuses services that are already healthy,
-and stops everything it started itself when any service fails, so nothing is left half-up.
+Each service (``stack/services.py`` says what runs) runs in its own process group, started
+with this Python interpreter; its pidfile (JSON: pid, port, started_at, command) and log live
+under ``<project>/.mlplat/stack/`` (``project.paths``). ``up`` holds the project lock (the one
+the docker backend takes too), reuses services that are already healthy, and stops
+everything it started itself when any service fails, so nothing is left half-up. ``up`` does
+not restore serving: ``deploy.restore.up_and_restore`` does, above this layer.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
 import os
@@ -18,12 +19,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
 
-from mlplat_runtime.errors import NotFoundError, StackError
+from mlplat_runtime.errors import NotFoundError
 from mlplat_tui.project.config import Project
 from mlplat_tui.stack.base import (
     SERVICES,
@@ -32,12 +33,13 @@ from mlplat_tui.stack.base import (
     Service,
     ServiceStatus,
     StackStatus,
+    foreign_holder,
     port_clash,
     port_in_use,
+    refuse_other_backend,
 )
-
-HEALTH_PATHS = {Service.TRACKER: "/health", Service.METADATA: "/health", Service.SERVING: "/v2/health/live"}
-START_TIMEOUT_S = {Service.TRACKER: 90.0, Service.METADATA: 30.0, Service.SERVING: 30.0}
+from mlplat_tui.stack.services import SPECS, Health, Placement, Probe, command, wait_healthy
+from mlplat_tui.stack.state import forget_backend, project_lock, record_backend, remove_data
 
 
 def _quiet(_: str) -> None:
@@ -119,79 +121,49 @@ class LocalBackend:
     def __init__(self, project: Project) -> None:
         self.project = project
         self.ports = Ports.from_project(project)
+        self.paths = project.paths
         self.dir = project.paths.stack
 
     # -- paths ---------------------------------------------------------------------------
     def pidfile(self, service: Service) -> Path:
-        return self.dir / f"{service}.pid"
+        return self.paths.pidfile(service)
 
     def logfile(self, service: Service) -> Path:
-        return self.dir / f"{service}.log"
+        return self.paths.logfile(service)
 
     @property
     def admin_token_file(self) -> Path:
-        return self.dir / "admin.token"
+        return self.paths.admin_token
 
     @property
     def metadata_db(self) -> Path:
-        return self.dir / "metadata.duckdb"
+        return self.paths.metadata_db
 
     def port(self, service: Service) -> int:
-        return {
-            Service.TRACKER: self.ports.tracker,
-            Service.METADATA: self.ports.metadata,
-            Service.SERVING: self.ports.serving,
-        }[service]
+        return self.placement.ports[SPECS[service].ports[0]]
+
+    def service_ports(self, service: Service) -> list[int]:
+        return [self.placement.ports[role] for role in SPECS[service].ports]
 
     def health_url(self, service: Service) -> str:
-        return self.ports.url(service) + HEALTH_PATHS[service]
+        return self.ports.url(service) + SPECS[service].health_path
+
+    @functools.cached_property
+    def placement(self) -> Placement:
+        p = self.ports
+        return Placement(
+            python=(sys.executable,),
+            host=p.host,
+            admin_host="127.0.0.1",  # the admin API takes loads: loopback only
+            ports={"tracker": p.tracker, "metadata": p.metadata, "serving": p.serving, "admin": p.admin},
+            data={"tracker": str(self.paths.tracker), "metadata": str(self.paths.metadata_db.parent)},
+            admin_token_file=str(self.admin_token_file),
+            project=self.project.name,
+            project_root=str(self.project.root),
+        )
 
     def command(self, service: Service) -> list[str]:
-        host, py = self.ports.host, sys.executable
-        if service is Service.TRACKER:
-            store = self.dir / "tracker"
-            return [
-                py,
-                "-m",
-                "mlflow",
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{store / 'mlflow.db'}",
-                "--serve-artifacts",
-                "--artifacts-destination",
-                str(store / "artifacts"),
-                "--host",
-                host,
-                "--port",
-                str(self.ports.tracker),
-                "--workers",
-                "1",
-            ]
-        if service is Service.METADATA:
-            return [
-                py,
-                "-m",
-                "mlplat_runtime.metadata",
-                "--db",
-                str(self.metadata_db),
-                "--host",
-                host,
-                "--port",
-                str(self.ports.metadata),
-            ]
-        return [
-            py,
-            "-m",
-            "mlplat_runtime.serving",
-            "--host",
-            host,
-            "--port",
-            str(self.ports.serving),
-            "--admin-port",
-            str(self.ports.admin),
-            "--admin-token-file",
-            str(self.admin_token_file),
-        ]
+        return command(SPECS[service], self.placement)
 
     # -- state ---------------------------------------------------------------------------
     def read_pid(self, service: Service) -> PidInfo | None:
@@ -232,36 +204,11 @@ class LocalBackend:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "up.lock", "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                holder = fh.read().strip() or "another process"
-                raise StackError(
-                    f"another `mlplat up`/`down` is already running for project '{self.project.name}' "
-                    f"(pid {holder})",
-                    hint="wait for it to finish, then run `mlplat status`",
-                ) from None
-            fh.seek(0)
-            fh.truncate()
-            fh.write(str(os.getpid()))
-            fh.flush()
-            try:
-                yield
-            finally:
-                fh.seek(0)
-                fh.truncate()
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
     # -- lifecycle -----------------------------------------------------------------------
     def _start(self, service: Service) -> PidInfo:
-        (self.dir / "tracker").mkdir(parents=True, exist_ok=True)
+        self.paths.tracker.mkdir(parents=True, exist_ok=True)
         cmd = self.command(service)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="false")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **SPECS[service].env)
         with open(self.logfile(service), "ab") as log:
             log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {service} ---\n".encode())
             log.flush()
@@ -298,7 +245,8 @@ class LocalBackend:
 
     def up(self, progress: Progress | None = None) -> StackStatus:
         say = progress or _quiet
-        with self._lock():
+        with project_lock(self.project):
+            refuse_other_backend(self.project, "local")
             to_start: list[Service] = []
             for service in SERVICES:
                 if self._running(service):
@@ -311,72 +259,51 @@ class LocalBackend:
                 to_start.append(service)
             # Check every port before starting anything, so a clash leaves nothing behind.
             for service in to_start:
-                ports = [self.port(service)] + ([self.ports.admin] if service is Service.SERVING else [])
-                for port in ports:
+                for port in self.service_ports(service):
                     if port_in_use(self.ports.host, port):
-                        raise port_clash(service, self.ports.host, port)
+                        raise port_clash(self.project, self.ports, service, self.ports.host, port)
             started: list[Service] = []
             try:
                 for service in to_start:
                     self._start(service)
                     started.append(service)
                     say(f"{service}: starting on {self.ports.url(service)}")
-                self._wait_healthy(started, say)
+                wait_healthy(
+                    started,
+                    self._probe,
+                    log_tail=self.log_tail,
+                    hint=lambda s: f"see `mlplat logs {s}` ({self.logfile(s)})",
+                    say=say,
+                )
             except BaseException:
                 for service in started:
                     self._stop(service)
                 raise
-            if Service.SERVING in started:
-                from mlplat_tui.deploy.restore import restore_serving
-
-                restore_serving(self, say)
+            record_backend(self.paths, "local")
         return self.status()
 
-    def _wait_healthy(self, services: list[Service], say: Progress) -> None:
-        pending = set(services)
-        begun = time.monotonic()
-        last_note = begun
-        while pending:
-            for service in list(pending):
-                info = self.read_pid(service)
-                if info is None or not _pid_alive(info.pid):
-                    raise StackError(
-                        f"{service} exited during start-up. Last lines of its log "
-                        f"({self.logfile(service)}):\n{self.log_tail(service)}",
-                        hint=f"see `mlplat logs {service}`",
-                    )
-                if self._healthy(service, timeout=0.5):
-                    pending.discard(service)
-                    say(f"{service}: healthy after {time.monotonic() - begun:.1f}s")
-                elif time.monotonic() - begun > START_TIMEOUT_S[service]:
-                    raise StackError(
-                        f"{service} did not become healthy within {START_TIMEOUT_S[service]:.0f}s. "
-                        f"Last lines of its log:\n{self.log_tail(service)}",
-                        hint=f"see `mlplat logs {service}`",
-                    )
-            if pending:
-                if time.monotonic() - last_note > 3:
-                    last_note = time.monotonic()
-                    say(f"waiting for {', '.join(sorted(pending))} ({time.monotonic() - begun:.0f}s)")
-                time.sleep(0.1)
+    def _probe(self, service: Service) -> Probe:
+        info = self.read_pid(service)
+        if info is None or not _pid_alive(info.pid):
+            return Probe(Health.FAILED, "it exited during start-up")
+        return Probe(Health.HEALTHY if self._healthy(service, timeout=0.5) else Health.STARTING)
 
     def down(self, *, volumes: bool = False, progress: Progress | None = None) -> None:
         say = progress or _quiet
-        with self._lock():
+        with project_lock(self.project):
             for service in reversed(SERVICES):
                 if self._stop(service):
                     say(f"{service}: stopped")
+            forget_backend(self.paths, "local")
             if volumes:
-                import shutil
-
-                for sub in ("tracker", "bundles"):
-                    shutil.rmtree(self.dir / sub, ignore_errors=True)
-                self.metadata_db.unlink(missing_ok=True)
-                say("data removed")
+                remove_data(self.paths, say)
 
     def status(self) -> StackStatus:
         services = tuple(self._service_status(s) for s in SERVICES)
-        return StackStatus(project=self.project.name, backend=self.name, services=services, gpu=_gpu())
+        status = StackStatus(project=self.project.name, backend=self.name, services=services, gpu=_gpu())
+        if not status.up:
+            status = replace(status, held_by=foreign_holder(self.project, self.ports))
+        return status
 
     def _service_status(self, service: Service) -> ServiceStatus:
         address = self.ports.url(service)

@@ -201,7 +201,9 @@ class DashboardData:
         return StackSnapshot(self.now(), status, provider=self._provider)
 
     def start_stack(self, progress: Progress) -> StackSnapshot:
-        status = self.backend().up(progress)
+        from mlplat_tui.deploy.restore import up_and_restore
+
+        status = up_and_restore(self.backend(), progress)
         return StackSnapshot(self.now(), status, provider=self._provider)
 
     def stop_stack(self, progress: Progress) -> None:

@@ -126,7 +126,7 @@ def test_second_up_while_one_runs_then_sql_is_read_only(tmp_path: Path) -> None:
         stdin=subprocess.DEVNULL,
     )
     try:
-        lock = root / ".mlplat" / "stack" / "up.lock"
+        lock = root / ".mlplat" / "project.lock"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (lock.exists() and lock.read_text().strip()):
             time.sleep(0.05)

@@ -106,7 +106,9 @@ def test_churn_end_to_end_gate_miss_and_crash_keep_serving(tmp_path: Path) -> No
         # A restarted stack serves the last deployed version again, not nothing.
         stack.down()
         notes: list[str] = []
-        stack.up(progress=notes.append)
+        from mlplat_tui.deploy.restore import up_and_restore
+
+        up_and_restore(stack, notes.append)
         assert any("restored" in n and "v1" in n for n in notes), notes
         assert _served_version(serving, model) == "1"
 

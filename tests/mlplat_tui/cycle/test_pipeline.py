@@ -5,6 +5,7 @@ Both sample projects are trained for real; every service is the real one.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import httpx
@@ -13,7 +14,8 @@ import pytest
 
 from mlplat_runtime.bundle import open_bundle
 from mlplat_tui.clients.metadata import MetadataClient
-from mlplat_tui.cycle.pipeline import Pipeline
+from mlplat_tui.cycle.pipeline import CycleOutcome, Pipeline
+from mlplat_tui.deploy.restore import up_and_restore
 from mlplat_tui.events import Event
 from mlplat_tui.project.config import load_project
 from mlplat_tui.stack.base import Service
@@ -106,8 +108,6 @@ def test_churn_end_to_end_gate_miss_and_crash_keep_serving(tmp_path: Path) -> No
         # A restarted stack serves the last deployed version again, not nothing.
         stack.down()
         notes: list[str] = []
-        from mlplat_tui.deploy.restore import up_and_restore
-
         up_and_restore(stack, notes.append)
         assert any("restored" in n and "v1" in n for n in notes), notes
         assert _served_version(serving, model) == "1"
@@ -161,3 +161,54 @@ def test_serving_that_refuses_our_token_is_a_rejection_not_a_crash(tmp_path: Pat
         meta = MetadataClient(stack.ports.url(Service.METADATA))
         assert meta.run(result.run_id).status == "rejected"
         assert meta.current_deployment(project.config.model.name) is None
+
+
+def _kill_tree(pid: int) -> None:
+    import psutil
+
+    proc = psutil.Process(pid)
+    procs = [*proc.children(recursive=True), proc]
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(procs, timeout=10)
+
+
+def test_mlflow_gone_mid_session_the_store_still_records_and_up_restores(tmp_path: Path) -> None:
+    """Bugs: a 30 s connection cache reported "tracked" after the tracker was gone (then an
+    AttributeError was reported as "MLflow refused to create the run"); with MLflow down the
+    deployment was recorded for a bundle the store never heard of, so the next champion lookup
+    failed and a restarted stack could not restore the model."""
+    root = copy_sample("churn", tmp_path)
+    project = load_project(root)
+    model = project.config.model.name
+    with started_stack(root) as stack:
+        pipe = Pipeline(project, stack)
+        first = pipe.run_cycle()
+        assert first.deployed and first.tracked, first.reason
+        tracker = stack.status().service(Service.TRACKER)
+        assert tracker is not None and tracker.ident
+        _kill_tree(int(tracker.ident))
+
+        events: list[Event] = []
+        second = pipe.run_cycle(emit=events.append)  # well within 30 s of the first
+        assert second.outcome is CycleOutcome.DEPLOYED, second.reason
+        assert not second.tracked and second.recorded and second.serving_version == "2"
+        notes = " ".join(e.message for e in events if e.kind == "stack")
+        assert "tracker is not up" in notes and "refused" not in notes, notes
+        assert "without tracking or serving" not in notes
+
+        meta = MetadataClient(stack.ports.url(Service.METADATA))
+        assert meta.run(second.run_id).status == "deployed"
+        assert meta.bundle(second.bundle_id).version == "2"
+        current = meta.current_deployment(model, target="local")
+        assert current is not None and current.bundle_id == second.bundle_id
+        champion = pipe.champion(model)
+        assert champion is not None and getattr(champion, "version", None) == "2"
+        pipe.close()
+        meta.close()
+
+        stack.down()
+        notes_up: list[str] = []
+        up_and_restore(stack, notes_up.append)
+        assert _served_version(stack.ports.url(Service.SERVING), model) == "2", notes_up

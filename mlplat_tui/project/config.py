@@ -1,7 +1,9 @@
 """``mlplat.toml``: the project file, parsed into typed, frozen models.
 
-Every error names the file, the key and what was expected (``ConfigError``). Gate floors from a
-platform policy file are applied in ``policy.py``; this module only parses.
+Every error names the file, the key and what was expected (``ConfigError``). ``[gates]`` is
+parsed through the config half of the gate kinds (``project/gate_specs.py``), so a new kind is
+a new key here without an edit to this module. Gate floors from a platform policy file are
+applied in ``gates/policy.py``; this module only parses.
 """
 
 from __future__ import annotations
@@ -11,15 +13,27 @@ import tomllib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mlplat_runtime.errors import ConfigError
+from mlplat_tui.project.gate_specs import GatesSection, NoRegression, Threshold, parse_gates, parse_threshold
 from mlplat_tui.project.paths import StateLayout
 
+__all__ = [
+    "CONFIG_NAME",
+    "GatesSection",
+    "NoRegression",
+    "Project",
+    "ProjectConfig",
+    "Threshold",
+    "load_project",
+    "parse_config",
+    "parse_threshold",
+]
+
 CONFIG_NAME = "mlplat.toml"
-_GATE_RE = re.compile(r"^\s*(>=|<=|>|<|==)\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 
@@ -66,38 +80,6 @@ class DataSection(_Section):
 
 class ModelSection(_Section):
     name: str
-
-
-class Threshold(_Section):
-    """A parsed gate threshold such as ``>= 0.85``."""
-
-    op: Literal[">=", "<=", ">", "<", "=="]
-    value: float
-
-    def holds(self, measured: float) -> bool:
-        return {
-            ">=": measured >= self.value,
-            "<=": measured <= self.value,
-            ">": measured > self.value,
-            "<": measured < self.value,
-            "==": measured == self.value,
-        }[self.op]
-
-    def __str__(self) -> str:
-        return f"{self.op} {self.value:g}"
-
-
-class NoRegression(_Section):
-    metric: str
-    tolerance: float = 0.0
-    higher_is_better: bool = True
-
-
-class GatesSection(_Section):
-    """``"metrics.X" | "latency.p50_ms" | "latency.p95_ms" | "size_mb"`` -> threshold."""
-
-    thresholds: dict[str, Threshold] = Field(default_factory=dict)
-    no_regression: NoRegression | None = None
 
 
 class StackSection(_Section):
@@ -164,46 +146,6 @@ class Project:
         return self.root / CONFIG_NAME
 
 
-def parse_threshold(file: str, key: str, raw: object) -> Threshold:
-    if isinstance(raw, str):
-        m = _GATE_RE.match(raw)
-        if m:
-            return Threshold(op=m.group(1), value=float(m.group(2)))  # type: ignore[arg-type]
-    raise ConfigError(file, f"gates.{key}", 'a threshold like ">= 0.85" or "<= 5"', got=raw)
-
-
-def _gates_from_toml(file: str, raw: object) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(file, "gates", "a table of gate = threshold", got=raw)
-    thresholds: dict[str, Threshold] = {}
-    out: dict[str, Any] = {"thresholds": thresholds}
-    items: list[tuple[str, object]] = []
-    for key, value in raw.items():
-        # Unquoted `metrics.roc_auc = ">= 0.85"` is a nested table in TOML: read it as the dotted key.
-        if key != "no_regression" and isinstance(value, dict):
-            items.extend((f"{key}.{sub}", v) for sub, v in value.items())
-        else:
-            items.append((key, value))
-    for key, value in items:
-        if key == "no_regression":
-            out["no_regression"] = value
-            continue
-        if not (
-            (key.startswith("metrics.") and len(key) > len("metrics."))
-            or key in ("latency.p50_ms", "latency.p95_ms", "latency.p99_ms", "size_mb")
-        ):
-            raise ConfigError(
-                file,
-                f"gates.{key}",
-                "one of metrics.<name>, latency.p50_ms, latency.p95_ms, latency.p99_ms, size_mb, "
-                "no_regression",
-            )
-        thresholds[key] = parse_threshold(file, key, value)
-    return out
-
-
 def parse_config(text: str, file: str = CONFIG_NAME) -> ProjectConfig:
     try:
         raw = tomllib.loads(text)
@@ -212,7 +154,7 @@ def parse_config(text: str, file: str = CONFIG_NAME) -> ProjectConfig:
     except RecursionError:
         raise ConfigError(file, "(syntax)", "TOML nested a few levels deep, not thousands") from None
     raw = dict(raw)
-    raw["gates"] = _gates_from_toml(file, raw.get("gates"))
+    raw["gates"] = parse_gates(file, raw.get("gates"))
     try:
         return ProjectConfig.model_validate(raw)
     except ValidationError as exc:

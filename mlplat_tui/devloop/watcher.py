@@ -6,11 +6,9 @@ environments, local MLflow folders). ``ProjectWatcher`` runs a watchdog observer
 and hands each relevant project-relative path to a callback; the debouncer (``debounce.py``)
 turns a burst of them into one change.
 
-Glob rules (gitignore-like, matched on posix paths relative to the project root):
-``*`` and ``?`` never cross ``/``; ``**`` crosses folders (``data/**`` is everything under
-``data``, ``**/x`` is ``x`` at any depth); a pattern without ``/`` matches the file name at any
-depth (``*.py`` matches ``src/features.py``); a pattern that matches a folder covers everything
-inside it.
+Globs are ``project/globs.py``'s one dialect (gitignore's wildmatch, through pathspec), the
+same ``[data] paths`` uses: ``*.py`` matches ``src/features.py``, ``data/**`` everything under
+``data``, a pattern that matches a folder covers what is inside it.
 
 Imports watchdog lazily (in ``start``) and nothing from the UI.
 """
@@ -19,101 +17,33 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-# Editors write these around a save; they are never the change itself.
+from mlplat_tui.project.globs import SKIPPED_DIRS, glob_match, matches, project_files
+
+# Editors write these around a save; they are never the change itself. ("\\#" because a
+# gitignore line starting with "#" is a comment.)
 EDITOR_TEMP_GLOBS: tuple[str, ...] = (
     "*.swp",
     "*.swx",
     "*.swo",
     "*~",
     ".#*",
-    "#*#",
+    "\\#*#",
     "4913",
     "*.tmp",
     ".~lock*",
     "*.pyc",
     ".DS_Store",
 )
-# Folders whose contents never trigger a cycle: the platform's own state (training writes there),
-# caches, version control, environments, and local MLflow stores a script may write to.
-IGNORED_DIRS: frozenset[str] = frozenset(
-    {
-        ".mlplat",
-        "__pycache__",
-        ".git",
-        ".hg",
-        ".svn",
-        ".venv",
-        "venv",
-        ".tox",
-        ".nox",
-        ".mypy_cache",
-        ".pytest_cache",
-        ".ruff_cache",
-        ".ipynb_checkpoints",
-        "node_modules",
-        "mlruns",
-        "mlartifacts",
-    }
-)
+# Folders whose contents never trigger a cycle (the project layer's one list).
+IGNORED_DIRS: frozenset[str] = SKIPPED_DIRS
 
-
-@lru_cache(maxsize=512)
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """Translate one glob to a regex over a posix relative path."""
-    i, n, out = 0, len(pattern), []
-    while i < n:
-        c = pattern[i]
-        if c == "*":
-            if pattern.startswith("**", i):
-                if pattern.startswith("**/", i):
-                    out.append("(?:.*/)?")
-                    i += 3
-                else:
-                    out.append(".*")
-                    i += 2
-                continue
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            j = pattern.find("]", i + 2 if pattern.startswith("[!", i) else i + 1)
-            if j < 0:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1 : j]
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append("[" + body.replace("\\", "\\\\") + "]")
-                i = j
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile("(?s:" + "".join(out) + r")\Z")
-
-
-def glob_match(rel_path: str, pattern: str) -> bool:
-    """Does ``pattern`` match the project-relative posix path (or a folder containing it)?"""
-    pattern = pattern.strip()
-    if pattern.startswith("./"):
-        pattern = pattern[2:]
-    pattern = pattern.rstrip("/") if pattern != "/" else pattern
-    if not pattern:
-        return False
-    rx = _glob_regex(pattern)
-    parts = rel_path.split("/")
-    if "/" not in pattern:
-        # gitignore rule: a bare name pattern matches any path component at any depth
-        return any(rx.match(p) for p in parts)
-    # a pattern naming a folder covers what is inside it
-    return any(rx.match("/".join(parts[:k])) for k in range(len(parts), 0, -1))
+__all__ = ["EDITOR_TEMP_GLOBS", "IGNORED_DIRS", "PathFilter", "ProjectWatcher", "glob_match"]
 
 
 @dataclass(frozen=True)
@@ -134,7 +64,7 @@ class PathFilter:
         parts = rel_path.split("/")
         if any(p in IGNORED_DIRS for p in parts[:-1]) or parts[-1] in IGNORED_DIRS:
             return True
-        return any(_glob_regex(g).match(parts[-1]) for g in EDITOR_TEMP_GLOBS)
+        return matches(parts[-1], EDITOR_TEMP_GLOBS)
 
     def matches(self, rel_path: str) -> bool:
         rel_path = rel_path.replace(os.sep, "/").lstrip("/")
@@ -142,19 +72,13 @@ class PathFilter:
             return False
         if rel_path in self.always:
             return True
-        if any(glob_match(rel_path, g) for g in self.ignore):
+        if matches(rel_path, self.ignore):
             return False
-        return any(glob_match(rel_path, g) for g in self.watch)
+        return matches(rel_path, self.watch)
 
     def scan(self, root: Path) -> Iterable[str]:
         """Every existing file under ``root`` that matches (pruning folders that never count)."""
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if d not in IGNORED_DIRS)
-            rel_dir = os.path.relpath(dirpath, root)
-            for name in sorted(filenames):
-                rel = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
-                if self.matches(rel):
-                    yield rel
+        return (rel for rel in project_files(root) if self.matches(rel))
 
 
 PathCallback = Callable[[str], None]

@@ -10,35 +10,31 @@ The dirty hash covers only the project folder (a project inside a bigger reposit
 which changes with every run. Git is used through its command line; no git, or a folder that
 is not in a repository, gives ``(None, None)``, never an error.
 
-Imports only the stdlib, the config and the manifest model.
+Imports only the stdlib, the config, the project's globs and the bundle's manifest and digest.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import subprocess
 from pathlib import Path
 
+from mlplat_runtime.bundle.hashing import file_digest
 from mlplat_runtime.bundle.manifest import Lineage
 from mlplat_runtime.errors import ConfigError
 from mlplat_tui.project.config import Project
+from mlplat_tui.project.globs import matching_files, project_files
 from mlplat_tui.project.paths import STATE_DIR
 
-_CHUNK = 1 << 20
 _GIT_TIMEOUT_S = 30.0
 # Ignore the user's git config where it would change the bytes of a diff.
 _DIFF_ARGS = ("--binary", "--full-index", "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames")
 
 
 def hash_file(path: Path | str) -> str:
-    """``"sha256:<hex>"`` of a file's content, read in chunks (data files can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
+    """``"sha256:<hex>"`` of a file's content: the bundle's own file digest (streamed)."""
+    return file_digest(Path(path))
 
 
 def _git(root: Path, *args: str) -> bytes | None:
@@ -102,28 +98,26 @@ def code_version(root: Path | str) -> tuple[str | None, str | None]:
 def data_hashes(project: Project) -> dict[str, str]:
     """``{relative posix path: "sha256:<hex>"}`` for every file matched by ``[data] paths``.
 
-    Each entry is a path or a glob (``**`` allowed) relative to the project folder; a folder
-    means every file below it. An entry that matches nothing is a ``ConfigError`` naming
-    ``data.paths``: hashing silently nothing would record a lineage that is not true.
+    Each entry is a path or a glob in ``project/globs.py``'s dialect (the one ``[train] watch``
+    uses), relative to the project folder; a folder means every file below it. An entry that
+    matches nothing is a ``ConfigError`` naming ``data.paths``: hashing silently nothing would
+    record a lineage that is not true.
     """
     root = project.root
-    found: dict[str, Path] = {}
-    for pattern in project.config.data.paths:
-        matches = sorted(glob.glob(pattern, root_dir=root, recursive=True))
-        if not matches:
+    patterns = project.config.data.paths
+    files = list(project_files(root)) if patterns else []
+    found: set[str] = set()
+    for pattern in patterns:
+        matched = matching_files(root, pattern, files)
+        if not matched:
             raise ConfigError(
                 str(project.config_path),
                 "data.paths",
                 "paths or globs (relative to the project folder) that match existing files",
                 got=pattern,
             )
-        for match in matches:
-            path = root / match
-            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-            for file in files:
-                rel = os.path.relpath(file, root).replace(os.sep, "/")
-                found[rel] = file
-    return {rel: hash_file(path) for rel, path in sorted(found.items())}
+        found.update(matched)
+    return {rel: hash_file(root / rel) for rel in sorted(found)}
 
 
 def build_lineage(project: Project, run_id: str | None = None, tracker_uri: str | None = None) -> Lineage:

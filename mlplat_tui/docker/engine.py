@@ -19,7 +19,7 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -116,12 +116,11 @@ def epoch(stamp: str | None) -> float | None:
     """Docker's ``StartedAt`` (RFC 3339 with nanoseconds) as epoch seconds; None when unset."""
     if not stamp or stamp.startswith("0001-"):
         return None
-    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?$", stamp)
-    if not m:
+    try:
+        when = datetime.fromisoformat(stamp)  # 3.11+: "Z" and nanoseconds (cut to microseconds)
+    except ValueError:
         return None
-    frac = (m.group(2) or ".0")[:7]  # fromisoformat takes at most microseconds
-    tz = "+00:00" if m.group(3) in (None, "Z") else m.group(3)
-    return datetime.fromisoformat(f"{m.group(1)}{frac}{tz}").timestamp()
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def usage(container: Container, cpu: bool = True) -> tuple[float | None, int | None]:
@@ -185,11 +184,8 @@ def stage_bundle(container: Container, src: Path) -> str:
         name = str(json.loads(manifest).get("bundle_id") or "").rpartition(":")[2]
         digest, check = hashlib.sha256(manifest).hexdigest(), f"{name}/manifest.json"
     else:
-        h = hashlib.sha256()
         with open(src, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        digest = h.hexdigest()
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
         name = f"{src.name.removesuffix('.mlbundle')}-{digest[:12]}.mlbundle"
         check = name
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}", name):

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlplat_runtime.bundle.manifest import GateResult, Signature
+from mlplat_tui.gates import kinds
 from mlplat_tui.gates.kinds import (
-    KINDS,
     LATENCY_KEYS,
     MISSING_METRIC,
     NOT_EVALUATED,
@@ -73,7 +73,7 @@ def evaluate_gates(
     """
     ctx = GateContext(bundle, champion, serving_signature, latency_runs)
     results: list[GateResult] = []
-    for kind in KINDS:
+    for kind in kinds.KINDS:  # read at call time: the registry is the one list of kinds
         specs = {key: spec for key, spec in gates.specs.items() if kind.claims(key)}
         if specs or kind.always:
             results += kind.evaluate(ctx, specs)

@@ -29,6 +29,7 @@ from mlplat_runtime import __version__
 from mlplat_runtime.errors import MlplatError, NotFoundError, RequestError
 from mlplat_runtime.identity import IDENTITY_PATH, StackIdentity
 from mlplat_runtime.serving import protocol
+from mlplat_runtime.serving.decoder import CHILD_BYTES, DecoderProcess
 from mlplat_runtime.serving.http import (
     JSON,
     MAX_BODY,
@@ -114,12 +115,17 @@ class InferenceHandler:
         metrics: ServingMetrics | None = None,
         *,
         executor: ThreadPoolExecutor | None = None,
+        decode_executor: ThreadPoolExecutor | None = None,
+        decoder: DecoderProcess | None = None,
         identity: StackIdentity | None = None,
     ) -> None:
         self.repo = repo
         self.identity = identity  # which project this process serves (``GET /identity``)
         self.metrics = metrics or repo.metrics
         self.executor = executor
+        # heavy decodes (inflating, big JSON) queue here: one at a time, at a lower CPU priority
+        self.decode_executor = decode_executor or executor
+        self.decoder = decoder  # a child process for JSON too large to parse under the GIL here
         self.max_body = MAX_BODY  # the inflated size a compressed body may reach
 
     def __call__(self, req: Request) -> Response | Awaitable[Response]:
@@ -206,6 +212,8 @@ class InferenceHandler:
             elif key == b"content-encoding":
                 encoding = value.lower()
         body = decode_content(req.body, encoding, self.max_body) if encoding is not None else req.body
+        if self.decoder is not None and (len(body) if header_len is None else header_len) > CHILD_BYTES:
+            return self.decoder.decode(body, model.inputs, model.outputs, header_length=header_len)
         return protocol.decode_infer_request(
             body, model.inputs, model.outputs, header_length=header_len, output_names=model.output_names
         )
@@ -232,7 +240,7 @@ class InferenceHandler:
         try:
             loop = asyncio.get_running_loop()
             if _heavy(req):
-                decoded = await loop.run_in_executor(self.executor, self._decode, req, model)
+                decoded = await loop.run_in_executor(self.decode_executor, self._decode, req, model)
             else:
                 decoded = self._decode(req, model)
             t = time.perf_counter()

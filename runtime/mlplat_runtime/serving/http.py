@@ -54,6 +54,8 @@ BODY_TIMEOUT_S = 60.0
 MAX_CONNECTIONS = 1024
 BODY_BUDGET = 256 * 1024 * 1024
 BACKLOG = 2048
+ROOM_SCAN = 64
+PIPELINE_BURST = 16  # pipelined requests answered per turn of the event loop
 KEEP_ALIVE_S = 15.0
 LINGER_S = 2.0
 JSON = b"application/json"
@@ -120,12 +122,13 @@ class BadEncoding(Exception):
 _WBITS = {b"gzip": zlib.MAX_WBITS | 16, b"x-gzip": zlib.MAX_WBITS | 16, b"deflate": zlib.MAX_WBITS}
 
 
-def inflate(body: bytes, encoding: bytes, limit: int) -> bytes:
+def inflate(body: bytes, encoding: bytes, limit: int, step: int = 1 << 20) -> bytes:
     """A gzip or deflate body inflated, never to more than ``limit`` bytes.
 
-    Inflating stops at ``limit + 1`` bytes (``max_length``), so a 2 MB bomb costs at most the
-    limit in memory, never the gigabytes it claims; concatenated gzip members are allowed.
-    zlib releases the GIL while it works: callers run large ones in a worker thread.
+    Inflated ``step`` bytes at a time (``max_length``), so a 2 MB bomb costs at most the limit
+    in memory, never the gigabytes it claims, and no single call holds the GIL for long (zlib
+    releases it while it works; one big call would copy its whole output under it at the end).
+    Concatenated gzip members are allowed. Callers run large ones in a worker thread.
     Raises BodyTooLarge, BadEncoding, or KeyError for an encoding other than gzip/deflate.
     """
     wbits = _WBITS[encoding]
@@ -133,23 +136,25 @@ def inflate(body: bytes, encoding: bytes, limit: int) -> bytes:
     size = 0
     data = body
     try:
-        while True:
+        while data:
             d = zlib.decompressobj(wbits)
-            out = d.decompress(data, limit - size + 1)
-            size += len(out)
-            if size > limit or d.unconsumed_tail:
-                raise BodyTooLarge(f"request body inflates to over {limit} bytes")
-            parts.append(out)
+            while True:
+                out = d.decompress(data, step)
+                size += len(out)
+                if size > limit:
+                    raise BodyTooLarge(f"request body inflates to over {limit} bytes")
+                parts.append(out)
+                data = d.unconsumed_tail
+                if d.eof or not (data or out):
+                    break
             if not d.eof:
                 raise BadEncoding(f"request body is truncated {encoding.decode()} data")
             data = d.unused_data
-            if not data or wbits == zlib.MAX_WBITS:
-                if data:
-                    raise BadEncoding("request body has data after the end of the deflate stream")
-                break
+            if data and wbits == zlib.MAX_WBITS:
+                raise BadEncoding("request body has data after the end of the deflate stream")
     except zlib.error as exc:
         raise BadEncoding(f"request body is not valid {encoding.decode()}: {exc}") from None
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return parts[0] if len(parts) == 1 else b"".join(parts)  # no parts: an empty body
 
 
 def encode_response(resp: Response, keep_alive: bool, head_only: bool = False) -> bytes:
@@ -174,7 +179,8 @@ class ServerState:
 
     def __init__(self, limits: HttpLimits | None = None) -> None:
         self.limits = limits or HttpLimits()
-        self.connections: set[HttpProtocol] = set()
+        # insertion-ordered (a dict used as an ordered set): the oldest connections come first
+        self.connections: dict[HttpProtocol, None] = {}
         self.buffered = 0  # request-body bytes held by all connections together
         self.dropped = 0  # connections closed to make room at the cap
         self.refused = 0  # connections refused (503) because every connection was busy
@@ -196,10 +202,17 @@ class ServerState:
 
     def make_room(self) -> bool:
         """At the connection cap: drop the connection that has waited longest on an unfinished
-        request head (then the longest idle one); False when every connection is busy."""
+        request head (then the longest idle one); False when every connection is busy.
+
+        Connections are kept oldest first, so the first unfinished head found is the stalest one
+        (a full scan per new connection would make a flood of thousands quadratic); an idle one
+        is taken from the oldest ``ROOM_SCAN`` when no head is unfinished.
+        """
         victim: HttpProtocol | None = None
         best = (3, 0.0)
-        for conn in self.connections:
+        for seen, conn in enumerate(self.connections):
+            if seen >= ROOM_SCAN and victim is not None:
+                break
             if conn.busy or conn.queue:
                 continue
             if conn.discarding:
@@ -212,10 +225,12 @@ class ServerState:
                 continue  # receiving a body: a client at work
             if rank < best:
                 victim, best = conn, rank
+                if rank[0] <= 1:
+                    break
         if victim is None:
             return False
         self.dropped += 1
-        self.connections.discard(victim)  # now: its connection_lost comes a loop turn later
+        self.connections.pop(victim, None)  # now: its connection_lost comes a loop turn later
         victim.abort()
         return True
 
@@ -239,7 +254,7 @@ class HttpProtocol(asyncio.Protocol):
         self.max_body = state.limits.max_body
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: httptools.HttpRequestParser | None = None  # made on the first byte
         self.last_active = self.loop.time()
         self.busy = False  # a coroutine handler is running for this connection
         self.queue: deque[tuple[Request, bool]] = deque()
@@ -259,6 +274,8 @@ class HttpProtocol(asyncio.Protocol):
         self._held = 0  # body bytes this connection counts against the shared budget
         self._error: Response | None = None
         self._reading_paused = False
+        self._burst = 0  # requests answered inline during the current read
+        self._drain_scheduled = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -271,10 +288,10 @@ class HttpProtocol(asyncio.Protocol):
             transport.write(encode_response(resp, keep_alive=False))  # type: ignore[attr-defined]
             transport.close()
             return
-        state.connections.add(self)
+        state.connections[self] = None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.state.connections.discard(self)
+        self.state.connections.pop(self, None)
         self._release(self._held)
         self.transport = None
         self.queue.clear()
@@ -285,8 +302,12 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self._in_head:
             self._head_size += len(data)
+        self._burst = 0
         try:
-            self.parser.feed_data(data)
+            parser = self.parser
+            if parser is None:
+                parser = self.parser = httptools.HttpRequestParser(self)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(json_error(400, "protocol upgrades are not supported"))
             return
@@ -304,7 +325,7 @@ class HttpProtocol(asyncio.Protocol):
         self._pause_reading()
 
     def resume_writing(self) -> None:
-        if not self.busy:
+        if not self.busy and not self.queue:
             self._resume_reading()
 
     # -- httptools callbacks ---------------------------------------------------------------
@@ -343,6 +364,7 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = False
         self.head_started = None
         self.body_started = self.loop.time()
+        assert self.parser is not None
         if self.parser.should_upgrade():
             self._error = json_error(400, "protocol upgrades are not supported")
         expect_continue = False
@@ -390,6 +412,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._error is not None:
             self._fail(self._error)
             return
+        assert self.parser is not None
         method = self.parser.get_method().decode("ascii", "replace")
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
         try:
@@ -405,10 +428,13 @@ class HttpProtocol(asyncio.Protocol):
         keep_alive = self.parser.should_keep_alive()
         self._in_head = True  # until the next request's headers are in (pipelined or kept alive)
         self._head_size = 0
-        if self.busy or self.queue:
+        if self.busy or self.queue or self._burst >= PIPELINE_BURST:
             self.queue.append((req, keep_alive))
             self._pause_reading()  # let pipelined requests wait in the socket, not in memory
+            if not self.busy:
+                self._schedule_drain()
         else:
+            self._burst += 1
             self._dispatch(req, keep_alive)
 
     # -- dispatch --------------------------------------------------------------------------
@@ -436,13 +462,30 @@ class HttpProtocol(asyncio.Protocol):
         self.last_active = self.loop.time()
         self._release(len(req.body))
         self._send(resp, keep_alive, req.method == "HEAD")
-        while self.queue and not self.busy and self.transport is not None:
+        self._drain()
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self.loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Answer queued pipelined requests, ``PIPELINE_BURST`` per turn of the loop: 500 of
+        them arriving in one read must not hold every other connection up for their total."""
+        self._drain_scheduled = False
+        done = 0
+        while self.queue and not self.busy and self.transport is not None and done < PIPELINE_BURST:
             nxt, ka = self.queue.popleft()
             self._dispatch(nxt, ka)
-        if not self.busy:
-            if self.head_started is not None:  # the deadline counts from when we read again
-                self.head_started = self.loop.time()
-            self._resume_reading()
+            done += 1
+        if self.busy or self.transport is None:
+            return
+        if self.queue:
+            self._schedule_drain()
+            return
+        if self.head_started is not None:  # the deadline counts from when we read again
+            self.head_started = self.loop.time()
+        self._resume_reading()
 
     def _send(self, resp: Response, keep_alive: bool, head_only: bool) -> None:
         transport = self.transport

@@ -31,6 +31,7 @@ import resource
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from mlplat_runtime.identity import StackIdentity
 from mlplat_runtime.serving.admin import AdminHandler, ensure_admin_token
 from mlplat_runtime.serving.app import InferenceHandler
 from mlplat_runtime.serving.checker import Checker
+from mlplat_runtime.serving.decoder import DecoderProcess
 from mlplat_runtime.serving.http import BACKLOG, HttpLimits, serve_http
 from mlplat_runtime.serving.metrics import ServingMetrics
 from mlplat_runtime.serving.repository import Repository
@@ -152,6 +154,10 @@ async def serve(
     checker = Checker(providers=config.providers, max_bytes=warmup_budget)
     repo = Repository(checker=checker, metrics=metrics, providers=config.providers)
     executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="mlplat-infer")
+    decode_pool = ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="mlplat-decode", initializer=_background
+    )
+    decoder = DecoderProcess()
     stop = stop or asyncio.Event()
     try:
         if config.bundle is not None:
@@ -173,13 +179,22 @@ async def serve(
                     # the warm child for hot swaps: started a moment after we are ready, so its
                     # fork and imports do not compete with the first requests (or a ready probe)
                     loop.call_later(CHECKER_DELAY_S, checker.start)
+                    loop.call_later(CHECKER_DELAY_S, decoder.start)
 
             return ready
 
+        inference = InferenceHandler(
+            repo,
+            metrics,
+            executor=executor,
+            decode_executor=decode_pool,
+            decoder=decoder,
+            identity=config.identity,
+        )
         tasks = [
             asyncio.ensure_future(
-                serve_http(InferenceHandler(repo, metrics, executor=executor, identity=config.identity),
-                           main_sock, stop=stop, limits=main_limits, on_ready=on_ready("inference"))
+                serve_http(inference, main_sock, stop=stop, limits=main_limits,
+                           on_ready=on_ready("inference"))
             ),
             asyncio.ensure_future(
                 serve_http(AdminHandler(repo, token), admin_sock, stop=stop, limits=admin_limits,
@@ -198,8 +213,17 @@ async def serve(
         checker.close()
         repo.close()
         executor.shutdown(wait=False, cancel_futures=True)
+        decode_pool.shutdown(wait=False, cancel_futures=True)
+        decoder.close()
         main_sock.close()
         admin_sock.close()
+
+
+def _background() -> None:
+    """Run this thread at a lower CPU priority (Linux: a thread has its own nice value): bulk
+    decoding yields the CPU to the event loop, whose requests take microseconds."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def _startup_load(repo: Repository, bundle: Path, budget: int) -> None:

@@ -126,3 +126,23 @@ async def test_non_finite_outputs_are_spelled_not_sent_as_null(tmp_path: Path) -
             np.testing.assert_array_equal(back, x / np.float32(0))
     finally:
         repo.close()
+
+
+async def test_large_json_bodies_are_decoded_in_a_child_process_alike(repo: Repository) -> None:
+    from mlplat_runtime.serving.decoder import CHILD_BYTES, DecoderProcess
+
+    x = np.random.default_rng(1).normal(size=(CHILD_BYTES // 40, 4)).astype(np.float32)
+    body = body_for(x)
+    assert len(body) > CHILD_BYTES
+    decoder = DecoderProcess()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            via_child = await answer(InferenceHandler(repo, executor=pool, decoder=decoder), infer(body))
+            in_thread = await answer(InferenceHandler(repo, executor=pool), infer(body))
+            assert via_child.status == in_thread.status == 200
+            assert via_child.body == in_thread.body
+            wrong = body.replace(b'"name":"input"', b'"name":"nope"')
+            refused = await answer(InferenceHandler(repo, executor=pool, decoder=decoder), infer(wrong))
+            assert refused.status == 400 and b"unknown input 'nope'" in refused.body
+    finally:
+        decoder.close()

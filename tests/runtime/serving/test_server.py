@@ -155,15 +155,19 @@ def test_mlplat_serve_cli(tmp_path: Path) -> None:
 
 def test_a_check_process_that_dies_while_idle_is_replaced(tmp_path: Path, serving_factory: Any) -> None:
     s = serving_factory(build_version(tmp_path, "1"))
+
+    def checkers() -> list[psutil.Process]:  # (the other child is the body decoder)
+        return [c for c in psutil.Process(s.pid).children() if "serving.checker" in " ".join(c.cmdline())]
+
     deadline = time.monotonic() + 30
-    while not psutil.Process(s.pid).children() and time.monotonic() < deadline:
+    while not checkers() and time.monotonic() < deadline:
         time.sleep(0.05)
-    (checker,) = psutil.Process(s.pid).children()
+    (checker,) = checkers()
     checker.kill()
     checker.wait(10)
     new: list[psutil.Process] = []
     while not new and time.monotonic() < deadline:
         time.sleep(0.1)
-        new = [c for c in psutil.Process(s.pid).children() if c.pid != checker.pid]
+        new = [c for c in checkers() if c.pid != checker.pid]
     assert new, "no new check process"
     assert s.load(build_version(tmp_path, "2", seed=2)).status_code == 200

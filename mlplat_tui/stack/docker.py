@@ -6,8 +6,9 @@ labelled ``io.mlplat.project`` / ``io.mlplat.service`` (plus the project folder 
 the container's settings), named volumes ``mlplat-P-tracker|metadata|bundles`` for the MLflow
 store, the DuckDB file and staged bundles, ports published on ``[stack] host`` (127.0.0.1)
 at the same numbers as the local backend, so clients cannot tell the backends apart. The
-admin token is ``.mlplat/stack/admin.token`` on the host (0600), copied into the serving
-container before it starts: never an environment variable, which ``docker inspect`` shows.
+stack's token is ``.mlplat/stack/admin.token`` on the host (0600), copied into the serving and
+metadata containers before they start (serving's admin API and metadata writes need it): never
+an environment variable, which ``docker inspect`` shows.
 
 What each service runs, its ports, health path, start timeout and data folder come from
 ``stack/services.py`` (the specs the local backend renders too). ``up`` takes the project lock
@@ -85,6 +86,8 @@ LABEL_SPEC = "io.mlplat.spec"
 # service -> (volume suffix, mount point): the spec's data folder, one named volume each
 VOLUMES = {s: (SPECS[s].data, SPECS[s].mount) for s in SERVICES}
 TOKEN_IN_CONTAINER = "/etc/mlplat/admin.token"
+# The stack's one token: serving's admin API and the metadata service's writes need it.
+TOKEN_HOLDERS = (Service.SERVING, Service.METADATA)
 
 
 def _quiet(_: str) -> None:
@@ -111,6 +114,7 @@ class DockerBackend:
             ports=INTERNAL_PORTS,
             data={spec.data: spec.mount for spec in SPECS.values()},
             admin_token_file=TOKEN_IN_CONTAINER,
+            metadata_token_file=TOKEN_IN_CONTAINER,
             project=project.name,
             project_root=str(project.root),
         )
@@ -217,7 +221,7 @@ class DockerBackend:
             kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
         described = {k: v for k, v in kwargs.items() if k != "device_requests"}
         described["gpu"] = "device_requests" in kwargs
-        if service is Service.SERVING:
+        if service in TOKEN_HOLDERS:
             described["token"] = hashlib.sha256(token.encode()).hexdigest()
         digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
         kwargs["labels"] = self._labels(**{LABEL_SERVICE: str(service), LABEL_SPEC: digest})
@@ -386,7 +390,7 @@ class DockerBackend:
 
         container = self.client.containers.create(**kwargs)
         try:
-            if service is Service.SERVING:
+            if service in TOKEN_HOLDERS:
                 container.put_archive("/etc/mlplat", tar_bytes("admin.token", (token + "\n").encode(), 0o600))
             container.start()
         except docker.errors.APIError as exc:

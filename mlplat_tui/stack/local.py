@@ -158,6 +158,7 @@ class LocalBackend:
             ports={"tracker": p.tracker, "metadata": p.metadata, "serving": p.serving, "admin": p.admin},
             data={"tracker": str(self.paths.tracker), "metadata": str(self.paths.metadata_db.parent)},
             admin_token_file=str(self.admin_token_file),
+            metadata_token_file=str(self.admin_token_file),
             project=self.project.name,
             project_root=str(self.project.root),
         )
@@ -262,6 +263,13 @@ class LocalBackend:
                 for port in self.service_ports(service):
                     if port_in_use(self.ports.host, port):
                         raise port_clash(self.project, self.ports, service, self.ports.host, port)
+            if to_start:
+                from mlplat_runtime.serving.admin import ensure_admin_token
+
+                # Before any service starts: serving and metadata both read it, neither races
+                # the other to create it.
+                self.dir.mkdir(parents=True, exist_ok=True)
+                ensure_admin_token(self.admin_token_file)
             started: list[Service] = []
             try:
                 for service in to_start:

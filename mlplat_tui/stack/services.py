@@ -100,6 +100,8 @@ class Placement:
     ports: Mapping[str, int]  # port role -> port to listen on
     data: Mapping[str, str]  # data name -> its folder
     admin_token_file: str
+    # The stack's one token (the admin token's file): metadata writes need it too, when set.
+    metadata_token_file: str | None = None
     project: str | None = None  # None: no --project (an image's default CMD)
     project_root: str | None = None
 
@@ -126,6 +128,8 @@ def command(spec: ServiceSpec, at: Placement) -> list[str]:
         ]
     elif spec.service is Service.METADATA:
         args = ["--db", f"{data}/{METADATA_DB}", "--host", at.host, "--port", port]
+        if at.metadata_token_file is not None:
+            args += ["--token-file", at.metadata_token_file]
     else:
         args = [
             "--host",

@@ -172,7 +172,11 @@ class DashboardData:
             if self._meta is None:
                 from mlplat_tui.clients.metadata import MetadataClient
 
-                self._meta = MetadataClient(self.ports.url(Service.METADATA), timeout=self._timeout)
+                self._meta = MetadataClient(
+                    self.ports.url(Service.METADATA),
+                    timeout=self._timeout,
+                    token_file=self.project.paths.admin_token,  # writes need the stack's token
+                )
             return self._meta
 
     def _get(self, url: str) -> Any:

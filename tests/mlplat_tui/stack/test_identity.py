@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from mlplat_runtime.errors import AuthError
 from mlplat_runtime.metadata.records import DeploymentRecord
 from mlplat_tui.clients.identity import check_identity, fetch_identity
 from mlplat_tui.clients.metadata import MetadataClient
@@ -94,10 +95,12 @@ def test_a_stack_of_another_project_is_named_never_used(tmp_path: Path) -> None:
         admin = ServingAdmin.from_token_file(backend.ports.url("admin"), backend.admin_token_file)
         loaded = admin.load("m", str(bundle))
         admin.close()
-        with MetadataClient(backend.ports.url(Service.METADATA)) as meta:
+        with MetadataClient(backend.ports.url(Service.METADATA), token_file=backend.admin_token_file) as meta:
             recorded = meta.record_deployment(
                 DeploymentRecord(model_name="m", version=loaded.version, bundle_id=loaded.bundle_id)
             )
+        with MetadataClient(backend.ports.url(Service.METADATA)) as anonymous, pytest.raises(AuthError):
+            anonymous.record_event({"kind": "note", "message": "writes need the stack's token"})
         shown = mlplat("status", "--json", cwd=holder)
         assert shown.returncode == 0, shown.stderr
         serving = json.loads(shown.stdout)["serving"]

@@ -49,7 +49,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         result = run_cycle(project, backend=backend)
         assert result.deployed, result.error
         assert result.run_id and result.version and result.bundle_id
-        with MetadataClient(backend.ports.url(Service.METADATA)) as meta:
+        with MetadataClient(
+            backend.ports.url(Service.METADATA), token_file=project.paths.admin_token
+        ) as meta:
             failed = meta.record_run(
                 RunRecord(
                     run_id="f" * 32,

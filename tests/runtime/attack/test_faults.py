@@ -1,0 +1,131 @@
+"""Fault injection: kill -9 of the metadata service in the middle of write bursts, a full disk
+under its DuckDB file, kill -9 of a bundle build. Whatever was acknowledged survives; nothing
+is left half-written; every restart opens cleanly."""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mlplat_runtime.bundle import verify_bundle
+from mlplat_runtime.metadata.store import MetadataStore
+from tests.runtime.metadata.test_guard import Service
+
+pytestmark = pytest.mark.integration
+
+CYCLES = 3
+
+
+def burst(url: str, prefix: str, acked: list[str], stop: threading.Event) -> None:
+    """Write runs one after another; an id is acknowledged once its 200 has arrived."""
+    with httpx.Client(base_url=url, timeout=5) as http:
+        i = 0
+        while not stop.is_set():
+            run_id = f"{prefix}-{i}"
+            try:
+                r = http.post("/runs", json={"run_id": run_id, "model_name": "m", "params": {"i": str(i)}})
+            except httpx.HTTPError:
+                return
+            if r.status_code == 200:
+                acked.append(run_id)
+            i += 1
+
+
+def test_kill_9_during_write_bursts_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    db = tmp_path / "metadata.duckdb"
+    acked: list[str] = []
+    for cycle in range(CYCLES):
+        svc = Service(db)
+        stop = threading.Event()
+        writers = [
+            threading.Thread(target=burst, args=(svc.url, f"c{cycle}w{w}", acked, stop)) for w in range(2)
+        ]
+        for t in writers:
+            t.start()
+        time.sleep(0.6 + 0.2 * cycle)
+        svc.proc.send_signal(signal.SIGKILL)
+        svc.proc.wait(10)
+        stop.set()
+        for t in writers:
+            t.join(10)
+    assert len(acked) > 50
+    with MetadataStore(db) as store:  # opens cleanly: the WAL of the last kill is replayed
+        found = {r[0]: r[1] for r in store.sql("SELECT run_id, params->>'i' FROM runs").rows}
+        assert store.count_runs() >= len(acked)
+    missing = [a for a in acked if a not in found]
+    assert missing == []
+    assert all(found[a] == a.rsplit("-", 1)[1] for a in acked)  # whole records, not torn ones
+
+
+def _limit_file_size(limit: int) -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_full_disk_under_the_metadata_file_refuses_writes_and_keeps_what_was_acknowledged(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "metadata.duckdb"
+    MetadataStore(db).close()  # the schema, written with room to spare
+    size = db.stat().st_size
+    log = tmp_path / "full.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlplat_runtime.metadata", "--db", str(db), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=log.open("wb"), text=True,
+        preexec_fn=lambda: _limit_file_size(size + 256 * 1024),
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    url = line.split(" on ", 1)[1].split()[0]
+    acked, refused = [], 0
+    blob = "x" * 4000
+    with httpx.Client(base_url=url, timeout=10) as http:
+        for i in range(400):  # ~1.6 MB of runs into 256 KiB of room
+            r = http.post("/runs", json={"run_id": f"r{i}", "model_name": "m", "params": {"p": blob}})
+            if r.status_code == 200:
+                acked.append(f"r{i}")
+            else:
+                refused += 1
+                assert r.status_code >= 400 and "error" in r.json()
+        assert http.get("/health").status_code == 200  # still answering
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)  # stops on its own, full disk or not
+    assert acked and refused
+    with MetadataStore(db) as store:  # room again: opens, and every acknowledged run is there
+        found = {row[0] for row in store.sql("SELECT run_id FROM runs").rows}
+    assert set(acked) <= found
+
+
+BUILD = """
+import sys
+from pathlib import Path
+from tests.helpers.models import make_bundle
+root = Path(sys.argv[1])
+print("go", flush=True)
+make_bundle(root, name="m", version="1", out=root / "out", n_features=512)
+"""
+
+
+@pytest.mark.parametrize("after_s", [0.05, 0.3, 0.8])
+def test_kill_9_of_a_bundle_build_leaves_no_half_bundle(tmp_path: Path, after_s: float) -> None:
+    root = Path(__file__).resolve().parents[3]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BUILD, str(tmp_path)], cwd=root, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "go"
+    time.sleep(after_s)
+    proc.kill()
+    proc.wait(10)
+    out = tmp_path / "out"
+    if out.exists():  # finished before the kill: then it is whole
+        assert verify_bundle(out) == []
+        assert json.loads((out / "manifest.json").read_text())["model_name"] == "m"

@@ -76,7 +76,12 @@ class MetadataClient:
         if token is None and token_file is not None and Path(token_file).is_file():
             from mlplat_runtime.tokens import read_token_file
 
-            token = read_token_file(Path(token_file))
+            try:
+                token = read_token_file(Path(token_file))
+            except MlplatError:
+                # A file the service would refuse too (too short, not ours): send no token; a
+                # service that needs one answers writes with a 401 that says so, reads still work.
+                token = None
         headers = {"authorization": f"Bearer {token}"} if token else None
         # Our services are on loopback: a proxy from the environment must never see them.
         self._http = httpx.Client(

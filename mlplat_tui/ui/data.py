@@ -6,25 +6,31 @@ service that is down (that is a state to show, carried in the snapshot's ``error
 (start, stop, train, serve) raise from the one exception tree and the screen shows a toast.
 
 ``DataSource`` is the protocol the screens depend on; ``DashboardData`` implements it over the
-real stack backend, metadata service and serving runtime. Heavy imports (httpx, the stack
-backend, the pipeline, onnxruntime via bundles) happen inside the methods, so importing this
-module costs nothing at start-up. No textual here.
+real stack backend, metadata service and serving runtime. It owns no platform logic of its
+own: runs come from the one runs query (``MetadataClient.query_runs``, the same answer as
+``mlplat runs``: "served" is per target, and a version serving on ``prod`` is never shown as
+serving locally); "serve this run" is the one deploy use case (``deploy.runs.serve_run`` on
+the local target, as ``mlplat rollback``); the backend is ``get_backend``'s (the stack that is
+up, else the configured one), asked again on every stack poll unless one was named. The
+metadata service must say it serves this project before its answers are shown. Heavy imports
+(httpx, the stack backend, the pipeline, onnxruntime via bundles) happen inside the methods,
+so importing this module costs nothing at start-up. No textual here.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from mlplat_runtime.errors import MlplatError, NotFoundError, ServiceError, UsageError
+from mlplat_runtime.errors import MlplatError, NotFoundError, ServiceError
 from mlplat_tui.project.config import Project
-from mlplat_tui.stack.base import Ports, Progress, Service
+from mlplat_tui.stack.base import Progress, Service
 from mlplat_tui.ui.snapshots import (
     SORT_GATES,
     SORT_RUN,
@@ -42,6 +48,7 @@ from mlplat_tui.ui.snapshots import (
 
 if TYPE_CHECKING:  # mlplat_tui.events and the manifest load numpy: imported where used instead
     from mlplat_runtime.bundle.manifest import GateResult
+    from mlplat_runtime.metadata import runs_query as rq
     from mlplat_runtime.metadata.records import EventRecord
     from mlplat_tui.clients.metadata import MetadataClient
     from mlplat_tui.events import Event, EventSink
@@ -50,6 +57,13 @@ if TYPE_CHECKING:  # mlplat_tui.events and the manifest load numpy: imported whe
 _METRIC_NAME = re.compile(r"^[A-Za-z0-9_.\-/ ]{1,100}$")
 _MAX_KEY_METRICS = 3
 _INITIAL_EVENTS = 200
+# the table's sort keys -> the runs query's ("metric:<name>" is the same in both)
+_QUERY_SORT = {
+    SORT_TIME: "created_at",
+    SORT_RUN: "run_id",
+    SORT_GATES: "gates_passed",
+    SORT_VERSION: "version",
+}
 
 
 class DataSource(Protocol):
@@ -84,10 +98,6 @@ class DataSource(Protocol):
     def serve_run(self, run_id: str, emit: EventSink | None = None) -> str: ...
 
     def close(self) -> None: ...
-
-
-def _sql_text(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -140,19 +150,23 @@ class DashboardData:
         self.project = project
         self.project_name = project.name
         self.model_name = project.config.model.name
-        self.backend_name = (
-            backend.name if backend is not None else (backend_name or project.config.stack.backend)
-        )
-        self.ports = backend.ports if backend is not None else Ports.from_project(project)
-        self._backend = backend
-        self._backend_arg = backend_name
+        # A backend given, or named (--backend), is kept; otherwise get_backend is asked again
+        # on every stack poll, so a stack brought up with the other backend is the one shown.
+        self._pinned = backend is not None or backend_name is not None
+        if backend is None:
+            from mlplat_tui.stack.base import get_backend
+
+            backend = get_backend(project, backend_name)
+        self._backend: StackBackend = backend
+        self.backend_name = backend.name
+        self.ports = backend.ports
+        self._identity_checked = False
         self._clock = clock
         self._timeout = timeout_s
         self._lock = threading.Lock()
         self._meta: MetadataClient | None = None
         self._http: Any = None
         self._traffic = TrafficHistory()
-        self._live_bundle: str | None = None  # what serving reports it serves, from /metrics
         self._provider: str | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -160,20 +174,41 @@ class DashboardData:
         return self._clock()
 
     def backend(self) -> StackBackend:
+        """The backend the dashboard acts on: the one given or named, else ``get_backend``'s."""
         with self._lock:
-            if self._backend is None:
-                from mlplat_tui.stack.base import get_backend
-
-                self._backend = get_backend(self.project, self._backend_arg)
             return self._backend
 
+    def _refresh_backend(self) -> StackBackend:
+        if not self._pinned:
+            from mlplat_tui.stack.base import get_backend
+
+            current = get_backend(self.project)
+            with self._lock:
+                if current.name != self._backend.name:
+                    self._backend, self.backend_name = current, current.name
+        return self.backend()
+
     def metadata(self) -> MetadataClient:
+        """The metadata client, once the service said it serves this project.
+
+        ``StackError`` naming the holder when the ports answer for another project; a service
+        that does not answer yet is asked again next time.
+        """
+        url = self.ports.url(Service.METADATA)
+        if not self._identity_checked:
+            from mlplat_tui.clients.identity import fetch_identity, foreign_stack_error, is_ours
+
+            holder = fetch_identity(url, timeout=self._timeout)
+            if holder is not None:
+                if not is_ours(holder, self.project):
+                    raise foreign_stack_error(url, holder, self.project)
+                self._identity_checked = True
         with self._lock:
             if self._meta is None:
                 from mlplat_tui.clients.metadata import MetadataClient
 
                 self._meta = MetadataClient(
-                    self.ports.url(Service.METADATA),
+                    url,
                     timeout=self._timeout,
                     token_file=self.project.paths.admin_token,  # writes need the stack's token
                 )
@@ -199,7 +234,7 @@ class DashboardData:
     # -- stack ------------------------------------------------------------------------------
     def stack(self) -> StackSnapshot:
         try:
-            status = self.backend().status()
+            status = self._refresh_backend().status()
         except MlplatError as exc:
             return StackSnapshot(self.now(), None, provider=self._provider, error=str(exc))
         return StackSnapshot(self.now(), status, provider=self._provider)
@@ -213,7 +248,8 @@ class DashboardData:
     def stop_stack(self, progress: Progress) -> None:
         self.backend().down(progress=progress)
         self._traffic.reset()
-        self._live_bundle = self._provider = None
+        self._provider = None
+        self._identity_checked = False  # whatever answers on these ports next must say who it is
 
     def logs(self, service: str, *, follow: bool, tail: int = 200) -> Iterator[str]:
         return self.backend().logs(Service(service), follow=follow, tail=tail)
@@ -231,77 +267,35 @@ class DashboardData:
                 out.append(n)
         return tuple(out[:_MAX_KEY_METRICS])
 
-    def _order(self, query: RunsQuery) -> str:
-        direction = "DESC" if query.descending else "ASC"
-        if query.sort.startswith("metric:") and _METRIC_NAME.match(name := query.sort[len("metric:") :]):
-            column = f"TRY_CAST(json_extract_string(metrics, {_sql_text('$.' + json.dumps(name))}) AS DOUBLE)"
-        else:
-            column = {
-                SORT_TIME: "created_at",
-                SORT_RUN: "run_id",
-                SORT_GATES: "gates_passed",
-                SORT_VERSION: "TRY_CAST(version AS BIGINT)",
-            }.get(query.sort, "created_at")
-        return f"{column} {direction} NULLS LAST, created_at DESC, run_id DESC"
-
     def runs(self, query: RunsQuery) -> RunsPage:
-        """One page of runs, sorted and filtered in the store (read-only SQL), plus the total."""
+        """One page of runs through the one runs query (what ``mlplat runs`` lists)."""
+        from mlplat_runtime.metadata.runs_query import RunsQuery as StoreQuery
+
         now = self.now()
-        where = ""
-        if query.search:
-            needle = "%" + query.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            like = f"ILIKE {_sql_text(needle)} ESCAPE '\\'"
-            where = "WHERE " + " OR ".join(
-                f"{c} {like}" for c in ("run_id", "model_name", "project", "status", "version", "bundle_id")
-            )
-        sql = (
-            "SELECT run_id, epoch(created_at), status, CAST(metrics AS VARCHAR), gates_passed, bundle_id,"
-            " version, (SELECT string_agg(g.name, ',' ORDER BY g.name) FROM gate_results g"
-            "  WHERE g.bundle_id = r.bundle_id AND NOT g.passed), count(*) OVER ()"
-            f" FROM runs r {where} ORDER BY {self._order(query)}"
-            f" LIMIT {int(query.limit)} OFFSET {int(query.offset)}"
-        )
         try:
-            meta = self.metadata()
-            result = meta.sql(sql)  # one round trip: the total rides along as a window count
-            if result.rows:
-                total = int(result.rows[0][-1])
-            else:  # past the last page, or nothing matches
-                total = int(meta.sql(f"SELECT count(*) FROM runs {where}").rows[0][0]) if query.offset else 0
+            store_query = StoreQuery(
+                search=query.search,
+                sort=_QUERY_SORT.get(query.sort, query.sort),
+                descending=query.descending,
+                limit=query.limit,
+                offset=query.offset,
+            )
+        except ValueError:  # a metric name the query does not take: newest first instead
+            store_query = StoreQuery(search=query.search, limit=query.limit, offset=query.offset)
+        try:
+            page = self.metadata().query_runs(store_query)
         except MlplatError as exc:
             return RunsPage(query, (), 0, self._key_metrics([]), taken_at=now, error=str(exc))
-        served = self._served_bundle()
-        rows: list[RunRow] = []
+        rows = tuple(_run_row(r) for r in page.rows)
         seen: list[str] = []
-        for run_id, created, status, metrics_text, passed, bundle_id, version, failed, _ in result.rows:
-            metrics = {
-                k: float(v) for k, v in json.loads(metrics_text or "{}").items() if isinstance(v, int | float)
-            }
-            seen += [m for m in metrics if m not in seen]
-            rows.append(
-                RunRow(
-                    run_id=str(run_id),
-                    started_at=float(created) if created is not None else None,
-                    status=str(status),
-                    metrics=metrics,
-                    gates_passed=passed if isinstance(passed, bool) else None,
-                    gates_failed=tuple(failed.split(",")) if failed else (),
-                    bundle_id=bundle_id,
-                    version=version,
-                    served=bool(bundle_id) and bundle_id == served,
-                )
-            )
-        return RunsPage(query, tuple(rows), total, self._key_metrics(seen), taken_at=now)
+        for row in rows:
+            seen += [m for m in row.metrics if m not in seen]
+        return RunsPage(query, rows, page.total, self._key_metrics(seen), taken_at=now)
 
-    def _served_bundle(self) -> str | None:
-        """What serves the model now: what serving itself reports, else the last recorded deploy."""
-        if self._live_bundle:
-            return self._live_bundle
-        try:
-            current = self.metadata().current_deployment(self.model_name)
-        except MlplatError:
-            return None
-        return current.bundle_id if current else None
+    def _listed(self, run_id: str) -> rq.RunRow | None:
+        """The runs query's row of one run (where it serves now), None when it is not listed."""
+        page = self.metadata().query_runs(search=run_id, limit=50)
+        return next((r for r in page.rows if r.run.run_id == run_id), None)
 
     def _tracker_url(self, run_id: str, tracker_uri: str | None) -> str:
         base = (tracker_uri or self.ports.url(Service.TRACKER)).rstrip("/")
@@ -314,6 +308,7 @@ class DashboardData:
 
     def run_detail(self, run_id: str) -> RunDetail:
         detail = self.metadata().run_detail(run_id)
+        listed = self._listed(run_id)
         run, bundle = detail.run, detail.bundle
         bundle_id = bundle.bundle_id if bundle else run.bundle_id
         # The bundle's manifest carries the lineage when the run record does not.
@@ -330,7 +325,8 @@ class DashboardData:
             bundle_id=bundle_id,
             bundle_path=bundle.path if bundle else None,
             version=bundle.version if bundle else run.version,
-            served=bool(bundle_id) and bundle_id == self._served_bundle(),
+            served_on=tuple(listed.served_on) if listed else (),
+            was_deployed=listed.was_deployed if listed else False,
             git_commit=run.git_commit or lin.get("git_commit"),
             dirty_hash=run.dirty_hash or lin.get("dirty_hash"),
             data_hashes=dict(run.data_hashes or lin.get("data_hashes") or {}),
@@ -352,11 +348,10 @@ class DashboardData:
             scrape = parse_scrape(resp.text, time.monotonic(), model=self.model_name)
         except Exception as exc:
             self._traffic.reset()
-            self._live_bundle = None
             message = exc.message if isinstance(exc, MlplatError) else "not reachable"
             return ServingSnapshot(now, self.model_name, error=message)
         self._traffic.add(scrape)
-        self._live_bundle, self._provider = scrape.bundle_id, scrape.provider
+        self._provider = scrape.provider
         over = self._traffic.over_window()
         t = self._traffic
         return ServingSnapshot(
@@ -414,91 +409,67 @@ class DashboardData:
 
     # -- actions ----------------------------------------------------------------------------
     def train_now(self, emit: EventSink, cancel: threading.Event) -> str:
+        """One cycle now (no dev loop runs); what to tell the user, from the cycle's outcome."""
+        from mlplat_tui.cycle.outcome import CycleOutcome
         from mlplat_tui.cycle.pipeline import run_cycle
 
         result = run_cycle(self.project, backend=self.backend(), emit=emit, cancel=cancel)
-        if result.cancelled:
-            return "training cancelled"
-        if result.error:
-            return result.error.splitlines()[0]
-        if result.deployed:
+        reason = result.reason.splitlines()[0] if result.reason else ""
+        if result.outcome is CycleOutcome.DEPLOYED:
             return f"v{result.version} is serving"
-        failed = [g.name for g in result.gates if not g.passed]
-        return f"v{result.version} rejected: {', '.join(failed) or 'not deployed'}"
+        if result.outcome is CycleOutcome.CANCELLED:
+            return "training cancelled"
+        if result.outcome is CycleOutcome.PASSED:
+            return f"v{result.version} passed its gates; not deployed" + (f" ({reason})" if reason else "")
+        return reason or result.outcome.value
 
     def serve_run(self, run_id: str, emit: EventSink | None = None) -> str:
-        """Hot-swap serving to this run's bundle, and record the deployment."""
-        from mlplat_runtime.metadata.records import DeploymentRecord
-        from mlplat_tui.clients.serving import ServingAdmin
-        from mlplat_tui.events import Event, null_sink
+        """Serve this run's bundle on the local stack through the one deploy use case (as
+        ``mlplat rollback``): recorded as a deployment, or a rollback when the run is older than
+        what serves. Raises when it did not serve, with serving's (or the gates') reason."""
+        from mlplat_tui.clients.factory import Endpoints, connect_admin
+        from mlplat_tui.deploy.runs import serve_run
+        from mlplat_tui.deploy.serve import LocalTarget
+        from mlplat_tui.events import null_sink
 
-        emit = emit or null_sink
+        meta, show = self.metadata(), emit or null_sink
 
-        meta = self.metadata()
-        detail = meta.run_detail(run_id)
-        bundle = detail.bundle
-        if bundle is None:
-            raise UsageError(
-                f"run {run_id} has no bundle to serve",
-                hint="only runs that trained and bundled can be served",
-            )
-        failed = [g.name for g in detail.gates if not g.passed]
-        if failed:
-            raise UsageError(
-                f"v{bundle.version} failed its gates ({', '.join(failed)}): not served",
-                hint="the guardrails decide what serves; fix the model and train again",
-            )
-        if not Path(bundle.path).exists():
-            raise NotFoundError(
-                f"the bundle of run {run_id} is gone from {bundle.path}", hint="train again to rebuild it"
-            )
+        def emit_and_record(event: Event) -> None:
+            show(event)
+            with contextlib.suppress(MlplatError):  # the outcome counts; the history is best effort
+                meta.record_event(event)
+
         backend = self.backend()
-        admin = ServingAdmin.from_token_file(self.ports.url("admin"), self.project.paths.admin_token)
-        current = meta.current_deployment(bundle.model_name)
-        action: Literal["deploy", "rollback"] = "deploy"
-        if (
-            current
-            and current.version.isdigit()
-            and bundle.version.isdigit()
-            and int(bundle.version) < int(current.version)
-        ):
-            action = "rollback"
-        record = DeploymentRecord(
-            model_name=bundle.model_name,
-            version=bundle.version,
-            bundle_id=bundle.bundle_id,
-            run_id=run_id,
-            action=action,
-        )
-        try:
-            loaded = admin.load(bundle.model_name, backend.serving_bundle_path(Path(bundle.path)))
-        except MlplatError as exc:
-            meta.record_deployment(record.model_copy(update={"status": "failed", "reason": exc.message}))
-            still = f"still serving v{current.version}" if current else "nothing serving"
-            event = Event(
-                "rejected",
-                f"serving refused v{bundle.version}: {exc.message}, {still}",
-                run_id=run_id,
-                bundle_id=bundle.bundle_id,
-                version=bundle.version,
+        admin = connect_admin(Endpoints.of(self.project, self.ports))
+        if admin is None:
+            raise ServiceError(
+                f"serving admin at {self.ports.url('admin')} is not answering: nothing was served",
+                hint="start the stack (u), then serve again",
             )
-            emit(event)
-            meta.record_event(event)
-            raise
+        try:
+            target = LocalTarget(admin, stage=backend.serving_bundle_path)
+            result = serve_run(meta, target, run_id, emit=emit_and_record, by="dashboard")
         finally:
             admin.close()
-        meta.record_deployment(record)
-        message = f"serving v{loaded.version} on {loaded.provider}"
-        event = Event(
-            "swapped",
-            message,
-            run_id=run_id,
-            bundle_id=bundle.bundle_id,
-            version=bundle.version,
-            duration_s=(loaded.swap_ms or 0) / 1000,
-            data={"provider": loaded.provider, "by": "dashboard"},
-        )
-        emit(event)
-        meta.record_event(event)
-        self._live_bundle = bundle.bundle_id
-        return message
+        if not result.served:
+            raise ServiceError(result.reason, hint="the version that served before still serves")
+        word = "rolled back to" if result.action == "rollback" else "serving"
+        on = f" on {result.provider}" if result.provider else ""
+        return f"{word} v{result.serving_version}{on}"
+
+
+def _run_row(row: rq.RunRow) -> RunRow:
+    """A runs-query row as the table shows it (numeric metrics only)."""
+    run = row.run
+    return RunRow(
+        run_id=run.run_id,
+        started_at=_epoch(run.created_at),
+        status=run.status,
+        metrics={k: float(v) for k, v in run.metrics.items() if isinstance(v, int | float)},
+        gates_passed=run.gates_passed,
+        gates_failed=tuple(row.gates_failed),
+        bundle_id=run.bundle_id,
+        version=run.version,
+        served_on=tuple(row.served_on),
+        was_deployed=row.was_deployed,
+    )

@@ -21,7 +21,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 from mlplat_runtime.errors import MlplatError
 from mlplat_tui.ui.data import DataSource
 from mlplat_tui.ui.messages import DetailLoaded, ServeRequested
-from mlplat_tui.ui.snapshots import RunDetail, fmt_duration, fmt_metric, fmt_time, short_id
+from mlplat_tui.ui.snapshots import LOCAL_TARGET, RunDetail, fmt_duration, fmt_metric, fmt_time, short_id
 
 
 class RunDetailScreen(Screen[None]):
@@ -80,12 +80,15 @@ class RunDetailScreen(Screen[None]):
     def on_detail_loaded(self, message: DetailLoaded) -> None:
         d = self.detail = message.detail
         served = "  ● serving" if d.served else ""
+        elsewhere = [t for t in d.served_on if t != LOCAL_TARGET]
         version = f"  v{d.version}" if d.version else ""
         self.query_one("#detail-title", Static).update(
             Text.assemble(
                 (f"run {d.run_id}", "bold"),
                 f"  {d.status}{version}",
                 (served, self.get_component_rich_style("run-detail--ok")),
+                (f"  on {', '.join(elsewhere)}" if elsewhere else "", "bold"),
+                ("  (was deployed)" if d.was_deployed and not d.served_on else "", "dim"),
             )
         )
         took = (d.finished_at - d.started_at) if d.finished_at and d.started_at else None

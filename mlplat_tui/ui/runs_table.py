@@ -229,8 +229,17 @@ class RunsTable(Widget):
             *(Text(fmt_metric(row.metrics.get(m)), justify="right") for m in page.metric_names),
             gates,
             bundle,
-            Text("● serving", style=ok) if row.served else Text(""),
+            self._served(row),
         ]
+
+    def _served(self, row: RunRow) -> Text:
+        # Local serving is what this dashboard's Serving panel shows; other targets (push) are
+        # named, never marked as serving here.
+        style = self.get_component_rich_style
+        out = Text("● serving", style=style("runs-table--ok")) if row.served else Text("")
+        if row.served_elsewhere:
+            out.append((" · " if row.served else "on ") + ", ".join(row.served_elsewhere))
+        return out
 
     def _show_status(self) -> None:
         if not self.is_mounted:

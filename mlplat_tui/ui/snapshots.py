@@ -26,6 +26,10 @@ SORT_RUN = "run"
 SORT_GATES = "gates"
 SORT_VERSION = "version"
 
+# The target the local stack serves on (``mlplat_tui.deploy.serve.LOCAL``; not imported from
+# there: that module loads numpy, which would delay the first paint). A test pins them equal.
+LOCAL_TARGET = "local"
+
 
 @dataclass(frozen=True)
 class StackSnapshot:
@@ -45,7 +49,17 @@ class RunRow:
     gates_failed: tuple[str, ...] = ()  # names of the gates that failed
     bundle_id: str | None = None
     version: str | None = None
-    served: bool = False
+    served_on: tuple[str, ...] = ()  # targets this run serves on now (the runs query's answer)
+    was_deployed: bool = False
+
+    @property
+    def served(self) -> bool:
+        """Serving on the local stack now (a version on ``prod`` only is not)."""
+        return LOCAL_TARGET in self.served_on
+
+    @property
+    def served_elsewhere(self) -> tuple[str, ...]:
+        return tuple(t for t in self.served_on if t != LOCAL_TARGET)
 
 
 @dataclass(frozen=True)
@@ -87,13 +101,18 @@ class RunDetail:
     bundle_id: str | None = None
     bundle_path: str | None = None
     version: str | None = None
-    served: bool = False
+    served_on: tuple[str, ...] = ()  # targets this run serves on now
+    was_deployed: bool = False
     git_commit: str | None = None
     dirty_hash: str | None = None
     data_hashes: Mapping[str, str] = field(default_factory=dict)
     training_command: str | None = None
     tracker_url: str | None = None  # link to the run in the MLflow UI
     error: str | None = None  # why the run failed, when it did
+
+    @property
+    def served(self) -> bool:
+        return LOCAL_TARGET in self.served_on
 
 
 @dataclass(frozen=True)

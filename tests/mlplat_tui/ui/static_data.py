@@ -49,7 +49,8 @@ class StaticDashboardData:
                 gates_failed=() if i % 3 else ("metrics.roc_auc",),
                 bundle_id=None if i % 5 == 0 else f"sha256:{i:02d}f00dbeef{i:02d}cafe",
                 version=None if i % 5 == 0 else str(i),
-                served=i == runs - 2,
+                served_on=("local",) if i == runs - 2 else ("prod",) if i == runs - 3 else (),
+                was_deployed=i in (runs - 2, runs - 3, runs - 5),
             )
             for i in range(1, runs + 1)
         ]

@@ -106,14 +106,19 @@ class MainScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.title = "mlplat"
-        self.sub_title = f"{self.data.project_name} · {self.data.model_name} · {self.data.backend_name}" + (
-            " · dev" if self.dev else ""
-        )
+        self._show_backend()
         if self.dev:
             self.devloop.state = devstate.DevLoopState(phase="idle", watching=True)
         self.runs.grid.focus()
         # Paint first, then start reading: the first reads import the heavier modules.
         self.call_after_refresh(self._start_polling)
+
+    def _show_backend(self) -> None:
+        # The data source follows the backend that is up (it may change under a running
+        # dashboard: `mlplat down`, then `mlplat up --backend docker`); the title follows it.
+        d = self.data
+        dev = " · dev" if self.dev else ""
+        self.sub_title = f"{d.project_name} · {d.model_name} · {d.backend_name}{dev}"
 
     def _start_polling(self) -> None:
         self._tick()
@@ -173,6 +178,7 @@ class MainScreen(Screen[None]):
     # ---- data in -----------------------------------------------------------------------------
     def on_stack_updated(self, message: StackUpdated) -> None:
         self.query_one(StackPanel).snapshot = message.snapshot
+        self._show_backend()
 
     def on_serving_updated(self, message: ServingUpdated) -> None:
         self.query_one(ServingPanel).snapshot = message.snapshot

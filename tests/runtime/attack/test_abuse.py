@@ -25,7 +25,7 @@ import pytest
 
 from tests.runtime.serving.conftest import Serving, build_version, start_serving
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("attack-abuse")]
 
 BUDGET_MB = 768
 BODY = json.dumps(
@@ -262,22 +262,21 @@ ABUSES: dict[str, Callable[[int], None]] = {
 MIN_ABUSE_S = 1.5  # each abuse repeats until it has lasted this long: enough normal samples for a p99
 
 
-@pytest.fixture(scope="module")
-def baseline(target: tuple[Serving, RssWatch]) -> float:
-    """The normal client's p99 with no abuse, measured in the same run on the same machine."""
-    with Normal(port_of(target[0])) as normal:
-        time.sleep(MIN_ABUSE_S)
-    p99 = normal.quantile(0.99)
-    print(f"\nbaseline: {len(normal.latencies)} normal requests, p99 {p99:.2f} ms")
-    return p99
+def baseline(port: int, seconds: float = 0.75) -> float:
+    """The normal client's p99 with no abuse, measured just before each abuse: on a machine
+    shared with other work (CI neighbours) the bound follows what the machine gives right now."""
+    with Normal(port) as normal:
+        time.sleep(seconds)
+    return normal.quantile(0.99)
 
 
 @pytest.mark.parametrize("abuse", ABUSES.values(), ids=ABUSES.keys())
 def test_normal_requests_keep_succeeding_under_abuse(
-    abuse: Callable[[int], None], target: tuple[Serving, RssWatch], baseline: float
+    abuse: Callable[[int], None], target: tuple[Serving, RssWatch]
 ) -> None:
     server, watch = target
     port = port_of(server)
+    calm = baseline(port)
     with Normal(port) as normal:
         t0 = time.monotonic()
         while time.monotonic() - t0 < MIN_ABUSE_S:
@@ -286,10 +285,10 @@ def test_normal_requests_keep_succeeding_under_abuse(
     p50, p99, worst = normal.quantile(0.5), normal.quantile(0.99), max(normal.latencies) * 1000
     print(
         f"\n{abuse.__name__}: {n} normal requests, {len(normal.failures)} failed, p50 {p50:.2f} ms,"
-        f" p99 {p99:.2f} ms, max {worst:.1f} ms, peak RSS {watch.peak >> 20} MiB"
+        f" p99 {p99:.2f} ms (baseline {calm:.2f} ms), max {worst:.1f} ms, peak RSS {watch.peak >> 20} MiB"
     )
     assert n > 200
     assert normal.failures == []
     # 10 ms on a quiet machine; on a loaded one (CI neighbours) no worse than 3x the same run's baseline
-    assert p99 < max(10.0, 3 * baseline), f"p99 {p99:.2f} ms (baseline {baseline:.2f} ms)"
+    assert p99 < max(10.0, 3 * calm), f"p99 {p99:.2f} ms (baseline {calm:.2f} ms)"
     assert watch.peak < BUDGET_MB * 1024 * 1024, f"peak RSS {watch.peak >> 20} MiB"

@@ -19,7 +19,7 @@ from schemathesis.checks import positive_data_acceptance
 
 from tests.runtime.serving.conftest import Serving, build_version, start_serving
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("attack-schema")]
 
 SPEC = Path(__file__).resolve().parents[3] / "docs" / "openapi" / "oip-v2-rest.yaml"
 schema = schemathesis.openapi.from_path(SPEC)

@@ -247,6 +247,13 @@ def slow_bundle(root: Path, version: str) -> Path:
     return out
 
 
+def check_processes(pid: int) -> list[object]:
+    """The serving process's check children (its other child is the body decoder)."""
+    import psutil
+
+    return [c for c in psutil.Process(pid).children() if "serving.checker" in " ".join(c.cmdline())]
+
+
 def kill_when_busy(pid: int, timeout: float = 30.0) -> bool:
     """SIGKILL ``pid`` once it has burned CPU on a check (so the kill lands mid-check)."""
     import psutil

@@ -11,11 +11,11 @@ from typing import Any
 
 import httpx
 import numpy as np
-import psutil
 import pytest
 
 from tests.runtime.serving.conftest import (
     build_version,
+    check_processes,
     corrupt_onnx_bundle,
     kill_when_busy,
     logreg_expected,
@@ -130,7 +130,7 @@ def test_a_model_that_crashes_the_checker_does_not_take_the_server_down(
     # server sees exactly what a segfault looks like: its check process died mid-check.
     s = serving_factory(build_version(tmp_path, "1", seed=1))
     assert s.load(build_version(tmp_path, "2", seed=2)).status_code == 200  # warm check process
-    (checker,) = psutil.Process(s.pid).children()
+    (checker,) = check_processes(s.pid)
     slow = slow_bundle(tmp_path, "3")
     with Load(s.url) as load:
         killer = threading.Thread(target=kill_when_busy, args=(checker.pid,))
@@ -144,6 +144,6 @@ def test_a_model_that_crashes_the_checker_does_not_take_the_server_down(
     (entry,) = s.index()
     assert entry["version"] == "2" and "crashed ONNX Runtime" in entry["reason"]
     # a new check process is already there, and the next load goes through it
-    (new_checker,) = psutil.Process(s.pid).children()
+    (new_checker,) = check_processes(s.pid)
     assert new_checker.pid != checker.pid
     assert s.load(build_version(tmp_path, "4", seed=4)).status_code == 200

@@ -431,16 +431,8 @@ class DevLoop:
         self, trigger: _Trigger, result: CycleResult, started: float, ended: float, swapped_at: list[float]
     ) -> Event:
         origin = trigger.change.first_at if trigger.change else started
-        if result.cancelled:
-            outcome = "cancelled"
-        elif result.deployed:
-            outcome = "deployed"
-        elif result.error and result.error.startswith("rejected"):
-            outcome = "rejected"
-        elif result.error:
-            outcome = "failed"
-        else:
-            outcome = "passed"  # gates held but nothing was deployed (stack down)
+        # deployed | passed (gates held, nothing deployed) | rejected | failed | cancelled
+        outcome = result.outcome.value
         data: dict[str, Any] = {
             "outcome": outcome,
             "trigger": trigger.kind,
@@ -459,7 +451,7 @@ class DevLoop:
         else:
             data["save_to_result_s"] = round(ended - origin, 4)
         if outcome == "deployed":
-            took = data["save_to_serving_s"]
+            took = data.get("save_to_serving_s", data.get("save_to_result_s", 0.0))
             msg = f"v{result.serving_version} serving {took:.2f}s after the {measured_from}"
             if "overhead_s" in data:
                 msg += f" (training {data['train_s']:.2f}s, platform {data['overhead_s']:.2f}s)"

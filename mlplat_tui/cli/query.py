@@ -22,7 +22,7 @@ def _client(ctx: click.Context):  # type: ignore[no-untyped-def]
     from mlplat_tui.clients.identity import check_identity
 
     check_identity(url, project)  # another project's stack on our ports: refuse, naming it
-    return project, MetadataClient(url, token_file=project.paths.admin_token)  # POSTs need the token
+    return project, MetadataClient(url, token_file=project.paths.metadata_token)  # POSTs need the token
 
 
 def _dump(model: Any) -> Any:

@@ -78,7 +78,7 @@ def connect_metadata(project: Project, url: str) -> MetadataApi | None:
     """
     from mlplat_tui.clients.metadata import MetadataClient
 
-    client = MetadataClient(url, token_file=project.paths.admin_token)  # writes need the stack's token
+    client = MetadataClient(url, token_file=project.paths.metadata_token)  # writes need the metadata token
     if not client.health():
         client.close()
         return None

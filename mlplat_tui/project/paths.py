@@ -10,6 +10,8 @@ were written to ``bundles/``), so the layout, and what ``down --volumes`` remove
     ├── stack/
     │   ├── stack.json        which backend is up (written by up, removed by down)
     │   ├── admin.token       serving admin token (0600)
+    │   ├── metadata.token    metadata write token (0600): a second secret, so a client
+    │   │                     that may record runs cannot swap the serving model
     │   ├── <service>.pid     local backend: pid, port, start time, command
     │   ├── <service>.log     local backend: the service's output
     │   ├── metadata.duckdb   local backend: the metadata store
@@ -57,6 +59,10 @@ class StateLayout:
     @property
     def admin_token(self) -> Path:
         return self.stack / "admin.token"
+
+    @property
+    def metadata_token(self) -> Path:
+        return self.stack / "metadata.token"
 
     def pidfile(self, service: str) -> Path:
         return self.stack / f"{service}.pid"

@@ -6,9 +6,9 @@ labelled ``io.mlplat.project`` / ``io.mlplat.service`` (plus the project folder 
 the container's settings), named volumes ``mlplat-P-tracker|metadata|bundles`` for the MLflow
 store, the DuckDB file and staged bundles, ports published on ``[stack] host`` (127.0.0.1)
 at the same numbers as the local backend, so clients cannot tell the backends apart. The
-stack's token is ``.mlplat/stack/admin.token`` on the host (0600), copied into the serving and
-metadata containers before they start (serving's admin API and metadata writes need it): never
-an environment variable, which ``docker inspect`` shows.
+stack's two tokens, ``.mlplat/stack/admin.token`` (serving's admin API) and ``metadata.token``
+(metadata writes), live on the host (0600) and are copied into their one container before it
+starts: never an environment variable, which ``docker inspect`` shows.
 
 What each service runs, its ports, health path, start timeout and data folder come from
 ``stack/services.py`` (the specs the local backend renders too). ``up`` takes the project lock
@@ -85,9 +85,11 @@ LABEL_ROOT = "io.mlplat.root"
 LABEL_SPEC = "io.mlplat.spec"
 # service -> (volume suffix, mount point): the spec's data folder, one named volume each
 VOLUMES = {s: (SPECS[s].data, SPECS[s].mount) for s in SERVICES}
-TOKEN_IN_CONTAINER = "/etc/mlplat/admin.token"
-# The stack's one token: serving's admin API and the metadata service's writes need it.
-TOKEN_HOLDERS = (Service.SERVING, Service.METADATA)
+TOKEN_DIR_IN_CONTAINER = "/etc/mlplat"
+TOKEN_IN_CONTAINER = f"{TOKEN_DIR_IN_CONTAINER}/admin.token"
+METADATA_TOKEN_IN_CONTAINER = f"{TOKEN_DIR_IN_CONTAINER}/metadata.token"
+# Two secrets: serving's admin API (swap the model) and the metadata service's writes.
+TOKEN_HOLDERS = {Service.SERVING: "admin.token", Service.METADATA: "metadata.token"}
 
 
 def _quiet(_: str) -> None:
@@ -114,7 +116,7 @@ class DockerBackend:
             ports=INTERNAL_PORTS,
             data={spec.data: spec.mount for spec in SPECS.values()},
             admin_token_file=TOKEN_IN_CONTAINER,
-            metadata_token_file=TOKEN_IN_CONTAINER,
+            metadata_token_file=METADATA_TOKEN_IN_CONTAINER,
             project=project.name,
             project_root=str(project.root),
         )
@@ -166,12 +168,13 @@ class DockerBackend:
         return command(SPECS[service], self.placement)
 
     # -- helpers -------------------------------------------------------------------------
-    def _admin_token(self) -> str:
+    def _tokens(self) -> dict[Service, str]:
+        """Each token holder's token, created on the host (0600) when missing."""
         from mlplat_runtime.serving.admin import ensure_admin_token
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        token, _ = ensure_admin_token(self.admin_token_file)
-        return token
+        files = {Service.SERVING: self.admin_token_file, Service.METADATA: self.paths.metadata_token}
+        return {service: ensure_admin_token(files[service])[0] for service in TOKEN_HOLDERS}
 
     def _want_gpu(self) -> bool:
         mode = self.project.config.stack.gpu
@@ -192,7 +195,9 @@ class DockerBackend:
                 out[Service(svc)] = c
         return out
 
-    def _spec(self, service: Service, image_id: str, gpu: bool, token: str) -> tuple[dict[str, Any], str]:
+    def _spec(
+        self, service: Service, image_id: str, gpu: bool, token: str | None
+    ) -> tuple[dict[str, Any], str]:
         import docker
 
         path = VOLUMES[service][1]
@@ -221,7 +226,7 @@ class DockerBackend:
             kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
         described = {k: v for k, v in kwargs.items() if k != "device_requests"}
         described["gpu"] = "device_requests" in kwargs
-        if service in TOKEN_HOLDERS:
+        if token is not None:
             described["token"] = hashlib.sha256(token.encode()).hexdigest()
         digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
         kwargs["labels"] = self._labels(**{LABEL_SERVICE: str(service), LABEL_SPEC: digest})
@@ -305,9 +310,9 @@ class DockerBackend:
         with project_lock(self.project):
             refuse_other_backend(self.project, "docker")
             image_ids, ours = self._preflight()
-            token = self._admin_token()
+            tokens = self._tokens()
             gpu = self._want_gpu()
-            specs = {s: self._spec(s, image_ids[s], gpu, token) for s in SERVICES}
+            specs = {s: self._spec(s, image_ids[s], gpu, tokens.get(s)) for s in SERVICES}
             keep: list[Service] = []
             replace: list[Service] = []
             for service in SERVICES:
@@ -342,7 +347,7 @@ class DockerBackend:
                 made_network = self._ensure_network()
                 made_volumes = self._ensure_volumes()
                 for service in to_create:
-                    created.append(self._create(service, specs[service][0], token, say))
+                    created.append(self._create(service, specs[service][0], tokens.get(service), say))
                 self._wait_healthy(keep + to_create, say, announce=set(to_create))
             except BaseException as exc:
                 tails = {c.name: self._log_tail(c) for c in created}
@@ -385,13 +390,16 @@ class DockerBackend:
                 made.append(name)
         return made
 
-    def _create(self, service: Service, kwargs: dict[str, Any], token: str, say: Progress) -> Container:
+    def _create(
+        self, service: Service, kwargs: dict[str, Any], token: str | None, say: Progress
+    ) -> Container:
         import docker
 
         container = self.client.containers.create(**kwargs)
         try:
-            if service in TOKEN_HOLDERS:
-                container.put_archive("/etc/mlplat", tar_bytes("admin.token", (token + "\n").encode(), 0o600))
+            if token is not None:
+                blob = tar_bytes(TOKEN_HOLDERS[service], (token + "\n").encode(), 0o600)
+                container.put_archive(TOKEN_DIR_IN_CONTAINER, blob)
             container.start()
         except docker.errors.APIError as exc:
             container.remove(force=True)

@@ -158,7 +158,7 @@ class LocalBackend:
             ports={"tracker": p.tracker, "metadata": p.metadata, "serving": p.serving, "admin": p.admin},
             data={"tracker": str(self.paths.tracker), "metadata": str(self.paths.metadata_db.parent)},
             admin_token_file=str(self.admin_token_file),
-            metadata_token_file=str(self.admin_token_file),
+            metadata_token_file=str(self.paths.metadata_token),
             project=self.project.name,
             project_root=str(self.project.root),
         )
@@ -270,6 +270,7 @@ class LocalBackend:
                 # the other to create it.
                 self.dir.mkdir(parents=True, exist_ok=True)
                 ensure_admin_token(self.admin_token_file)
+                ensure_admin_token(self.paths.metadata_token)
             started: list[Service] = []
             try:
                 for service in to_start:

@@ -100,7 +100,7 @@ class Placement:
     ports: Mapping[str, int]  # port role -> port to listen on
     data: Mapping[str, str]  # data name -> its folder
     admin_token_file: str
-    # The stack's one token (the admin token's file): metadata writes need it too, when set.
+    # The metadata service's write token (a second secret beside the admin token), when set.
     metadata_token_file: str | None = None
     project: str | None = None  # None: no --project (an image's default CMD)
     project_root: str | None = None

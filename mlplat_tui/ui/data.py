@@ -210,7 +210,7 @@ class DashboardData:
                 self._meta = MetadataClient(
                     url,
                     timeout=self._timeout,
-                    token_file=self.project.paths.admin_token,  # writes need the stack's token
+                    token_file=self.project.paths.metadata_token,  # writes need the metadata token
                 )
             return self._meta
 

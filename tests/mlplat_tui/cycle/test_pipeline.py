@@ -76,7 +76,9 @@ def test_churn_end_to_end_gate_miss_and_crash_keep_serving(tmp_path: Path) -> No
         assert "bundle/manifest.json" in artifacts and "bundle/model.onnx" in artifacts
 
         # The metadata store has the same run with its lineage.
-        meta = MetadataClient(stack.ports.url(Service.METADATA), token_file=stack.project.paths.admin_token)
+        meta = MetadataClient(
+            stack.ports.url(Service.METADATA), token_file=stack.project.paths.metadata_token
+        )
         rows = meta.sql(f"SELECT status, bundle_id, data_hashes FROM runs WHERE run_id = '{first.run_id}'")
         assert rows.rows[0][0] == "deployed"
         assert rows.rows[0][1] == first.bundle_id

@@ -169,7 +169,7 @@ def test_docker_stack_lifecycle(docker_project, docker_client, mlplat_images, tm
 
     # Tracker and metadata answer at the same host addresses the local backend uses.
     run_id = _track_a_run(backend.ports.url("tracker"), tmp_path)
-    meta = MetadataClient(backend.ports.url("metadata"), token_file=backend.admin_token_file)
+    meta = MetadataClient(backend.ports.url("metadata"), token_file=backend.paths.metadata_token)
     assert meta.health()
     recorded = meta.record_event({"kind": "note", "message": "kept across down/up"})
     assert recorded is not None and recorded.id is not None

@@ -95,7 +95,9 @@ def test_a_stack_of_another_project_is_named_never_used(tmp_path: Path) -> None:
         admin = ServingAdmin.from_token_file(backend.ports.url("admin"), backend.admin_token_file)
         loaded = admin.load("m", str(bundle))
         admin.close()
-        with MetadataClient(backend.ports.url(Service.METADATA), token_file=backend.admin_token_file) as meta:
+        with MetadataClient(
+            backend.ports.url(Service.METADATA), token_file=backend.paths.metadata_token
+        ) as meta:
             recorded = meta.record_deployment(
                 DeploymentRecord(model_name="m", version=loaded.version, bundle_id=loaded.bundle_id)
             )

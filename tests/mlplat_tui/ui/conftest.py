@@ -50,7 +50,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         assert result.deployed, result.error
         assert result.run_id and result.version and result.bundle_id
         with MetadataClient(
-            backend.ports.url(Service.METADATA), token_file=project.paths.admin_token
+            backend.ports.url(Service.METADATA), token_file=project.paths.metadata_token
         ) as meta:
             failed = meta.record_run(
                 RunRecord(

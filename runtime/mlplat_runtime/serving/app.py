@@ -8,7 +8,7 @@ served by ``http.HttpProtocol`` and, through ``http.as_asgi``, by any ASGI serve
 
 Routes (KServe / Triton REST):
     GET  /v2/health/live | /v2/health/ready | /v2        GET /metrics   GET /identity
-    GET  /v2/models/{name}[/versions/{v}]                GET  .../ready
+    GET  /v2/models/{name}[/versions/{v}]                GET  .../ready    GET .../config (Triton)
     POST /v2/models/{name}[/versions/{v}]/infer
 
 Must not import textual, mlflow, docker or mlplat_tui.
@@ -42,12 +42,13 @@ from mlplat_runtime.serving.http import (
 )
 from mlplat_runtime.serving.metrics import CONTENT_TYPE, ServingMetrics
 from mlplat_runtime.serving.model import LoadedModel
+from mlplat_runtime.serving.modelconfig import model_config
 from mlplat_runtime.serving.repository import Repository
 
 log = logging.getLogger("mlplat.serving")
 
 _MODELS = "/v2/models/"
-_MODEL_ENDPOINTS = {"": "metadata", "infer": "infer", "ready": "model_ready"}
+_MODEL_ENDPOINTS = {"": "metadata", "infer": "infer", "ready": "model_ready", "config": "config"}
 # path -> endpoint label; any other path is counted as "other" (bounded label values)
 _SERVER_ROUTES = {
     "/v2/health/live": "live",
@@ -57,7 +58,11 @@ _SERVER_ROUTES = {
     IDENTITY_PATH: "identity",
 }
 SERVER_METADATA = orjson.dumps(
-    {"name": "mlplat", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]}
+    {
+        "name": "mlplat",
+        "version": __version__,
+        "extensions": ["binary_tensor_data", "model_repository", "model_configuration"],
+    }
 )
 _OCTET = b"application/octet-stream"
 _METRICS_TYPE = CONTENT_TYPE.encode()
@@ -104,6 +109,14 @@ def decode_content(body: bytes, encoding: bytes | None, limit: int = MAX_BODY) -
 def _heavy(req: Request) -> bool:
     """Whether decoding this request could hold the event loop up (see ``OFFLOAD_BYTES``)."""
     return len(req.body) > OFFLOAD_BYTES or req.header(b"content-encoding") is not None
+
+
+def model_config_of(m: LoadedModel) -> dict[str, object]:
+    """Triton's model configuration of a loaded model (``GET .../config``, gRPC ModelConfig)."""
+    return model_config(
+        m.name, m.inputs.values(), m.outputs, provider=m.provider, batching=m.batching,
+        parameters=m.parameters(),
+    )  # fmt: skip
 
 
 class InferenceHandler:
@@ -161,6 +174,9 @@ class InferenceHandler:
                 elif action == "ready":
                     self.repo.get(name, version)  # 404 unless loaded (loaded = warmed up = ready)
                     resp = Response(200, orjson.dumps({"name": name, "ready": True}))
+                elif action == "config":
+                    m = self.repo.get(name, version)
+                    resp = Response(200, orjson.dumps(model_config_of(m)))
                 else:
                     m = self.repo.get(name, version)
                     doc = protocol.model_metadata(

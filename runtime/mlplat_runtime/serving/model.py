@@ -24,6 +24,7 @@ import numpy as np
 from mlplat_runtime.bundle.manifest import Signature, TensorSpec
 from mlplat_runtime.errors import MlplatError, ModelLoadError, RequestError
 from mlplat_runtime.providers import active_provider, make_session
+from mlplat_runtime.serving.batching import BatchingConfig
 from mlplat_runtime.serving.protocol import TensorSlot
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class LoadedModel:
     call_ms: float  # one call on the samples, measured after warm-up
     load_ms: float
     keep: Any = field(default=None, repr=False, compare=False)  # e.g. the Bundle owning a temp dir
+    batching: BatchingConfig | None = None  # dynamic batching, when this model has it on
 
     @functools.cached_property
     def output_names(self) -> tuple[str, ...]:

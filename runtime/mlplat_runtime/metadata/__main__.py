@@ -120,6 +120,7 @@ def serve(
     )
 
     store = MetadataStore(db, memory_limit=memory_limit or SQL_MEMORY_LIMIT)
+    store.interrupt_open_runs()  # their cycles lost this service: say so instead of "running"
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:

@@ -43,7 +43,12 @@ def parse_ts(value: str | float | datetime) -> datetime:
     return _DATETIME.validate_python(value)
 
 
-RunStatus = Literal["running", "finished", "failed", "rejected", "cancelled", "deployed"]
+# "interrupted": still "running" when the metadata service started again, so the cycle that
+# owned it could not record how it ended (the service died, or the control plane did).
+RunStatus = Literal["running", "finished", "failed", "rejected", "cancelled", "deployed", "interrupted"]
+INTERRUPTED_REASON = (
+    "the metadata service stopped while this run was in progress; how the run ended was not recorded"
+)
 DeployAction = Literal["deploy", "rollback", "undeploy"]
 DeployStatus = Literal["ok", "failed"]
 

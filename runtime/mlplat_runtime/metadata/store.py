@@ -247,6 +247,26 @@ class MetadataStore:
                 raise RequestError(f"invalid run update for {run_id}: {exc}") from None
             return self.record_run(updated)
 
+    def interrupt_open_runs(self) -> int:
+        """Mark every run still "running" as "interrupted"; how many. Called as the service starts.
+
+        A run is "running" only while a cycle holds it; a service that starts again has lost
+        every cycle that was talking to it. A cycle that is in fact still going (a dev loop
+        across a restart) overwrites the mark when it records its outcome.
+        """
+        from mlplat_runtime.metadata.records import INTERRUPTED_REASON
+
+        with self._lock:
+            open_runs = self._con.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()
+            count = int(open_runs[0]) if open_runs else 0
+            if count:
+                self._con.execute(
+                    "UPDATE runs SET status = 'interrupted', error = coalesce(error, ?), "
+                    "finished_at = coalesce(finished_at, ?) WHERE status = 'running'",
+                    [INTERRUPTED_REASON, datetime.now(UTC).replace(tzinfo=None)],
+                )
+            return count
+
     def run(self, run_id: str) -> RunRecord:
         rows = self._rows(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE run_id = ?", [run_id])
         if not rows:

@@ -129,3 +129,30 @@ def test_kill_9_of_a_bundle_build_leaves_no_half_bundle(tmp_path: Path, after_s:
     if out.exists():  # finished before the kill: then it is whole
         assert verify_bundle(out) == []
         assert json.loads((out / "manifest.json").read_text())["model_name"] == "m"
+
+
+def test_a_run_cut_off_by_a_dead_metadata_service_is_interrupted_not_running_forever(
+    tmp_path: Path,
+) -> None:
+    """Bug: a cycle whose metadata service died could never record how the run ended, and the
+    run said "running" forever. The next start of the service marks it "interrupted", with why."""
+    db = tmp_path / "metadata.duckdb"
+    svc = Service(db)
+    with httpx.Client(base_url=svc.url, timeout=5) as http:
+        assert http.post("/runs", json={"run_id": "cut-off", "model_name": "m"}).status_code == 200
+        done = {"run_id": "done", "model_name": "m", "status": "deployed"}
+        assert http.post("/runs", json=done).status_code == 200
+    svc.proc.send_signal(signal.SIGKILL)  # mid-cycle: the cycle's final update never arrives
+    svc.proc.wait(10)
+    again = Service(db)
+    try:
+        with httpx.Client(base_url=again.url, timeout=5) as http:
+            cut = http.get("/runs/cut-off").json()["run"]
+            assert cut["status"] == "interrupted"
+            assert "metadata service stopped" in cut["error"] and cut["finished_at"]
+            assert http.get("/runs/done").json()["run"]["status"] == "deployed"  # an ended run is left alone
+            # The cycle that owned it, if still alive, records its real outcome over the mark.
+            r = http.patch("/runs/cut-off", json={"status": "rejected", "error": "gate"})
+            assert r.status_code == 200 and http.get("/runs/cut-off").json()["run"]["status"] == "rejected"
+    finally:
+        assert again.stop() == 0

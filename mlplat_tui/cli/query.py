@@ -166,7 +166,8 @@ def show(ctx: click.Context, ident: str, as_json: bool) -> None:
 def sql(ctx: click.Context, query: str, as_json: bool) -> None:
     """Read-only SQL over the metadata store (tables: runs, bundles, gate_results, deployments, events).
 
-    Writes are refused.
+    Writes are refused. Queries run under the service's memory and time limits, and a long
+    answer is cut (rows, bytes, oversized cells) with a note on stderr saying what was cut.
 
     \b
     Example:
@@ -174,10 +175,12 @@ def sql(ctx: click.Context, query: str, as_json: bool) -> None:
     """
     _, client = _client(ctx)
     result = client.sql(query)
+    if result.note:  # the answer was cut (rows, bytes or oversized cells): say so on stderr
+        click.echo(f"note: {result.note}", err=True)
     if as_json:
         echo_json([dict(zip(result.columns, row, strict=True)) for row in result.rows])
         return
     from mlplat_tui.cli.common import print_table
 
     print_table(result.columns, result.rows)
-    click.echo(f"({len(result.rows)} rows)")
+    click.echo(f"({len(result.rows)} rows{', cut' if result.truncated else ''})")

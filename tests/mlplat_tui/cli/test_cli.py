@@ -145,6 +145,9 @@ def test_second_up_while_one_runs_then_sql_is_read_only(tmp_path: Path) -> None:
         allowed = mlplat("sql", "SELECT count(*) AS n FROM runs", "--json", cwd=root)
         assert allowed.returncode == 0, allowed.stderr
         assert json.loads(allowed.stdout) == [{"n": 0}]
+        cut = mlplat("sql", "SELECT range AS i FROM range(1000000)", "--json", cwd=root)
+        assert cut.returncode == 0, cut.stderr
+        assert "note:" in cut.stderr and len(json.loads(cut.stdout)) < 1_000_000  # cut, and says so
     finally:
         if first.poll() is None:
             first.wait(timeout=150)

@@ -35,7 +35,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from mlplat_runtime.errors import TrainingError
-from mlplat_tui.cycle.training import OutputSink, SubprocessRunner, TrainingCancelled, TrainingRunner
+from mlplat_tui.cycle.training import (
+    LineSplitter,
+    OutputSink,
+    SubprocessRunner,
+    TrainingCancelled,
+    TrainingRunner,
+)
 
 WORKER_MAIN = Path(__file__).with_name("worker_main.py")
 # Libraries that start threads or grab devices when imported: never preload them in a process
@@ -350,6 +356,14 @@ class WarmWorkerRunner:
             assert parsed.script is not None
             request["script"] = str((Path(cwd) / parsed.script).resolve())
         tail: deque[str] = deque(maxlen=40)
+        stopping: str | None = None  # "cancel" | "timeout" once we killed the run
+
+        def line_out(line: str) -> None:
+            tail.append(line)
+            if stopping is None:
+                on_output(line)
+
+        lines = LineSplitter(line_out)  # the same lines as a plain subprocess run gives
         start = time.monotonic()
         deadline = start + timeout_s
         try:
@@ -358,7 +372,6 @@ class WarmWorkerRunner:
             self.close()
             raise TrainingError("the warm worker is gone", hint="retry; or run with --no-warm") from exc
         child: int | None = None
-        stopping: str | None = None  # "cancel" | "timeout" once we killed the run
         killed_at = 0.0
         while True:
             try:
@@ -366,6 +379,7 @@ class WarmWorkerRunner:
             except queue.Empty:
                 msg = {}
             if msg is None:
+                lines.close()  # what the run wrote last is the likeliest reason
                 self.close()
                 if stopping == "cancel":
                     raise TrainingCancelled()
@@ -376,13 +390,11 @@ class WarmWorkerRunner:
                 )
             if "started" in msg:
                 child = int(msg["started"])
-            elif "o" in msg:
-                line = str(msg["o"])
-                tail.append(line)
-                if stopping is None:
-                    on_output(line)
+            elif "c" in msg:
+                lines.feed(str(msg["c"]).encode("utf-8"))
             elif "exit" in msg:
                 code = int(msg["exit"])
+                lines.close()
                 break
             if child is not None and stopping is None:
                 if cancel.is_set():

@@ -10,8 +10,10 @@ modules or open files into the next one, and edits to the project's own modules 
 Protocol: JSON lines. Requests on stdin: ``{"op": "run", "cwd", "env", "argv", "script"|"module"}``
 or ``{"op": "quit"}``. Replies on the original stdout (fd 1 is pointed at stderr once started,
 so a chatty import cannot corrupt the protocol): ``{"ready": true, "pid", "loaded", "failed",
-"threads"}`` once, then per run ``{"started": child_pid}``, ``{"o": line}`` per output line, and
-``{"exit": code}`` (negative: killed by that signal).
+"threads"}`` once, then per run ``{"started": child_pid}``, ``{"c": text}`` per chunk of output
+as it was read (decoded incrementally, not split: the parent splits lines with the platform's
+one ``LineSplitter``, so a tqdm bar redrawn with ``\r`` shows as it moves, as with a plain
+subprocess), and ``{"exit": code}`` (negative: killed by that signal).
 
 This process is single-threaded on purpose: forking after threads were started is unsafe. The
 child is made the leader of its own process group (set on both sides of the fork, so there is no
@@ -22,6 +24,7 @@ Must not import anything from mlplat.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import importlib
@@ -186,20 +189,16 @@ def _run(req: dict[str, Any]) -> bool:
         os.setpgid(pid, pid)
     _send({"started": pid})
 
-    buf = b""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a character may span two reads
     exit_code: int | None = None
     out_open = True
     parent_alive = True
     drain_until = 0.0
 
-    def emit_lines(final: bool = False) -> None:
-        nonlocal buf
-        *lines, buf = buf.split(b"\n")
-        if final and buf:
-            lines.append(buf)
-            buf = b""
-        for raw in lines:
-            _send({"o": raw.decode("utf-8", "replace").rstrip("\r")})
+    def emit(chunk: bytes, final: bool = False) -> None:
+        text = decoder.decode(chunk, final)
+        if text:
+            _send({"c": text})
 
     while True:
         if exit_code is None:
@@ -224,8 +223,7 @@ def _run(req: dict[str, Any]) -> bool:
                     continue
                 chunk = b""
             if chunk:
-                buf += chunk
-                emit_lines()
+                emit(chunk)
             else:
                 out_open = False
         if stdin_fd in ready and parent_alive:
@@ -236,7 +234,7 @@ def _run(req: dict[str, Any]) -> bool:
             else:
                 parent_alive = False
                 _kill_group(pid)
-    emit_lines(final=True)
+    emit(b"", final=True)
     os.close(out_r)
     if exit_code is None:  # pragma: no cover - loop only ends with a code
         exit_code = -1

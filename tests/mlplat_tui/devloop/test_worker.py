@@ -271,3 +271,38 @@ def test_guess_preload_follows_project_modules_without_listing_them(tmp_path: Pa
     (tmp_path / "pkg").mkdir()
     guess = guess_preload(tmp_path / "train.py", tmp_path)
     assert guess == ("numpy", "pandas", "sklearn.linear_model:LogisticRegression", "torch")
+
+
+def test_a_line_redrawn_with_carriage_returns_shows_while_the_run_goes_on(
+    runner: WarmWorkerRunner, project: Path
+) -> None:
+    """tqdm and Keras redraw one line with ``\\r``: each state must reach the dev loop as it is
+    drawn (a state is complete when the next redraw starts), not when the run ends. The script
+    waits until the test has seen its first state (a file the sink writes), so a runner that
+    holds the line back until a newline makes the run fail."""
+    seen = project / "seen-step-1"
+    cmd = _script(
+        project,
+        "progress.py",
+        f"""
+        import sys, time
+        from pathlib import Path
+        for step in (1, 2):
+            sys.stdout.write(f"\\rstep {{step}}/3 ■■")
+            sys.stdout.flush()
+        deadline = time.monotonic() + 30
+        while not Path({str(seen)!r}).exists():
+            if time.monotonic() > deadline:
+                sys.exit("the redrawn line never reached the dev loop")
+            time.sleep(0.02)
+        sys.stdout.write("\\rstep 3/3 ■■■\\n")
+        print("é done")
+    """,
+    )
+
+    def sink(line: str) -> None:
+        if line == "step 1/3 ■■":
+            seen.write_text("yes")
+
+    _, lines = _run(runner, project, cmd, on_output=sink)
+    assert [ln for ln in lines if ln] == ["step 1/3 ■■", "step 2/3 ■■", "step 3/3 ■■■", "é done"], lines

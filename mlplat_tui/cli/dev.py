@@ -19,11 +19,9 @@ import click
 from mlplat_runtime.errors import MlplatError, ServiceError
 from mlplat_tui.cli.common import project_dir
 from mlplat_tui.cli.stack import BACKEND_OPTION
+from mlplat_tui.cli.train import EXIT_CODES, ElapsedLine
 
-# exit codes of `mlplat dev --once`
-EXIT_DEPLOYED = 0  # the new version is serving (or passed its gates with no stack to serve it)
-EXIT_FAILED = 1  # training, bundling or another step failed
-EXIT_REJECTED = 3  # a gate missed or serving refused the bundle; the previous version serves
+# exit codes of `mlplat dev --once`: cli.train.EXIT_CODES (one per cycle outcome), and this one
 EXIT_INTERRUPTED = 130
 DEFAULT_DEBOUNCE_MS = 150
 
@@ -43,34 +41,56 @@ def _printer(headless: bool, verbose: bool) -> Any:
         # stdout carries only JSON lines: anything else printed in this process (libraries
         # announce runs with print) goes to stderr
         sys.stdout = sys.stderr
+    # On a terminal a status line under the output counts the training time, as in `mlplat
+    # train`: a long run that prints nothing must not look hung.
+    ticker = None
+
+    def write(text: str) -> None:
+        out.write(text)
+        out.flush()
+
+    if not headless and out.isatty():
+        ticker = ElapsedLine(write)
+
+    def echo(line: str) -> None:
+        if ticker is not None:
+            ticker.echo(line)
+        else:
+            click.echo(line)
 
     def show(event: Any) -> None:
         if headless:
             out.write(json.dumps(event.to_json(), default=str) + "\n")
             out.flush()
-        elif event.kind == "output":
-            click.echo(click.style("  | ", dim=True) + event.message)
-        else:
-            colour = {"swapped": "green", "rejected": "yellow", "failed": "red", "cancelled": "yellow"}
-            if event.kind == "stopped" and event.error:
-                colour["stopped"] = "red"  # the loop died: say it as loudly as a failed step
-            line = event.line()
-            click.echo(click.style(line, fg=colour[event.kind]) if event.kind in colour else line)
-            if event.kind == "failed" and event.data.get("output_tail") and not verbose:
-                for tail_line in str(event.data["output_tail"]).splitlines()[-15:]:
-                    click.echo(click.style("  | ", dim=True) + tail_line)
+            return
+        if event.kind == "output":
+            echo(click.style("  | ", dim=True) + event.message)
+            return
+        if ticker is not None and event.kind in ("trained", "failed", "cancelled", "stopped"):
+            ticker.stop()
+        _show_step(event, echo, verbose)
+        if ticker is not None and event.kind == "training":
+            ticker.start()
 
     return show
 
 
+def _show_step(event: Any, echo: Any, verbose: bool) -> None:
+    colour = {"swapped": "green", "rejected": "yellow", "failed": "red", "cancelled": "yellow"}
+    if event.kind == "stopped" and event.error:
+        colour["stopped"] = "red"  # the loop died: say it as loudly as a failed step
+    line = event.line()
+    echo(click.style(line, fg=colour[event.kind]) if event.kind in colour else line)
+    if event.kind == "failed" and event.data.get("output_tail") and not verbose:
+        for tail_line in str(event.data["output_tail"]).splitlines()[-15:]:
+            echo(click.style("  | ", dim=True) + tail_line)
+
+
 def _exit_code(result: Any) -> int:
-    if result is None or result.cancelled:
+    """One exit code per cycle outcome, the same as ``mlplat train``'s."""
+    if result is None:
         return EXIT_INTERRUPTED
-    if result.deployed or (result.passed and not result.error):
-        return EXIT_DEPLOYED
-    if result.outcome == "rejected":  # CycleOutcome.REJECTED (a StrEnum)
-        return EXIT_REJECTED
-    return EXIT_FAILED
+    return EXIT_CODES[result.outcome.value]
 
 
 def _sigterm_as_interrupt() -> None:

@@ -28,7 +28,34 @@ import click
     help="Admin bearer token; created (mode 0600) when missing. "
     "Default: $XDG_STATE_HOME/mlplat/admin.token (~/.local/state/mlplat/admin.token).",
 )
-def serve(bundle: Path, host: str, port: int, admin_port: int, admin_token_file: Path | None) -> None:
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(1, 65536),
+    default=None,
+    help="Turn dynamic batching on (models whose first dimension is -1): rows per ONNX Runtime call.",
+)
+@click.option(
+    "--max-queue-delay-us",
+    type=click.IntRange(0, 1_000_000),
+    default=0,
+    show_default=True,
+    help="While a call is in flight, how long a request may wait for others to join its batch.",
+)
+@click.option(
+    "--preferred-batch-sizes",
+    default="",
+    help="Comma-separated row counts a batch fires at without waiting (e.g. 8,16,32).",
+)
+def serve(
+    bundle: Path,
+    host: str,
+    port: int,
+    admin_port: int,
+    admin_token_file: Path | None,
+    max_batch_size: int | None,
+    max_queue_delay_us: int,
+    preferred_batch_sizes: str,
+) -> None:
     """Serve BUNDLE (a bundle folder or .mlbundle) until Ctrl-C.
 
     \b
@@ -37,9 +64,26 @@ def serve(bundle: Path, host: str, port: int, admin_port: int, admin_token_file:
     Hot swap:   POST http://127.0.0.1:ADMIN_PORT/v2/repository/models/<name>/load
                 with 'Authorization: Bearer <token>' and {"parameters": {"bundle": "<path>"}}
     """
+    from mlplat_runtime.serving.batching import BatchingConfig
     from mlplat_runtime.serving.server import ServerConfig, run_server
 
+    batching = None
+    if max_batch_size is not None:
+        try:
+            sizes = tuple(sorted({int(v) for v in preferred_batch_sizes.split(",") if v.strip()}))
+        except ValueError:
+            raise click.BadParameter(
+                "must be comma-separated integers", param_hint="--preferred-batch-sizes"
+            ) from None
+        batching = BatchingConfig(max_batch_size, max_queue_delay_us, sizes)
+    elif max_queue_delay_us or preferred_batch_sizes:
+        raise click.UsageError("the dynamic batching options need --max-batch-size")
     config = ServerConfig(
-        bundle=bundle, host=host, port=port, admin_port=admin_port, admin_token_file=admin_token_file
+        bundle=bundle,
+        host=host,
+        port=port,
+        admin_port=admin_port,
+        admin_token_file=admin_token_file,
+        batching=batching,
     )
     run_server(config, echo=lambda line: click.echo(line))

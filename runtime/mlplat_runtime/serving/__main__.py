@@ -1,5 +1,6 @@
 """``python -m mlplat_runtime.serving [BUNDLE] --host H --port P --admin-port A --admin-token-file F
-[--max-connections N] [--memory-budget-mb M] [--project NAME --project-root DIR]``
+[--max-connections N] [--memory-budget-mb M] [--project NAME --project-root DIR]
+[--max-batch-size N [--max-queue-delay-us US] [--preferred-batch-sizes 8,16] [--batch-instances K]]``
 
 The entry point the stack backends (local processes, the docker image) run. With no BUNDLE
 it starts empty and waits for admin loads. ``--project``/``--project-root`` say which project
@@ -13,8 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlplat_runtime.errors import MlplatError
+from mlplat_runtime.errors import MlplatError, UsageError
 from mlplat_runtime.identity import add_identity_arguments, identity_from_args
+from mlplat_runtime.serving.batching import BatchingConfig
 from mlplat_runtime.serving.server import (
     DEFAULT_ADMIN_PORT,
     DEFAULT_HOST,
@@ -69,10 +71,15 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         help=f"what clients and models may make serving hold (default {DEFAULT_MEMORY_BUDGET_MB}):"
         " an eighth for request bodies in flight, a quarter for one warm-up",
     )
+    add_batching_arguments(p)
     add_identity_arguments(p)
     a = p.parse_args(argv)
     if a.max_connections < 2 or a.memory_budget_mb < 64:
         p.error("--max-connections must be at least 2 and --memory-budget-mb at least 64")
+    try:
+        batching = batching_from_args(a)
+    except MlplatError as exc:
+        p.error(exc.message)
     return ServerConfig(
         bundle=a.bundle,
         host=a.host,
@@ -83,6 +90,53 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         max_connections=a.max_connections,
         memory_budget_mb=a.memory_budget_mb,
         identity=identity_from_args(a, "serving", p),
+        batching=batching,
+    )
+
+
+def add_batching_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("dynamic batching (off by default; only for models whose first dimension is -1)")
+    g.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=None,
+        help="turn dynamic batching on: at most this many rows in one ONNX Runtime call",
+    )
+    g.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=0,
+        help="while a call is in flight, how long a request may wait for others (default 0)",
+    )
+    g.add_argument(
+        "--preferred-batch-sizes",
+        default="",
+        help="comma-separated row counts a batch fires at without waiting (e.g. 8,16,32)",
+    )
+    g.add_argument(
+        "--batch-instances",
+        type=int,
+        default=1,
+        help="ONNX Runtime calls of one model in flight at once (default 1)",
+    )
+
+
+def batching_from_args(a: argparse.Namespace) -> BatchingConfig | None:
+    if a.max_batch_size is None:
+        if a.max_queue_delay_us or a.preferred_batch_sizes or a.batch_instances != 1:
+            raise UsageError("the dynamic batching flags need --max-batch-size")
+        return None
+    try:
+        sizes = tuple(sorted({int(v) for v in a.preferred_batch_sizes.split(",") if v.strip()}))
+    except ValueError:
+        raise UsageError(
+            f"--preferred-batch-sizes must be integers, got {a.preferred_batch_sizes!r}"
+        ) from None
+    return BatchingConfig(
+        max_batch_size=a.max_batch_size,
+        max_queue_delay_us=a.max_queue_delay_us,
+        preferred_batch_sizes=sizes,
+        instances=a.batch_instances,
     )
 
 

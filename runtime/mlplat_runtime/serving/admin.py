@@ -4,6 +4,9 @@ extension over ``Repository``.
     POST /v2/repository/index
          -> [{"name","version","state","reason","bundle_id","provider"}]
     POST /v2/repository/models/{name}/load         body {"parameters": {"bundle": "<path>"}}
+         (optional parameters: "allow_signature_change": true; "dynamic_batching":
+          {"max_batch_size": 32, "max_queue_delay_us": 0, "preferred_batch_sizes": [], "instances": 1}
+          or false)
          -> 200 {"name","version","bundle_id","provider","swap_ms"} once the new version serves,
             else 4xx {"error": reason} and the old version keeps serving
     POST /v2/repository/models/{name}/unload
@@ -24,12 +27,14 @@ import logging
 import os
 from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mlplat_runtime.errors import AuthError, MlplatError, NotFoundError, RequestError, UsageError
 from mlplat_runtime.serving.app import error_response, method_not_allowed
+from mlplat_runtime.serving.batching import BatchingConfig
 from mlplat_runtime.serving.http import Request, Response
 from mlplat_runtime.serving.repository import Repository
 from mlplat_runtime.tokens import ensure_token_file
@@ -60,6 +65,14 @@ class LoadParameters(BaseModel):
 
     bundle: str
     allow_signature_change: bool = False
+    # {"max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "instances"}, or false
+    # for none; absent: the server's --max-batch-size default
+    dynamic_batching: dict[str, Any] | Literal[False] | None = None
+
+    def batching(self) -> BatchingConfig | bool | None:
+        if self.dynamic_batching is None or self.dynamic_batching is False:
+            return self.dynamic_batching
+        return BatchingConfig.parse(self.dynamic_batching)
 
 
 class LoadRequest(BaseModel):
@@ -117,7 +130,11 @@ class AdminHandler:
                 return Response(200, orjson.dumps({"name": name, "state": "UNAVAILABLE"}))
             params = parse_load_request(body)
             result = await asyncio.to_thread(
-                self.repo.load, params.bundle, name=name, allow_signature_change=params.allow_signature_change
+                self.repo.load,
+                params.bundle,
+                name=name,
+                allow_signature_change=params.allow_signature_change,
+                batching=params.batching(),
             )
             return Response(200, orjson.dumps(result.to_json()))
         except MlplatError as exc:

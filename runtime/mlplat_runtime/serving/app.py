@@ -29,6 +29,7 @@ from mlplat_runtime import __version__
 from mlplat_runtime.errors import MlplatError, NotFoundError, RequestError
 from mlplat_runtime.identity import IDENTITY_PATH, StackIdentity
 from mlplat_runtime.serving import protocol
+from mlplat_runtime.serving.batching import Batcher
 from mlplat_runtime.serving.decoder import CHILD_BYTES, DecoderProcess
 from mlplat_runtime.serving.http import (
     JSON,
@@ -140,6 +141,7 @@ class InferenceHandler:
         self.decode_executor = decode_executor or executor
         self.decoder = decoder  # a child process for JSON too large to parse under the GIL here
         self.max_body = MAX_BODY  # the inflated size a compressed body may reach
+        self._batchers: dict[int, Batcher] = {}  # id(LoadedModel) -> its batcher
 
     def __call__(self, req: Request) -> Response | Awaitable[Response]:
         t0 = time.perf_counter()
@@ -166,6 +168,8 @@ class InferenceHandler:
                         raise method_not_allowed(req.method, path, "POST")
                     # the version this request runs on, whatever swaps in next
                     model = self.repo.get(name, version)
+                    if model.batching is not None and self.executor is not None:
+                        return self._infer_batched(req, model, t0)
                     if self.executor is not None and (not model.inline or _heavy(req)):
                         return self._infer_in_thread(req, model, t0)
                     resp = self._infer(req, model)
@@ -262,6 +266,39 @@ class InferenceHandler:
             t = time.perf_counter()
             arrays = await loop.run_in_executor(self.executor, model.predict, decoded.inputs, decoded.outputs)
             self.metrics.observe_inference(model.name, model.version, time.perf_counter() - t)
+            resp = self._encode(model, decoded, arrays)
+        except MlplatError as exc:
+            resp = error_response(exc)
+        except Exception as exc:
+            log.exception("internal error on %s %s", req.method, req.path)
+            resp = json_error(500, f"internal error: {type(exc).__name__}: {exc}")
+        self.metrics.observe_request(
+            model.name, model.version, "infer", resp.status, time.perf_counter() - t0
+        )
+        return resp
+
+    def batcher(self, model: LoadedModel) -> Batcher:
+        """The dynamic batcher of this model version (made on its first request)."""
+        found = self._batchers.get(id(model))
+        if found is not None and found.model is model:
+            return found
+        assert model.batching is not None and self.executor is not None
+        # versions swapped out whose last requests have finished: forget their batchers
+        for key, old in list(self._batchers.items()):
+            if old.idle and self.repo.find(old.model.name) is not old.model:
+                del self._batchers[key]
+        made = self._batchers[id(model)] = Batcher(model, model.batching, self.executor, self.metrics)
+        return made
+
+    async def _infer_batched(self, req: Request, model: LoadedModel, t0: float) -> Response:
+        """A model with dynamic batching: decode here, run in a batch with concurrent requests."""
+        try:
+            if _heavy(req):
+                loop = asyncio.get_running_loop()
+                decoded = await loop.run_in_executor(self.decode_executor, self._decode, req, model)
+            else:
+                decoded = self._decode(req, model)
+            arrays = await self.batcher(model).submit(decoded.inputs, decoded.outputs)
             resp = self._encode(model, decoded, arrays)
         except MlplatError as exc:
             resp = error_response(exc)

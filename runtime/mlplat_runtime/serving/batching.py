@@ -26,13 +26,23 @@ Must not import onnxruntime, textual, mlflow, docker or mlplat_tui.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import time
+from collections import deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from mlplat_runtime.errors import RequestError
 
 if TYPE_CHECKING:
+    from mlplat_runtime.bundle.manifest import TensorSpec
+    from mlplat_runtime.serving.metrics import ServingMetrics
+    from mlplat_runtime.serving.model import LoadedModel
     from mlplat_runtime.serving.protocol import TensorSlot
 
 MAX_BATCH_SIZE_LIMIT = 65536
@@ -88,7 +98,9 @@ class BatchingConfig:
         }
 
 
-def batch_dimension_problems(inputs: Sequence[TensorSlot], outputs: Sequence[TensorSlot]) -> list[str]:
+def batch_dimension_problems(
+    inputs: Sequence[TensorSlot | TensorSpec], outputs: Sequence[TensorSlot | TensorSpec]
+) -> list[str]:
     """Why a model cannot be batched (empty when its first dimension is a batch dimension)."""
     return [
         f"{kind} '{s.name}' has shape {list(s.shape)}: its first dimension is not a batch dimension (-1)"
@@ -96,3 +108,160 @@ def batch_dimension_problems(inputs: Sequence[TensorSlot], outputs: Sequence[Ten
         for s in slots
         if not s.shape or s.shape[0] != -1
     ]
+
+
+class _Pending:
+    """One queued request: its inputs, the outputs it wants, and where its answer goes."""
+
+    __slots__ = ("future", "inputs", "key", "names", "queued_at", "rows")
+
+    def __init__(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        names: tuple[str, ...],
+        future: asyncio.Future[list[np.ndarray]],
+    ) -> None:
+        self.inputs = inputs
+        self.names = names
+        self.future = future
+        first = next(iter(inputs.values()))
+        self.rows = int(first.shape[0])
+        # requests share a call only when every other dimension agrees
+        self.key = tuple(a.shape[1:] for a in inputs.values())
+        self.queued_at = time.perf_counter()
+
+
+_Outcome = list[np.ndarray] | BaseException
+
+
+class Batcher:
+    """The queue and the runners of one loaded model version (event loop thread only)."""
+
+    def __init__(
+        self, model: LoadedModel, config: BatchingConfig, executor: Executor, metrics: ServingMetrics
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.executor = executor
+        self.metrics = metrics
+        self.calls = 0  # batches dispatched (tests read it: requests really shared calls)
+        self._queue: deque[_Pending] = deque()
+        self._rows = 0
+        self._busy = 0
+        self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None  # a free runner waiting for company
+        self._min_preferred = min(config.preferred_batch_sizes, default=config.max_batch_size)
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and not self._busy
+
+    def submit(
+        self, inputs: Mapping[str, np.ndarray], names: tuple[str, ...]
+    ) -> asyncio.Future[list[np.ndarray]]:
+        """Queue one request; the future resolves to its outputs (in ``names`` order)."""
+        loop = asyncio.get_running_loop()
+        pending = _Pending(inputs, names, loop.create_future())
+        self._queue.append(pending)
+        self._rows += pending.rows
+        if not self._scheduled and self._busy < self.config.instances:
+            # after this turn of the loop: the requests that arrived with this one join it
+            self._scheduled = True
+            loop.call_soon(self._dispatch)
+        elif self._timer is not None and self._rows >= self._min_preferred:
+            self._timer.cancel()  # enough company arrived: fire now, not at the deadline
+            self._timer = None
+            loop.call_soon(self._dispatch)
+        return pending.future
+
+    def _dispatch(self) -> None:
+        self._scheduled = False
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        while self._queue and self._busy < self.config.instances:
+            delay = self.config.max_queue_delay_us
+            if self._busy and delay and self._rows < self._min_preferred:
+                # a call is in flight, so more requests are on their way: wait for company,
+                # but never past the oldest request's delay
+                wait = self._queue[0].queued_at + delay / 1e6 - time.perf_counter()
+                if wait > 0:
+                    self._scheduled = True
+                    self._timer = loop.call_later(wait, self._dispatch)
+                    return
+            batch = self._take()
+            now = time.perf_counter()
+            queued = [now - p.queued_at for p in batch]
+            self._busy += 1
+            self.calls += 1
+            running = loop.run_in_executor(self.executor, self._run, batch)
+            running.add_done_callback(functools.partial(self._done, batch, queued))
+
+    def _take(self) -> list[_Pending]:
+        """The oldest request and the queued ones that fit its shape, up to the batch size."""
+        first = self._queue.popleft()
+        batch, rows = [first], first.rows
+        limit = self.config.max_batch_size
+        if self.config.preferred_batch_sizes and self._rows < limit:
+            fits = [s for s in self.config.preferred_batch_sizes if s <= self._rows]
+            limit = fits[-1] if fits else limit
+        kept: deque[_Pending] = deque()
+        while self._queue and rows < limit:
+            p = self._queue.popleft()
+            if p.key == first.key and rows + p.rows <= limit:
+                batch.append(p)
+                rows += p.rows
+            else:
+                kept.append(p)
+        kept.extend(self._queue)
+        self._queue = kept
+        self._rows -= rows
+        return batch
+
+    def _run(self, batch: list[_Pending]) -> tuple[list[_Outcome], float, int]:
+        """In a worker thread: one call for the batch, split back; per request on any failure."""
+        model = self.model
+        t = time.perf_counter()
+        if len(batch) > 1:
+            try:
+                feeds = {n: np.concatenate([p.inputs[n] for p in batch]) for n in model.inputs}
+                names = model.output_names
+                arrays = model.predict(feeds, names)
+                total = sum(p.rows for p in batch)
+                if all(a.ndim and a.shape[0] == total for a in arrays):
+                    index = {n: i for i, n in enumerate(names)}
+                    out: list[_Outcome] = []
+                    start = 0
+                    for p in batch:
+                        end = start + p.rows
+                        out.append([arrays[index[n]][start:end] for n in p.names])
+                        start = end
+                    return out, time.perf_counter() - t, total
+            except Exception:
+                pass
+        results: list[_Outcome] = []
+        for p in batch:
+            try:
+                results.append(model.predict(p.inputs, p.names))
+            except Exception as exc:
+                results.append(exc)
+        return results, time.perf_counter() - t, batch[0].rows if len(batch) == 1 else 0
+
+    def _done(self, batch: list[_Pending], queued: list[float], running: asyncio.Future[Any]) -> None:
+        self._busy -= 1
+        exc = running.exception() if not running.cancelled() else asyncio.CancelledError()
+        if exc is not None:
+            outcomes: list[_Outcome] = [exc] * len(batch)
+        else:
+            outcomes, seconds, rows = running.result()
+            self.metrics.observe_inference(self.model.name, self.model.version, seconds)
+            if rows:
+                self.metrics.observe_batch(self.model.name, self.model.version, rows, queued)
+        for p, outcome in zip(batch, outcomes, strict=True):
+            if p.future.done():  # the client went away
+                continue
+            if isinstance(outcome, BaseException):
+                p.future.set_exception(outcome)
+            else:
+                p.future.set_result(outcome)
+        if self._queue and not self._scheduled:
+            self._dispatch()

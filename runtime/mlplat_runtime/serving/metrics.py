@@ -16,7 +16,9 @@ Label values are bounded: requests for models that are not loaded are counted un
 Series:
     mlplat_requests_total{model,version,endpoint,code}            counter
     mlplat_request_duration_seconds{model,endpoint}               histogram
-    mlplat_inference_duration_seconds{model,version}              histogram
+    mlplat_inference_duration_seconds{model,version}              histogram (per ONNX Runtime call)
+    mlplat_batch_size{model,version}                              histogram, rows per call (batching)
+    mlplat_queue_duration_seconds{model,version}                  histogram, time queued (batching)
     mlplat_model_active_info{model,version,bundle_id,provider}    gauge, 1 for what serves now
     mlplat_model_loads_total{model,result}                        counter (result: ok, rejected)
     mlplat_model_swaps_total{model}                               counter
@@ -39,21 +41,31 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.002, 0.003, 0.005,
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
-_LE = [f'le="{b!r}"' for b in LATENCY_BUCKETS] + ['le="+Inf"']
+# rows per ONNX Runtime call of a model that batches
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+def _le(buckets: tuple[float, ...]) -> list[str]:
+    return [f'le="{float(b)!r}"' for b in buckets] + ['le="+Inf"']
+
+
+_LE = _le(LATENCY_BUCKETS)
+_BATCH_LE = _le(BATCH_BUCKETS)
 
 
 class _Hist:
     """Non-cumulative bucket counts (the last one is +Inf) and the sum."""
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("buckets", "counts", "total")
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
         self.total = 0.0
 
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # first bucket with le >= value
-        self.total += seconds
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.buckets, value)] += 1  # first bucket with le >= value
+        self.total += value
 
 
 def _escape(value: str) -> str:
@@ -78,6 +90,8 @@ class ServingMetrics:
         self.requests: dict[tuple[str, str, str, int], int] = {}
         self.request_seconds: dict[tuple[str, str], _Hist] = {}
         self.inference_seconds: dict[tuple[str, str], _Hist] = {}
+        self.batch_rows: dict[tuple[str, str], _Hist] = {}  # (model, version): rows per call
+        self.queue_seconds: dict[tuple[str, str], _Hist] = {}  # (model, version): time queued
         self.active: dict[str, tuple[str, str, str]] = {}  # model -> (version, bundle_id, provider)
         self.loads: dict[tuple[str, str], int] = {}
         self.swaps: dict[str, int] = {}
@@ -98,6 +112,18 @@ class ServingMetrics:
         if hist is None:
             hist = self.inference_seconds[(model, version)] = _Hist()
         hist.observe(seconds)
+
+    def observe_batch(self, model: str, version: str, rows: int, queued_s: Sequence[float]) -> None:
+        """One ONNX Runtime call of a batching model: its rows and each request's time queued."""
+        key = (model, version)
+        hist = self.batch_rows.get(key)
+        if hist is None:
+            hist = self.batch_rows[key] = _Hist(BATCH_BUCKETS)
+            self.queue_seconds[key] = _Hist()
+        hist.observe(rows)
+        queue = self.queue_seconds[key]
+        for seconds in queued_s:
+            queue.observe(seconds)
 
     # -- loads (admin worker thread) -------------------------------------------------------
     def set_active(self, model: str, version: str, bundle_id: str, provider: str) -> None:
@@ -132,16 +158,20 @@ class ServingMetrics:
             out.append(
                 f"mlplat_requests_total{_labels(('model', 'version', 'endpoint', 'code'), req_key)} {n}"
             )
-        for name, doc, names, series in (
+        for name, doc, names, series, les in (
             ("mlplat_request_duration_seconds", "Time from request received to response sent",
-             ("model", "endpoint"), self.request_seconds),
-            ("mlplat_inference_duration_seconds", "Time inside ONNX Runtime per request",
-             ("model", "version"), self.inference_seconds),
+             ("model", "endpoint"), self.request_seconds, _LE),
+            ("mlplat_inference_duration_seconds", "Time inside ONNX Runtime per call",
+             ("model", "version"), self.inference_seconds, _LE),
+            ("mlplat_batch_size", "Rows per ONNX Runtime call of a model with dynamic batching",
+             ("model", "version"), self.batch_rows, _BATCH_LE),
+            ("mlplat_queue_duration_seconds", "Time a request waited in the dynamic batcher's queue",
+             ("model", "version"), self.queue_seconds, _LE),
         ):  # fmt: skip
             family(name, "histogram", doc)
             for key, hist in list(series.items()):
                 running = 0
-                for le, n in zip(_LE, list(hist.counts), strict=True):
+                for le, n in zip(les, list(hist.counts), strict=True):
                     running += n
                     out.append(f"{name}_bucket{_labels(names, key, le)} {running}")
                 out.append(f"{name}_sum{_labels(names, key)} {_num(hist.total)}")

@@ -15,6 +15,7 @@ Plain class, no HTTP. Must not import textual, mlflow, docker or mlplat_tui.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import threading
@@ -23,8 +24,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from mlplat_runtime.bundle.manifest import Signature
 from mlplat_runtime.bundle.signature import compatibility_problems
 from mlplat_runtime.errors import MlplatError, ModelLoadError, NotFoundError, RequestError
+from mlplat_runtime.serving.batching import BatchingConfig, batch_dimension_problems
 from mlplat_runtime.serving.checker import Checker
 from mlplat_runtime.serving.metrics import ServingMetrics
 from mlplat_runtime.serving.model import LoadedModel, load_bundle
@@ -86,8 +89,11 @@ class Repository:
         checker: Checker | None = None,
         metrics: ServingMetrics | None = None,
         providers: list[str] | None = None,
+        batching: BatchingConfig | None = None,
     ) -> None:
         self.checker = checker
+        # dynamic batching for every model loaded without its own setting, where it can batch
+        self.default_batching = batching
         self.metrics = metrics or ServingMetrics()
         self.providers = providers
         self._active: dict[str, LoadedModel] = {}
@@ -148,12 +154,15 @@ class Repository:
         name: str | None = None,
         check: bool = True,
         allow_signature_change: bool = False,
+        batching: BatchingConfig | bool | None = None,
     ) -> LoadResult:
         """Open, check, load, warm up and switch in a bundle; raise (old version kept) if any step fails.
 
         ``name`` (from the URL) must equal the bundle's model name. ``check=False`` skips the
         child-process check: only for the start-up load, where nothing is serving yet that a
-        crash could take down.
+        crash could take down. ``batching``: a ``BatchingConfig`` (refused for a model without a
+        batch dimension), ``False`` for none, ``None`` for the server's default (skipped, with a
+        warning, for a model that cannot batch).
         """
         from mlplat_runtime.bundle import open_bundle
 
@@ -176,11 +185,13 @@ class Repository:
                         hint=f"load it at /v2/repository/models/{manifest.model_name}/load",
                     )
                 label = manifest.model_name
+                wanted = self._batching_for(manifest.signature, batching, label)
                 current = self._active.get(label)
                 if (
                     current is not None
                     and current.bundle_id == manifest.bundle_id
                     and current.version == manifest.version
+                    and current.batching == wanted
                 ):
                     _discard(bundle)  # the same bundle again: nothing to do
                     return LoadResult(
@@ -211,6 +222,8 @@ class Repository:
                     inputs, _ = bundle.samples()
                     self.checker.check(bundle.model_path, inputs)
                 model = load_bundle(bundle, providers=self.providers)
+                if wanted is not None:
+                    model = dataclasses.replace(model, batching=wanted)
                 with self._lock:  # the switch
                     self._active[label] = model
                     self._notes.pop(label, None)
@@ -240,6 +253,25 @@ class Repository:
             return LoadResult(
                 label, model.version, model.bundle_id, model.provider, swap_ms, swapped=not first
             )
+
+    def _batching_for(
+        self, signature: Signature, batching: BatchingConfig | bool | None, label: str
+    ) -> BatchingConfig | None:
+        if batching is False:
+            return None
+        config = self.default_batching if batching is None or batching is True else batching
+        if config is None:
+            return None
+        problems = batch_dimension_problems(signature.inputs, signature.outputs)
+        if not problems:
+            return config
+        if isinstance(batching, BatchingConfig):
+            raise RequestError(
+                f"model '{label}' cannot batch dynamically: " + "; ".join(problems),
+                hint="load it without dynamic_batching",
+            )
+        log.warning("dynamic batching is off for %s: %s", label, "; ".join(problems))
+        return None
 
     def _note_failure(self, name: str, exc: MlplatError) -> None:
         with self._lock:

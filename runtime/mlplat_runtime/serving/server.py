@@ -41,6 +41,7 @@ from mlplat_runtime.errors import ServiceError
 from mlplat_runtime.identity import StackIdentity
 from mlplat_runtime.serving.admin import AdminHandler, ensure_admin_token
 from mlplat_runtime.serving.app import InferenceHandler
+from mlplat_runtime.serving.batching import BatchingConfig
 from mlplat_runtime.serving.checker import Checker
 from mlplat_runtime.serving.decoder import DecoderProcess
 from mlplat_runtime.serving.http import BACKLOG, HttpLimits, serve_http
@@ -71,6 +72,7 @@ class ServerConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB
     identity: StackIdentity | None = None  # the project it serves, for ``GET /identity``
+    batching: BatchingConfig | None = None  # dynamic batching for models that can (opt-in)
 
 
 def raise_fd_limit() -> int:
@@ -152,7 +154,7 @@ async def serve(
     metrics = ServingMetrics()
     warmup_budget = warmup_budget_bytes(config)
     checker = Checker(providers=config.providers, max_bytes=warmup_budget)
-    repo = Repository(checker=checker, metrics=metrics, providers=config.providers)
+    repo = Repository(checker=checker, metrics=metrics, providers=config.providers, batching=config.batching)
     executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="mlplat-infer")
     decode_pool = ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="mlplat-decode", initializer=_background

@@ -1,0 +1,232 @@
+"""Dynamic batching with real ONNX Runtime sessions: batched answers equal unbatched ones,
+concurrent requests share calls, a lone request never waits for a window, and requests of
+different shapes never share a call. The batcher is driven directly (deterministic: requests
+submitted in one turn of the loop), then through the handler and a real serving process."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from mlplat_runtime.errors import RequestError
+from mlplat_runtime.serving.app import InferenceHandler
+from mlplat_runtime.serving.batching import Batcher, BatchingConfig
+from mlplat_runtime.serving.http import as_asgi
+from mlplat_runtime.serving.metrics import ServingMetrics
+from mlplat_runtime.serving.model import LoadedModel
+from mlplat_runtime.serving.repository import Repository
+from tests.helpers.models import make_bundle, make_identity_onnx, make_multi_io_onnx
+from tests.runtime.serving.conftest import (
+    build_version,
+    logreg_expected,
+    make_slow_logreg_onnx,
+    rehash,
+    sample,
+)
+
+CPU = ["CPUExecutionProvider"]
+NAMES = ("label", "probabilities")
+
+
+@pytest.fixture
+def pool() -> Any:
+    ex = ThreadPoolExecutor(max_workers=2)
+    yield ex
+    ex.shutdown(wait=True)
+
+
+def load(
+    tmp_path: Path, config: BatchingConfig, bundle: Path | None = None
+) -> tuple[Repository, LoadedModel]:
+    repo = Repository(providers=CPU)
+    repo.load(bundle or build_version(tmp_path, "1", seed=5), batching=config)
+    model = repo.find("m") or repo.models()[0]
+    assert model.batching == config
+    return repo, model
+
+
+def rows(n: int, seed: int = 0) -> list[np.ndarray]:
+    x = np.random.default_rng(seed).normal(size=(n, 4)).astype(np.float32)
+    return [x[i : i + 1] for i in range(n)]
+
+
+async def test_requests_submitted_together_share_one_call_and_get_their_own_rows(
+    tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    repo, model = load(tmp_path, BatchingConfig(max_batch_size=8))
+    metrics = ServingMetrics()
+    batcher = Batcher(model, model.batching, pool, metrics)  # type: ignore[arg-type]
+    xs = rows(20, seed=1)
+    # one request of 3 rows among them, and one asking for the probabilities only
+    xs[5] = np.random.default_rng(2).normal(size=(3, 4)).astype(np.float32)
+    futures = [
+        batcher.submit({"input": x}, ("probabilities",) if i == 7 else NAMES) for i, x in enumerate(xs)
+    ]
+    results = await asyncio.gather(*futures)
+    assert batcher.calls == 3  # 22 rows in calls of at most 8 rows: 8, 8, then the last 6
+    for i, (x, got) in enumerate(zip(xs, results, strict=True)):
+        want = model.predict({"input": x}, NAMES)  # the unbatched answer
+        if i == 7:
+            assert len(got) == 1 and np.array_equal(got[0], want[1])
+            continue
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+        label, _ = logreg_expected(x, seed=5)
+        assert np.array_equal(got[0], label)
+    text = metrics.render().decode()
+    hist = {"model": "m", "version": "1"}
+    assert sample(text, "mlplat_batch_size_count", **hist) == 3
+    assert sample(text, "mlplat_batch_size_sum", **hist) == 22
+    assert sample(text, "mlplat_batch_size_bucket", **hist, le="4.0") == 0
+    assert sample(text, "mlplat_queue_duration_seconds_count", **hist) == 20
+    repo.close()
+
+
+async def test_a_lone_request_fires_at_once_even_with_a_long_delay(
+    tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    config = BatchingConfig(max_batch_size=32, max_queue_delay_us=1_000_000, preferred_batch_sizes=(16,))
+    repo, model = load(tmp_path, config)
+    batcher = Batcher(model, config, pool, ServingMetrics())
+    future = batcher.submit({"input": rows(1)[0]}, NAMES)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert batcher.calls == 1  # dispatched within two turns of the loop, no window waited for
+    await future
+    repo.close()
+
+
+async def test_a_free_runner_waits_for_company_only_while_a_call_is_in_flight(
+    tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    src = make_slow_logreg_onnx(tmp_path / "slow" / "model.onnx", iterations=200_000)
+    bundle = build_version(tmp_path, "1")
+    (bundle / "model.onnx").write_bytes(src.read_bytes())
+    rehash(bundle)
+    config = BatchingConfig(
+        max_batch_size=32, max_queue_delay_us=1_000_000, preferred_batch_sizes=(4,), instances=2
+    )
+    repo, model = load(tmp_path, config, bundle)
+    batcher = Batcher(model, config, pool, ServingMetrics())
+    xs = rows(5, seed=3)
+    first = batcher.submit({"input": xs[0]}, NAMES)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert batcher.calls == 1  # the first runs alone at once
+    later = [batcher.submit({"input": x}, NAMES) for x in xs[1:4]]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    if not first.done():  # a call in flight: 3 rows < the preferred 4, the free runner waits
+        assert batcher.calls == 1
+    later.append(batcher.submit({"input": xs[4]}, NAMES))  # the 4th row: fire without the deadline
+    got = await asyncio.gather(first, *later)
+    assert batcher.calls == 2
+    for x, out in zip(xs, got, strict=True):
+        assert np.array_equal(out[0], logreg_expected(x, seed=0)[0])
+    repo.close()
+
+
+async def test_requests_of_different_widths_never_share_a_call(
+    tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    src = make_multi_io_onnx(tmp_path / "multi" / "model.onnx")
+    repo = Repository(providers=CPU)
+    repo.load(make_bundle(tmp_path, name="multi", version="1", model=src), batching=BatchingConfig())
+    model = repo.get("multi")
+    batcher = Batcher(model, model.batching, pool, ServingMetrics())  # type: ignore[arg-type]
+    rng = np.random.default_rng(4)
+    feeds = [
+        {"a": rng.normal(size=(2, w)).astype(np.float32), "b": rng.integers(0, 9, size=(2, 3))}
+        for w in (3, 5, 3, 5, 3)
+    ]
+    got = await asyncio.gather(*(batcher.submit(f, ("sum", "b2")) for f in feeds))
+    assert batcher.calls == 2  # one call per width
+    for f, (s, b2) in zip(feeds, got, strict=True):
+        assert np.array_equal(s, f["a"] + f["a"]) and np.array_equal(b2, f["b"] * 2)
+    repo.close()
+
+
+def test_only_models_with_a_batch_dimension_batch(tmp_path: Path) -> None:
+    src = make_identity_onnx(tmp_path / "src" / "model.onnx", "FP32", shape=(2, 4))
+    bundle = make_bundle(tmp_path, name="fixed", version="1", model=src)
+    repo = Repository(providers=CPU, batching=BatchingConfig())
+    with pytest.raises(RequestError, match="first dimension is not a batch dimension"):
+        repo.load(bundle, batching=BatchingConfig(max_batch_size=4))
+    repo.load(bundle)  # the server's default is skipped for it, with a warning
+    assert repo.get("fixed").batching is None
+    repo.load(build_version(tmp_path, "1"))  # ... and applied to a model that can batch
+    assert repo.get("m").batching == BatchingConfig()
+    with pytest.raises(RequestError, match="preferred_batch_sizes"):
+        BatchingConfig(max_batch_size=8, preferred_batch_sizes=(16,))
+    with pytest.raises(RequestError, match="unknown key"):
+        BatchingConfig.parse({"max_batch": 8})
+    repo.close()
+
+
+async def test_concurrent_http_requests_share_calls_and_match_unbatched_answers(
+    tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    repo, model = load(tmp_path, BatchingConfig(max_batch_size=64))
+    handler = InferenceHandler(repo, executor=pool)
+    transport = httpx.ASGITransport(app=as_asgi(handler))
+    xs = rows(40, seed=6)
+    async with httpx.AsyncClient(transport=transport, base_url="http://serving") as client:
+        body = [
+            {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": x.ravel().tolist()}]}
+            for x in xs
+        ]
+        answers = await asyncio.gather(*(client.post("/v2/models/m/infer", json=b) for b in body))
+        config = (await client.get("/v2/models/m/config")).json()
+    assert config["max_batch_size"] == 64 and config["dynamic_batching"]["max_queue_delay_microseconds"] == 0
+    assert handler.batcher(model).calls < len(xs)
+    for x, r in zip(xs, answers, strict=True):
+        assert r.status_code == 200, r.text
+        outs = {o["name"]: o for o in r.json()["outputs"]}
+        want = model.predict({"input": x}, NAMES)
+        assert outs["label"]["data"] == want[0].tolist()
+        assert np.array_equal(np.array(outs["probabilities"]["data"], np.float32), want[1].ravel())
+    repo.close()
+
+
+@pytest.mark.integration
+def test_a_serving_process_with_batching_shares_calls_between_clients(
+    tmp_path: Path, serving_factory: Any
+) -> None:
+    src = make_slow_logreg_onnx(tmp_path / "slow" / "model.onnx", iterations=20_000)
+    bundle = build_version(tmp_path, "1")
+    (bundle / "model.onnx").write_bytes(src.read_bytes())
+    rehash(bundle)
+    s = serving_factory(bundle, "--max-batch-size", "16", "--preferred-batch-sizes", "4,8")
+    xs = rows(16 * 8, seed=7)
+    errors: list[str] = []
+
+    def client(chunk: list[np.ndarray]) -> None:
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            for x in chunk:
+                body = {
+                    "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": x.tolist()}]
+                }
+                r = c.post("/v2/models/m/infer", json=body)
+                if (
+                    r.status_code != 200
+                    or r.json()["outputs"][0]["data"] != logreg_expected(x, 0)[0].tolist()
+                ):
+                    errors.append(r.text)
+
+    threads = [threading.Thread(target=client, args=(xs[i::16],)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    text = httpx.get(f"{s.url}/metrics").text
+    calls = sample(text, "mlplat_batch_size_count", model="m", version="1")
+    assert sample(text, "mlplat_batch_size_sum", model="m", version="1") == len(xs)
+    assert calls is not None and calls < len(xs)  # 16 clients at once: calls were shared
+    assert sample(text, "mlplat_queue_duration_seconds_count", model="m", version="1") == len(xs)

@@ -71,6 +71,12 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         help=f"what clients and models may make serving hold (default {DEFAULT_MEMORY_BUDGET_MB}):"
         " an eighth for request bodies in flight, a quarter for one warm-up",
     )
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve OIP v2 gRPC on this port, on --host (default: off; 0 = any; needs the grpc extra)",
+    )
     add_batching_arguments(p)
     add_identity_arguments(p)
     a = p.parse_args(argv)
@@ -91,6 +97,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         memory_budget_mb=a.memory_budget_mb,
         identity=identity_from_args(a, "serving", p),
         batching=batching,
+        grpc_port=a.grpc_port,
     )
 
 

@@ -309,3 +309,19 @@ class InferenceHandler:
             model.name, model.version, "infer", resp.status, time.perf_counter() - t0
         )
         return resp
+
+    async def run(
+        self, model: LoadedModel, inputs: dict[str, np.ndarray], names: tuple[str, ...]
+    ) -> list[np.ndarray]:
+        """Run decoded inputs the way the model is served (in a batch, in a worker thread, or
+        inline): the path the gRPC port shares with REST."""
+        if model.batching is not None and self.executor is not None:
+            return await self.batcher(model).submit(inputs, names)
+        t = time.perf_counter()
+        if self.executor is not None and not model.inline:
+            loop = asyncio.get_running_loop()
+            arrays = await loop.run_in_executor(self.executor, model.predict, inputs, names)
+        else:
+            arrays = model.predict(inputs, names)
+        self.metrics.observe_inference(model.name, model.version, time.perf_counter() - t)
+        return arrays

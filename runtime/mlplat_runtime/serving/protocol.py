@@ -210,6 +210,37 @@ def _decode_tensor(
     return _convert(raw, slot).reshape(shape), 0
 
 
+def tensor_from_parts(slot: TensorSlot, datatype: str, shape: Sequence[int], data: Any) -> np.ndarray:
+    """One input tensor given as parts (gRPC's ``InferInputTensor``): checked like a JSON one.
+
+    ``data`` is raw little-endian bytes (``raw_input_contents``) or a sequence of values (the
+    typed ``contents`` fields)."""
+    name = slot.name
+    if datatype != slot.datatype:
+        raise RequestError(f"input '{name}': datatype {datatype} does not match the model's {slot.datatype}")
+    dims = list(shape)
+    if len(dims) != len(slot.shape):
+        _bad_shape(name, dims, slot)
+    count = 1
+    for want, got in zip(slot.shape, dims, strict=True):
+        if got < 0 or (want != -1 and want != got):
+            _bad_shape(name, dims, slot)
+        count *= got
+    if isinstance(data, bytes | bytearray | memoryview):
+        if len(data) != count * slot.dtype.itemsize:
+            raise RequestError(
+                f"input '{name}': {len(data)} bytes of raw data, but shape {_shape_text(dims)} of "
+                f"{slot.datatype} needs {count * slot.dtype.itemsize}"
+            )
+        return np.frombuffer(data, dtype=slot.dtype.newbyteorder("<")).reshape(dims)
+    raw = np.asarray(list(data))
+    if raw.size != count:
+        raise RequestError(
+            f"input '{name}': {raw.size} data element(s), but shape {_shape_text(dims)} needs {count}"
+        )
+    return _convert(raw, slot).reshape(dims)
+
+
 def _bad_shape(name: str, shape: Any, slot: TensorSlot) -> NoReturn:
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise RequestError(f"input '{name}': 'shape' must be a list of non-negative integers, got {shape!r}")

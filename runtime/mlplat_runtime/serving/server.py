@@ -73,6 +73,7 @@ class ServerConfig:
     memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB
     identity: StackIdentity | None = None  # the project it serves, for ``GET /identity``
     batching: BatchingConfig | None = None  # dynamic batching for models that can (opt-in)
+    grpc_port: int | None = None  # OIP v2 gRPC on this port (on ``host``), opt-in; 0 = any
 
 
 def raise_fd_limit() -> int:
@@ -143,6 +144,10 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Load the start-up bundle, open both ports, serve until ``stop`` is set or a signal comes."""
+    if config.grpc_port is not None:
+        why = grpc_missing()
+        if why is not None:
+            raise ServiceError(f"the gRPC API cannot start: {why}")
     token, token_path = ensure_admin_token(config.admin_token_file)
     main_limits, admin_limits = port_limits(config, raise_fd_limit())
     main_sock = bind(config.host, config.port, "inference API")
@@ -161,6 +166,7 @@ async def serve(
     )
     decoder = DecoderProcess()
     stop = stop or asyncio.Event()
+    grpc_server = None
     try:
         if config.bundle is not None:
             await asyncio.to_thread(_startup_load, repo, config.bundle, warmup_budget)
@@ -193,6 +199,12 @@ async def serve(
             decoder=decoder,
             identity=config.identity,
         )
+        if config.grpc_port is not None:
+            from mlplat_runtime.serving.grpc_service import start_grpc
+
+            grpc_server, grpc_port = await start_grpc(inference, config.host, config.grpc_port)
+            host = f"[{config.host}]" if ":" in config.host else config.host
+            echo(f"mlplat serving grpc={host}:{grpc_port}")
         tasks = [
             asyncio.ensure_future(
                 serve_http(inference, main_sock, stop=stop, limits=main_limits,
@@ -212,6 +224,8 @@ async def serve(
             if isinstance(result, BaseException):
                 raise ServiceError(f"serving stopped: {result}") from result
     finally:
+        if grpc_server is not None:
+            await grpc_server.stop(grace=2.0)
         checker.close()
         repo.close()
         executor.shutdown(wait=False, cancel_futures=True)
@@ -219,6 +233,16 @@ async def serve(
         decoder.close()
         main_sock.close()
         admin_sock.close()
+
+
+def grpc_missing() -> str | None:
+    """Why the gRPC port cannot start in this environment (None when it can)."""
+    try:
+        import grpc  # noqa: F401
+        import tritonclient.grpc.service_pb2_grpc  # noqa: F401
+    except ImportError as exc:
+        return f"{exc}; install the grpc extra: pip install 'mlplat[grpc]'"
+    return None
 
 
 def _background() -> None:

@@ -104,6 +104,7 @@ class Serving:
     admin: str
     token: str
     line: str
+    grpc: str | None = None  # host:port of the gRPC API, when started with --grpc-port
 
     @property
     def pid(self) -> int:
@@ -150,15 +151,19 @@ def start_serving(tmp_path: Path, bundle: Path | None = None, *extra: str) -> Se
     )  # fmt: skip
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
+    grpc: str | None = None
     while time.monotonic() < deadline:
         ready, _, _ = select.select([proc.stdout], [], [], 0.2)
         if ready:
             line = proc.stdout.readline()
             if not line:
                 break
+            if line.startswith("mlplat serving grpc="):
+                grpc = line.strip().removeprefix("mlplat serving grpc=")
             m = LINE.match(line.strip())
             if m:
-                return Serving(proc, m["url"], m["admin"], token_file.read_text().strip(), line.strip())
+                token = token_file.read_text().strip()
+                return Serving(proc, m["url"], m["admin"], token, line.strip(), grpc)
         if proc.poll() is not None:
             break
     proc.kill()

@@ -1,0 +1,194 @@
+"""OIP v2 over gRPC (``inference.GRPCInferenceService``) on its own port, opt-in (``--grpc-port``).
+
+KServe's and Triton's clients and Triton's ``perf_analyzer`` speak gRPC by default. The
+service definitions are the generated modules Triton's client package ships
+(``tritonclient.grpc.service_pb2`` / ``service_pb2_grpc``, generated from the protocol's
+``grpc_service.proto``): no ``.proto`` is copied into this repository. They and ``grpcio``
+come with the optional ``grpc`` extra (``pip install mlplat[grpc]``); serving imports this
+module only when a gRPC port is asked for, so it starts and serves REST without them.
+
+Thin like the REST layer: each call looks the model up in the same ``Repository`` and runs
+through ``InferenceHandler.run``, so batching, worker threads and metrics are shared with
+REST. The server runs on serving's own event loop (``grpc.aio``). Tensors come in as
+``raw_input_contents`` (what tritonclient sends) or the typed ``contents`` fields, and go out
+as ``raw_output_contents``. Errors map to gRPC codes: 400 -> INVALID_ARGUMENT, 404 ->
+NOT_FOUND, 503 -> UNAVAILABLE, anything else -> INTERNAL.
+
+Served: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig,
+ModelInfer. The repository extension stays on the admin port (REST, with the token).
+
+Must not import textual, mlflow, docker or mlplat_tui.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import grpc
+import numpy as np
+import orjson
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+from mlplat_runtime.errors import MlplatError, RequestError, ServiceError
+from mlplat_runtime.serving import protocol
+from mlplat_runtime.serving.app import SERVER_METADATA, InferenceHandler, model_config_of
+from mlplat_runtime.serving.http import MAX_BODY
+
+log = logging.getLogger("mlplat.serving")
+
+_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND, 413:
+          grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE}  # fmt: skip
+_CONTENTS = {  # OIP datatype -> the typed field of InferTensorContents
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "UINT8": "uint_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+_EXTENSIONS: list[str] = orjson.loads(SERVER_METADATA)["extensions"]
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: MlplatError) -> None:
+    await context.abort(_CODES.get(exc.http_status, grpc.StatusCode.INTERNAL), exc.message)
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """The gRPC face of ``InferenceHandler``."""
+
+    def __init__(self, handler: InferenceHandler) -> None:
+        self.handler = handler
+        self.repo = handler.repo
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return service_pb2.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return service_pb2.ServerReadyResponse(ready=self.repo.ready())
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        model = self.repo.find(request.name)
+        ready = model is not None and request.version in ("", model.version)
+        return service_pb2.ModelReadyResponse(ready=ready)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        from mlplat_runtime import __version__
+
+        return service_pb2.ServerMetadataResponse(name="mlplat", version=__version__, extensions=_EXTENSIONS)
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        try:
+            m = self.repo.get(request.name, request.version or None)
+        except MlplatError as exc:
+            await _abort(context, exc)
+        tensor = service_pb2.ModelMetadataResponse.TensorMetadata
+        return service_pb2.ModelMetadataResponse(
+            name=m.name,
+            versions=[m.version],
+            platform=protocol.PLATFORM,
+            inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in m.inputs.values()],
+            outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in m.outputs],
+        )
+
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        try:
+            m = self.repo.get(request.name, request.version or None)
+        except MlplatError as exc:
+            await _abort(context, exc)
+        config = json_format.ParseDict(
+            model_config_of(m), model_config_pb2.ModelConfig(), ignore_unknown_fields=True
+        )
+        return service_pb2.ModelConfigResponse(config=config)
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        t0 = time.perf_counter()
+        name, version, code = request.model_name, "", 200
+        try:
+            model = self.repo.get(name, request.model_version or None)
+            version = model.version
+            inputs = decode_inputs(request, model.inputs)
+            known = model.output_names
+            names = tuple(o.name for o in request.outputs) or known
+            for n in names:
+                if n not in known:
+                    raise RequestError(f"unknown output '{n}'; the model's outputs are {list(known)}")
+            arrays = await self.handler.run(model, inputs, names)
+            return encode_response(model.name, model.version, request.id, names, arrays)
+        except MlplatError as exc:
+            code = exc.http_status
+            await _abort(context, exc)
+        except Exception as exc:
+            code = 500
+            log.exception("internal error on gRPC ModelInfer %s", name)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            found = self.repo.find(name) is not None
+            self.handler.metrics.observe_request(
+                name if found else "", version, "grpc_infer", code, time.perf_counter() - t0
+            )
+
+
+def decode_inputs(request: Any, slots: Any) -> dict[str, np.ndarray]:
+    """The request's tensors as arrays in the signature's order, each checked against it."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise RequestError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    arrays: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        slot = slots.get(tensor.name)
+        if slot is None:
+            raise RequestError(f"unknown input '{tensor.name}'; the model expects {sorted(slots)}")
+        if tensor.name in arrays:
+            raise RequestError(f"input '{tensor.name}' appears twice")
+        if raw:
+            data: Any = raw[i]
+        else:
+            field = _CONTENTS.get(tensor.datatype)
+            if field is None:
+                raise RequestError(f"input '{tensor.name}': send {tensor.datatype} as raw_input_contents")
+            data = getattr(tensor.contents, field)
+        arrays[tensor.name] = protocol.tensor_from_parts(slot, tensor.datatype, tensor.shape, data)
+    if len(arrays) != len(slots):
+        missing = [n for n in slots if n not in arrays]
+        raise RequestError(f"missing input(s) {missing}; the model expects {list(slots)}")
+    return {n: arrays[n] for n in slots}
+
+
+def encode_response(name: str, version: str, req_id: str, names: Any, arrays: list[np.ndarray]) -> Any:
+    out = service_pb2.ModelInferResponse(model_name=name, model_version=version, id=req_id)
+    for n, arr in zip(names, arrays, strict=True):
+        datatype = protocol._DTYPE_TO_OIP.get(arr.dtype)
+        if datatype is None:
+            raise RequestError(f"output '{n}' has dtype {arr.dtype}, which OIP cannot carry")
+        out.outputs.add(name=n, datatype=datatype, shape=arr.shape)
+        flat = np.ascontiguousarray(arr)
+        out.raw_output_contents.append(flat.astype(flat.dtype.newbyteorder("<"), copy=False).tobytes())
+    return out
+
+
+async def start_grpc(handler: InferenceHandler, host: str, port: int) -> tuple[Any, int]:
+    """Start the gRPC server on this event loop; (server, the port it listens on)."""
+    options = [
+        ("grpc.max_receive_message_length", MAX_BODY),
+        ("grpc.max_send_message_length", MAX_BODY),
+        ("grpc.so_reuseport", 0),  # a port in use is an error here, as on the REST ports
+    ]
+    server = grpc.aio.server(options=options)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(handler), server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise ServiceError(f"cannot listen on {address} for the gRPC API: {exc}") from None
+    if not bound:
+        raise ServiceError(
+            f"cannot listen on {address} for the gRPC API",
+            hint="another process holds the port; stop it or pick another port",
+        )
+    await server.start()
+    return server, bound

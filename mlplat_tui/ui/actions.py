@@ -93,7 +93,14 @@ ACTIONS: tuple[UiAction, ...] = (
     UiAction("page(1)", "right_square_bracket", "]", "Next page of runs", "", footer=False),
     UiAction("refresh", "r", "r", "Refresh now", "Read every panel again.", footer=False),
     UiAction("app.help", "question_mark", "?", "Help", "Keys and what each panel shows.", short="help"),
-    UiAction("app.quit", "q", "q", "Quit", "Leave the dashboard (the stack keeps running).", short="quit"),
+    UiAction(
+        "app.quit",
+        "q",
+        "q, ctrl+c",
+        "Quit",
+        "Leave the dashboard, stopping the dev loop (the stack keeps running).",
+        short="quit",
+    ),
 )
 
 

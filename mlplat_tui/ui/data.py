@@ -160,7 +160,7 @@ class DashboardData:
         self._backend: StackBackend = backend
         self.backend_name = backend.name
         self.ports = backend.ports
-        self._identity_checked = False
+        self._ours: set[str] = set()  # service URLs that said they serve this project
         self._clock = clock
         self._timeout = timeout_s
         self._lock = threading.Lock()
@@ -195,14 +195,7 @@ class DashboardData:
         that does not answer yet is asked again next time.
         """
         url = self.ports.url(Service.METADATA)
-        if not self._identity_checked:
-            from mlplat_tui.clients.identity import fetch_identity, foreign_stack_error, is_ours
-
-            holder = fetch_identity(url, timeout=self._timeout)
-            if holder is not None:
-                if not is_ours(holder, self.project):
-                    raise foreign_stack_error(url, holder, self.project)
-                self._identity_checked = True
+        self._check_ours(url)
         with self._lock:
             if self._meta is None:
                 from mlplat_tui.clients.metadata import MetadataClient
@@ -213,6 +206,22 @@ class DashboardData:
                     token_file=self.project.paths.metadata_token,  # writes need the metadata token
                 )
             return self._meta
+
+    def _check_ours(self, url: str) -> None:
+        """``StackError`` naming the holder when the service at ``url`` is another project's.
+
+        Asked until the service answers, then not again until it stops answering (another
+        stack may come up on the same port then)."""
+        if url in self._ours:
+            return
+        from mlplat_tui.clients.identity import fetch_identity, foreign_stack_error, is_ours
+
+        holder = fetch_identity(url, timeout=self._timeout)
+        if holder is None:
+            return
+        if not is_ours(holder, self.project):
+            raise foreign_stack_error(url, holder, self.project)
+        self._ours.add(url)
 
     def _get(self, url: str) -> Any:
         import httpx
@@ -249,7 +258,7 @@ class DashboardData:
         self.backend().down(progress=progress)
         self._traffic.reset()
         self._provider = None
-        self._identity_checked = False  # whatever answers on these ports next must say who it is
+        self._ours.clear()  # whatever answers on these ports next must say who it is
 
     def logs(self, service: str, *, follow: bool, tail: int = 200) -> Iterator[str]:
         return self.backend().logs(Service(service), follow=follow, tail=tail)
@@ -285,6 +294,7 @@ class DashboardData:
         try:
             page = self.metadata().query_runs(store_query)
         except MlplatError as exc:
+            self._ours.discard(self.ports.url(Service.METADATA))
             return RunsPage(query, (), 0, self._key_metrics([]), taken_at=now, error=str(exc))
         rows = tuple(_run_row(r) for r in page.rows)
         seen: list[str] = []
@@ -341,13 +351,16 @@ class DashboardData:
         from mlplat_tui.ui.promstats import parse_scrape
 
         now = self.now()
+        url = self.ports.url(Service.SERVING)
         try:
-            resp = self._get(f"{self.ports.url(Service.SERVING)}/metrics")
+            self._check_ours(url)
+            resp = self._get(f"{url}/metrics")
             if resp.status_code != 200:
                 raise ServiceError(f"serving answered {resp.status_code} on /metrics")
             scrape = parse_scrape(resp.text, time.monotonic(), model=self.model_name)
         except Exception as exc:
             self._traffic.reset()
+            self._ours.discard(url)
             message = exc.message if isinstance(exc, MlplatError) else "not reachable"
             return ServingSnapshot(now, self.model_name, error=message)
         self._traffic.add(scrape)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from mlplat_runtime.metadata.records import DeploymentRecord, RunRecord
@@ -152,12 +153,64 @@ async def test_the_dashboard_and_mlplat_runs_agree_on_what_serves_where(
     assert served == {A[:12]: "on prod", B[:12]: "● serving", C[:12]: ""}, served
 
 
-def test_a_service_of_another_project_on_the_port_is_named_not_read(
-    project: Project, metadata: str, tmp_path: Path
+@pytest.fixture
+def serving(project: Project, tmp_path: Path) -> Iterator[str]:
+    """The real serving runtime (empty) on the project's ports, answering for this project."""
+    ports = Ports.from_project(project)
+    log_path = tmp_path / "serving.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlplat_runtime.serving",
+            "--port",
+            str(ports.serving),
+            "--admin-port",
+            str(ports.admin),
+            "--admin-token-file",
+            str(tmp_path / "admin.token"),
+            "--project",
+            project.name,
+            "--project-root",
+            str(project.root),
+        ],
+        stdout=log,
+        stderr=log,
+    )
+    url = f"http://127.0.0.1:{ports.serving}"
+    try:
+        deadline = time.monotonic() + 60
+        with httpx.Client(timeout=2, trust_env=False) as http:
+            while True:
+                assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                try:
+                    if http.get(f"{url}/v2/health/live").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(15)
+        log.close()
+
+
+def test_services_of_another_project_on_the_ports_are_named_not_read(
+    project: Project, metadata: str, serving: str, tmp_path: Path
 ) -> None:
     """The dashboard of a second project on the same ports refuses the first one's answers."""
+    _record(metadata, project)
     other_root = copy_sample("churn", tmp_path / "other", port_base=project.config.stack.port_base)
     data = DashboardData(load_project(other_root), timeout_s=5.0)
     page = data.runs(RunsQuery())
     assert page.rows == () and page.error is not None
     assert str(project.root) in page.error and "churn" in page.error, page.error
+    snap = data.serving()
+    assert snap.version is None and snap.error is not None
+    assert str(project.root) in snap.error, snap.error
+    # its own dashboard reads both
+    mine = DashboardData(project, timeout_s=5.0)
+    assert len(mine.runs(RunsQuery()).rows) == 3
+    assert mine.serving().error is None

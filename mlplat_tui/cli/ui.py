@@ -82,8 +82,9 @@ def dashboard_app(
     The dev loop and the dashboard act on one backend: the one ``DashboardData`` resolved
     (the stack that is up, else the configured one).
     """
-    from mlplat_tui.ui.app import DashboardApp, DevLoopFactory
+    from mlplat_tui.ui.app import DashboardApp
     from mlplat_tui.ui.data import DashboardData
+    from mlplat_tui.ui.devhost import DevLoopFactory
 
     data = DashboardData(project, backend_name=backend)
     factory: DevLoopFactory | None = None

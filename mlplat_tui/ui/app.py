@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar
 
 from textual.app import App
 from textual.binding import Binding
@@ -22,31 +21,16 @@ from textual.binding import Binding
 from mlplat_runtime.errors import MlplatError
 from mlplat_tui.ui.commands import DashboardCommands
 from mlplat_tui.ui.data import DataSource
+from mlplat_tui.ui.devhost import DevLoopFactory, DevLoopHandle
 from mlplat_tui.ui.help_screen import HelpScreen
 from mlplat_tui.ui.main_screen import MainScreen
 from mlplat_tui.ui.messages import DevLoopDied, PlatformEvent, ServeRequested
 
 if TYPE_CHECKING:
-    from mlplat_tui.events import Event, EventSink
+    from mlplat_tui.events import Event
 
 TRACE_ENV = "MLPLAT_UI_TRACE"
 _STOP_TIMEOUT_S = 20.0
-
-
-class DevLoopHandle(Protocol):
-    """What the dashboard needs of ``mlplat_tui.devloop.loop.DevLoop``."""
-
-    def start(self) -> None: ...
-
-    def stop(self, timeout_s: float = ...) -> None: ...
-
-    def trigger(self) -> None: ...
-
-    @property
-    def died(self) -> bool: ...
-
-
-DevLoopFactory = Callable[["EventSink"], DevLoopHandle]
 
 
 class DashboardApp(App[None]):

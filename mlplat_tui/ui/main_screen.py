@@ -44,7 +44,7 @@ from mlplat_tui.ui.stack_panel import StackPanel
 
 if TYPE_CHECKING:
     from mlplat_tui.events import Event
-    from mlplat_tui.ui.app import DevLoopHandle
+    from mlplat_tui.ui.devhost import DevLoopHandle
 
 RUNS_EVERY_TICKS = 3  # runs change only when a cycle ends (an event refreshes them at once)
 _REFRESH_KINDS = ("bundled", "gated", "swapped", "rejected", "failed", "cancelled", "cycle")

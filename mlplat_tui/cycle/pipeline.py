@@ -202,7 +202,11 @@ class Pipeline:
             env.pop("MLFLOW_TRACKING_URI", None)
         return env
 
-    def build_bundle(self, out_dir: Path, run_id: str, tracked: bool) -> tuple[Path, Manifest]:
+    def build_bundle(
+        self, out_dir: Path, run_id: str, tracked: bool, version: str | None = None
+    ) -> tuple[Path, Manifest]:
+        """The bundle of a finished training run; ``version`` None: the next one after the
+        bundles in ``.mlplat/bundles/`` (the cycle asks the metadata store first)."""
         from mlplat_runtime.bundle import build_bundle, open_bundle
         from mlplat_tui.project.lineage import build_lineage
 
@@ -221,8 +225,7 @@ class Pipeline:
         reference = _read_json(out_dir / "reference.json", "reference.json") or None
         samples = out_dir / "samples.npz"
         model = self.project.config.model.name
-        metadata = self.clients.metadata
-        version = metadata.next_version(model) if metadata is not None else self._local_version()
+        version = version or self._local_version()
         bundles = self.project.paths.bundles
         bundles.mkdir(parents=True, exist_ok=True)
         target = bundles / f"{model}-v{version}"
@@ -261,6 +264,7 @@ class _Cycle:
         self.model = pipe.project.config.model.name
         self.run_id = uuid.uuid4().hex
         self.tracked = False
+        self.metadata_lost: str | None = None  # why the store stopped counting mid-cycle
         self.result = CycleResult()
 
     def record(self, event: Event) -> None:
@@ -304,6 +308,32 @@ class _Cycle:
         if note:
             self.record(Event("stack", note, data={"absent": list(self.pipe.clients.notes)}))
 
+    def _next_version(self) -> str | None:
+        """The store's next version; None (the local count) when it is not up or fails now."""
+        metadata = self.pipe.clients.metadata
+        if metadata is None:
+            return None
+        try:
+            return metadata.next_version(self.model)
+        except MlplatError as exc:
+            self._lose_metadata(f"the metadata service failed while the bundle was built: {exc.message}")
+            return None
+
+    def _lose_metadata(self, why: str) -> None:
+        """The store failed mid-cycle: the rest of the cycle runs as without one (nothing more
+        recorded, the champion unknown), and the next cycle asks the source again."""
+        self.metadata_lost = why
+        self.pipe.clients = replace(self.pipe.clients, metadata=None)
+        self.rec.metadata = None
+        self.record(
+            Event(
+                "stack",
+                f"{why}; not recorded, and the champion cannot be looked up",
+                run_id=self.run_id,
+                error=why,
+            )
+        )
+
     def _train(self, out_dir: Path) -> float | CycleResult:
         project = self.pipe.project
         self.record(
@@ -338,7 +368,9 @@ class _Cycle:
         try:
             if self.cancel.is_set():
                 raise TrainingCancelled()
-            bundle_dir, manifest = self.pipe.build_bundle(out_dir, self.run_id, self.tracked)
+            bundle_dir, manifest = self.pipe.build_bundle(
+                out_dir, self.run_id, self.tracked, self._next_version()
+            )
             self.record(
                 Event(
                     "bundled",
@@ -348,7 +380,9 @@ class _Cycle:
                     version=manifest.version,
                 )
             )
-            champion = self.pipe.champion(self.model)
+            champion = (
+                ChampionUnknown(self.metadata_lost) if self.metadata_lost else self.pipe.champion(self.model)
+            )
             gates = self.pipe.evaluate_gates(bundle_dir, champion)
             manifest = with_gates(bundle_dir, gates)
         except TrainingCancelled:

@@ -8,7 +8,10 @@
 - ``FakeServingAdmin`` serves by reading the bundle's manifest; ``refuse = "why"`` makes every
   load fail with ``ModelLoadError`` as serving does, and the old version keeps serving.
 
-Every fake's ``up`` can be switched between calls to model a service that stops mid-session.
+Every fake's ``up`` can be switched between calls to model a service that stops mid-session,
+and ``fail`` (method name -> error) makes one method raise while the others answer: a service
+that dies between two steps of a cycle, or one that refuses writes (``FakeMetadata.WRITES``
+with ``AuthError``, as a service whose token does not match answers 401).
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from mlplat_runtime.bundle.manifest import GateResult
-from mlplat_runtime.errors import ModelLoadError, NotFoundError, ServiceError
+from mlplat_runtime.errors import MlplatError, ModelLoadError, NotFoundError, ServiceError
 from mlplat_runtime.metadata.records import (
     BundleRecord,
     DeploymentRecord,
@@ -40,10 +44,14 @@ from mlplat_tui.events import Event
 class _Switch:
     up: bool = True
     what: str = "service"
+    fail: Mapping[str, MlplatError] = MappingProxyType({})  # method name -> what each call raises
 
-    def _check(self) -> None:
+    def _check(self, method: str = "") -> None:
         if not self.up:
             raise ServiceError(f"cannot reach the {self.what} (fake, switched off)", hint="`mlplat up`")
+        error = self.fail.get(method)
+        if error is not None:
+            raise error
 
     def health(self) -> bool:
         return self.up
@@ -56,6 +64,14 @@ class FakeMetadata(_Switch):
     """``MetadataApi`` over a real store in this process."""
 
     what = "metadata service"
+    WRITES = (
+        "record_run",
+        "update_run",
+        "record_bundle",
+        "record_gates",
+        "record_deployment",
+        "record_event",
+    )
 
     def __init__(self, db: Path) -> None:
         self.store = MetadataStore(db)
@@ -63,57 +79,57 @@ class FakeMetadata(_Switch):
         self.up = True
 
     def record_run(self, run: RunRecord) -> RunRecord:
-        self._check()
+        self._check("record_run")
         return self.store.record_run(run)
 
     def update_run(self, run_id: str, **fields: Any) -> RunRecord:
-        self._check()
+        self._check("update_run")
         return self.store.update_run(run_id, fields)
 
     def record_bundle(self, bundle: BundleRecord) -> BundleRecord:
-        self._check()
+        self._check("record_bundle")
         return self.store.record_bundle(bundle)
 
     def record_gates(
         self, bundle_id: str, run_id: str | None, gates: Sequence[GateResult]
     ) -> list[GateRecord]:
-        self._check()
+        self._check("record_gates")
         return self.store.record_gates(bundle_id, run_id, gates)
 
     def record_deployment(self, deployment: DeploymentRecord) -> DeploymentRecord:
-        self._check()
+        self._check("record_deployment")
         return self.store.record_deployment(deployment)
 
     def record_event(self, event: Event | EventRecord | Mapping[str, Any]) -> EventRecord | None:
-        self._check()
+        self._check("record_event")
         body: Any = event.to_json() if isinstance(event, Event) else event
         kind = body.kind if isinstance(body, EventRecord) else body.get("kind")
         return None if kind == "output" else self.store.record_event(body)
 
     def run_detail(self, run_id: str) -> RunDetail:
-        self._check()
+        self._check("run_detail")
         return self.store.run_detail(run_id)
 
     def bundle(self, bundle_id: str) -> BundleRecord:
-        self._check()
+        self._check("bundle")
         return self.store.bundle(bundle_id)
 
     def next_version(self, model: str) -> str:
-        self._check()
+        self._check("next_version")
         return self.store.next_version(model)
 
     def current_deployment(self, model: str, *, target: str | None = None) -> DeploymentRecord | None:
-        self._check()
+        self._check("current_deployment")
         return self.store.current_deployment(model, target)
 
     def deployments(
         self, model: str | None = None, limit: int = 100, *, target: str | None = None
     ) -> list[DeploymentRecord]:
-        self._check()
+        self._check("deployments")
         return self.store.deployments(model, limit, target)
 
     def query_runs(self, query: RunsQuery | None = None, **fields: Any) -> RunsPage:
-        self._check()
+        self._check("query_runs")
         return self.store.query_runs(query or RunsQuery(**fields))
 
     def close(self) -> None:  # the store outlives the clients a cycle is given, as the service does
@@ -143,13 +159,13 @@ class FakeTracker(_Switch):
         self.runs: dict[str, FakeRun] = {}
 
     def start_run(self, run_name: str, tags: Mapping[str, str]) -> str:
-        self._check()
+        self._check("start_run")
         run_id = uuid.uuid4().hex
         self.runs[run_id] = FakeRun(tags={"mlflow.runName": run_name, **tags})
         return run_id
 
     def _run(self, run_id: str) -> FakeRun:
-        self._check()
+        self._check("_run")
         if run_id not in self.runs:
             raise NotFoundError(f"no MLflow run {run_id}")
         return self.runs[run_id]
@@ -185,7 +201,7 @@ class FakeServingAdmin(_Switch):
         self.loads: list[tuple[str, str]] = []
 
     def load(self, name: str, bundle_path: str) -> LoadedVersion:
-        self._check()
+        self._check("load")
         self.loads.append((name, bundle_path))
         if self.refuse is not None:
             raise ModelLoadError(f"load of {name}: {self.refuse}")
@@ -198,7 +214,7 @@ class FakeServingAdmin(_Switch):
         return LoadedVersion(name, version, bundle_id, "CPUExecutionProvider", swap_ms=1.0)
 
     def index(self) -> list[ModelState]:
-        self._check()
+        self._check("index")
         return list(self.serving.values())
 
     def served_version(self, name: str) -> str | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mlplat_runtime.errors import AuthError, MlplatError, ServiceError
 from mlplat_tui.cycle.pipeline import CycleOutcome, CycleResult, Pipeline
 from mlplat_tui.events import Event
 from mlplat_tui.project.config import load_project
@@ -224,3 +225,26 @@ def test_a_project_whose_stack_never_ran_has_no_champion(tmp_path: Path) -> None
     assert result.outcome is CycleOutcome.PASSED, result.reason
     gate = next(g for g in result.gates if g.name == "no_regression")
     assert gate.passed
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ServiceError("cannot reach the metadata service (it stopped)"), AuthError("the token does not match")],
+    ids=["died", "401"],
+)
+def test_metadata_failing_after_connect_does_not_fail_a_trained_cycle(tiny: Tiny, error: MlplatError) -> None:
+    """Bug: ``next_version`` was outside the best-effort recording: a store that died between
+    connect and bundling (or answered 401) turned a cycle whose training succeeded into FAILED."""
+    assert tiny.cycle(0.9).deployed
+    tiny.metadata.fail = {"next_version": error}
+    result = tiny.cycle(0.9)
+    assert result.outcome is not CycleOutcome.FAILED, result.reason
+    assert result.bundle_path is not None and result.version == "2"  # the local count
+    # The store counts as absent for the rest of the cycle: the champion is unknown, so the
+    # gates that compare with it are not passed and nothing is deployed.
+    assert result.outcome is CycleOutcome.REJECTED
+    gate = next(g for g in result.gates if g.name == "no_regression")
+    assert not gate.passed and error.message in gate.detail
+    assert tiny.admin.served_version("tiny") == "1" and len(tiny.admin.loads) == 1
+    assert any(error.message in m for m in tiny.messages("stack"))
+    assert tiny.metadata.store.deployments("tiny", 10, "local")[0].version == "1"

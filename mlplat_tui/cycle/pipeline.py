@@ -265,6 +265,8 @@ class _Cycle:
         self.run_id = uuid.uuid4().hex
         self.tracked = False
         self.metadata_lost: str | None = None  # why the store stopped counting mid-cycle
+        self.refusal_said = False
+        self.rec.refusal = None
         self.result = CycleResult()
 
     def record(self, event: Event) -> None:
@@ -280,12 +282,9 @@ class _Cycle:
                 self.tracked = True
             except MlplatError as exc:
                 self.record(Event("stack", f"{exc.message}; not tracked in MLflow"))
-        self.rec.record_run(self.run_id, self.model)
+        recorded = self._stored(self.rec.record_run(self.run_id, self.model))
         self.result = CycleResult(
-            run_id=self.run_id,
-            tracked=self.tracked,
-            recorded=self.pipe.clients.metadata is not None,
-            run_url=run_url,
+            run_id=self.run_id, tracked=self.tracked, recorded=recorded, run_url=run_url
         )
         out_dir = self.pipe.project.paths.run_output(self.run_id)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -318,6 +317,21 @@ class _Cycle:
         except MlplatError as exc:
             self._lose_metadata(f"the metadata service failed while the bundle was built: {exc.message}")
             return None
+
+    def _stored(self, accepted: bool) -> bool:
+        """After a write to the store: the first refusal of the cycle is said in one ``stack`` event."""
+        refusal = self.rec.refusal
+        if not accepted and refusal is not None and not self.refusal_said:
+            self.refusal_said = True
+            self.emit(
+                Event(
+                    "stack",
+                    f"the metadata store refused to record the run: {refusal.message}",
+                    run_id=self.run_id,
+                    error=str(refusal),
+                )
+            )
+        return accepted
 
     def _lose_metadata(self, why: str) -> None:
         """The store failed mid-cycle: the rest of the cycle runs as without one (nothing more
@@ -401,7 +415,7 @@ class _Cycle:
                 gates=tuple(gates),
             )
         )
-        self.rec.record_bundle(self.run_id, manifest, bundle_dir)  # known to the store before it serves
+        self._stored(self.rec.record_bundle(self.run_id, manifest, bundle_dir))  # known before it serves
         self.result = replace(
             self.result,
             bundle_id=manifest.bundle_id,
@@ -488,7 +502,7 @@ class _Cycle:
                 "data_hashes": dict(manifest.lineage.data_hashes),
             }
         failed = outcome in (CycleOutcome.REJECTED, CycleOutcome.FAILED, CycleOutcome.CANCELLED)
-        self.rec.close_run(
+        closed = self.rec.close_run(
             self.run_id,
             mlflow_status,
             status=RUN_STATUS[outcome],
@@ -496,6 +510,7 @@ class _Cycle:
             tracked=self.tracked,
             **fields,
         )
+        self._stored(closed)
         return replace(
             self.result,
             outcome=outcome,

@@ -6,8 +6,9 @@ the metadata store holds the run, its bundle and gates whether or not MLflow is 
 deployment whose bundle the store never heard of cannot be the next cycle's champion nor be
 restored after ``up``), and MLflow gets what it can when it is up. Everything here is
 bookkeeping: a service that is down or refuses never changes the outcome of a cycle, so writes
-are best effort, and events are written by one background thread, in order, off the path from
-save to serving.
+are best effort (each says whether the store accepted it, and ``refusal`` keeps the store's
+last refusal, so the cycle can say so and does not claim "recorded"), and events are written
+by one background thread, in order, off the path from save to serving.
 
 Imports the client protocols and the records; mlflow only through the tracker client.
 """
@@ -39,6 +40,7 @@ class Recorder:
         self.metadata: MetadataApi | None = None
         self._events: queue.Queue[Event] = queue.Queue()
         self._events_thread: threading.Thread | None = None
+        self.refusal: MlplatError | None = None  # the store's last refusal of a write
 
     # -- events ----------------------------------------------------------------------------
     def event(self, event: Event) -> None:
@@ -87,11 +89,12 @@ class Recorder:
         )
         return run_id, self.tracker.run_url(run_id)
 
-    def record_run(self, run_id: str, model: str) -> None:
+    def record_run(self, run_id: str, model: str) -> bool:
+        """The run in the store (status running); True when the store accepted it."""
         from mlplat_runtime.metadata.records import RunRecord
 
         tracker_uri = self.tracker.uri if self.tracker is not None else None
-        self._safe(
+        return self._safe(
             lambda m: m.record_run(
                 RunRecord(
                     run_id=run_id,
@@ -105,13 +108,15 @@ class Recorder:
             )
         )
 
-    def record_bundle(self, run_id: str, manifest: Manifest, bundle_dir: Path) -> None:
-        """The bundle and its gate results in the store, before anything serves it."""
+    def record_bundle(self, run_id: str, manifest: Manifest, bundle_dir: Path) -> bool:
+        """The bundle and its gate results in the store, before anything serves it; True when
+        the store accepted both."""
         from mlplat_tui.deploy.serve import bundle_record
 
         record = bundle_record(manifest, bundle_dir, run_id)
-        self._safe(lambda m: m.record_bundle(record))
-        self._safe(lambda m: m.record_gates(manifest.bundle_id, run_id, manifest.gates))
+        if not self._safe(lambda m: m.record_bundle(record)):
+            return False
+        return self._safe(lambda m: m.record_gates(manifest.bundle_id, run_id, manifest.gates))
 
     def track(self, run_id: str, manifest: Manifest, bundle_dir: Path) -> None:
         """Params, metrics, lineage tags and the bundle as an artifact, in MLflow."""
@@ -143,17 +148,26 @@ class Recorder:
         error: str | None = None,
         tracked: bool = False,
         **fields: Any,
-    ) -> None:
-        """The outcome in the store (always, when it is up) and the MLflow run's end (when tracked)."""
+    ) -> bool:
+        """The outcome in the store (always, when it is up) and the MLflow run's end (when tracked);
+        True when the store accepted the outcome."""
         if tracked and self.tracker is not None:
             # The MLflow run status is bookkeeping; the metadata store has the outcome.
             with contextlib.suppress(Exception):
                 self.tracker.finish(run_id, mlflow_status)
         finished = datetime.now(UTC).isoformat()
-        self._safe(lambda m: m.update_run(run_id, status=status, error=error, finished_at=finished, **fields))
+        return self._safe(
+            lambda m: m.update_run(run_id, status=status, error=error, finished_at=finished, **fields)
+        )
 
-    def _safe(self, fn: Callable[[MetadataApi], object]) -> None:
+    def _safe(self, fn: Callable[[MetadataApi], object]) -> bool:
+        """One best-effort write: True when the store accepted it, False when there is no store
+        or it refused (kept in ``refusal``)."""
         if self.metadata is None:
-            return
-        with contextlib.suppress(MlplatError):
+            return False
+        try:
             fn(self.metadata)
+        except MlplatError as exc:
+            self.refusal = exc
+            return False
+        return True

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mlplat_runtime.errors import AuthError, MlplatError, ServiceError
+from mlplat_runtime.errors import AuthError, MlplatError, NotFoundError, ServiceError
 from mlplat_tui.cycle.pipeline import CycleOutcome, CycleResult, Pipeline
 from mlplat_tui.events import Event
 from mlplat_tui.project.config import load_project
@@ -248,3 +248,22 @@ def test_metadata_failing_after_connect_does_not_fail_a_trained_cycle(tiny: Tiny
     assert tiny.admin.served_version("tiny") == "1" and len(tiny.admin.loads) == 1
     assert any(error.message in m for m in tiny.messages("stack"))
     assert tiny.metadata.store.deployments("tiny", 10, "local")[0].version == "1"
+
+
+def test_a_store_that_refuses_every_write_is_not_recorded_and_says_so_once(tiny: Tiny) -> None:
+    """Bug: ``recorded`` was "a metadata client exists" while every write was swallowed: a store
+    answering 401 to each write gave a result that said "recorded"."""
+    refused = AuthError("this write needs the metadata token")
+    tiny.metadata.fail = dict.fromkeys(FakeMetadata.WRITES, refused)
+    result = tiny.cycle(0.9)
+    assert result.outcome is CycleOutcome.DEPLOYED, result.reason  # bookkeeping never changes it
+    assert not result.recorded and result.tracked
+    with pytest.raises(NotFoundError):
+        tiny.run(result.run_id)
+    said = [m for m in tiny.messages("stack") if "refused" in m]
+    assert len(said) == 1 and refused.message in said[0]
+
+    tiny.metadata.fail = {}
+    again = tiny.cycle(0.9)
+    assert again.recorded and not [m for m in tiny.messages("stack") if "refused" in m]
+    assert tiny.run(again.run_id).status == "deployed"

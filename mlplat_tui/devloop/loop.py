@@ -389,6 +389,10 @@ class DevLoop:
         self.watcher.filter = self.filter
         from mlplat_tui.cycle.pipeline import Pipeline
 
+        old = self._pipeline
+        if old is not None:  # its queued events go out and its clients close before it goes
+            old.flush(5)
+            old.close()
         self._pipeline = Pipeline(project, self.backend, runner=self.runner)
         with contextlib.suppress(MlplatError):
             self._pipeline.connect()

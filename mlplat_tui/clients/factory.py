@@ -4,7 +4,10 @@ the tracker, metadata and serving admin clients that answer now (each ``None`` w
 Health is asked of each service over HTTP every time (a few loopback requests, milliseconds):
 a cached answer had reported "tracked" for 30 s after the tracker was gone. The metadata
 service is asked which project it serves (``check_identity``) before anything is used: a stack
-of another project on the same ports must never receive this project's runs.
+of another project on the same ports must never receive this project's runs. Serving is asked
+too (on its inference port; the admin port has no ``/identity``) before the admin client is
+used, and the tracker, which cannot say whose it is, is used only when the metadata service
+confirmed that the stack on these ports is this project's.
 
 Takes the service URLs (``Endpoints``), not a stack backend: ``mlplat_tui.stack`` imports the
 clients (to name who holds a port), so the clients must not import the stack. Imports httpx
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mlplat_runtime.errors import MlplatError
+from mlplat_tui.clients.identity import check_identity, fetch_identity, foreign_stack_error, is_ours
 from mlplat_tui.clients.protocols import MetadataApi, ServingAdminApi, TrackerApi
 from mlplat_tui.project.config import Project
 
@@ -29,12 +33,18 @@ class _HasUrls(Protocol):
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Where the services of one stack answer, and the serving admin token's file."""
+    """Where the services of one stack answer, and the serving admin token's file.
+
+    ``serving`` (the inference port) and ``project`` let ``connect_admin`` ask serving whose it
+    is before the admin client is used; without them it is not asked.
+    """
 
     tracker: str
     metadata: str
     admin: str
     admin_token: Path
+    serving: str = ""
+    project: Project | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, project: Project, ports: _HasUrls) -> Endpoints:
@@ -44,6 +54,8 @@ class Endpoints:
             metadata=ports.url("metadata"),
             admin=ports.url("admin"),
             admin_token=project.paths.admin_token,
+            serving=ports.url("serving"),
+            project=project,
         )
 
 
@@ -64,11 +76,32 @@ class StackClients:
                     client.close()
 
 
-def check_stack_identity(metadata_url: str, project: Project) -> None:
-    """Raise ``StackError`` when the metadata service at ``metadata_url`` serves another project."""
-    from mlplat_tui.clients.identity import check_identity
+def check_stack_identity(metadata_url: str, project: Project) -> bool:
+    """True when the service at ``metadata_url`` says it is this project's, False when it does
+    not say (down, or no identity); raise ``StackError`` when it serves another project."""
+    holder = fetch_identity(metadata_url)
+    if holder is None:
+        return False
+    if not is_ours(holder, project):
+        raise foreign_stack_error(metadata_url, holder, project)
+    return True
 
-    check_identity(metadata_url, project)
+
+def _open_metadata(project: Project, url: str) -> tuple[MetadataApi | None, bool]:
+    """The metadata client when the service answers (None when it is down), and whether it
+    confirmed that it is this project's. Raises ``StackError`` when it is another project's."""
+    from mlplat_tui.clients.metadata import MetadataClient
+
+    client = MetadataClient(url, token_file=project.paths.metadata_token)  # writes need the metadata token
+    if not client.health():
+        client.close()
+        return None, False
+    try:
+        confirmed = check_stack_identity(url, project)
+    except BaseException:
+        client.close()
+        raise
+    return client, confirmed
 
 
 def connect_metadata(project: Project, url: str) -> MetadataApi | None:
@@ -76,23 +109,19 @@ def connect_metadata(project: Project, url: str) -> MetadataApi | None:
 
     Raises ``StackError`` when it answers for another project.
     """
-    from mlplat_tui.clients.metadata import MetadataClient
-
-    client = MetadataClient(url, token_file=project.paths.metadata_token)  # writes need the metadata token
-    if not client.health():
-        client.close()
-        return None
-    try:
-        check_stack_identity(url, project)
-    except BaseException:
-        client.close()
-        raise
-    return client
+    return _open_metadata(project, url)[0]
 
 
-def connect_admin(endpoints: Endpoints) -> ServingAdminApi | None:
+def connect_admin(endpoints: Endpoints, *, check: bool = True) -> ServingAdminApi | None:
+    """The serving admin client when the admin port answers; None when it does not.
+
+    Raises ``StackError`` when serving (asked on its inference port, unless ``check`` is False:
+    the caller asked already) answers for another project: its admin must never load our bundles.
+    """
     from mlplat_tui.clients.serving import ServingAdmin
 
+    if check and endpoints.serving and endpoints.project is not None:
+        check_identity(endpoints.serving, endpoints.project)
     if not endpoints.admin_token.exists():
         return None
     try:
@@ -167,21 +196,32 @@ class StackConnector:
 
         e, notes = self.endpoints, []
         if self._metadata is not None and self._metadata.health():
-            check_stack_identity(e.metadata, self.project)  # the stack may have been swapped under us
+            # the stack may have been swapped under us
+            confirmed = check_stack_identity(e.metadata, self.project)
             metadata: MetadataApi | None = self._metadata
         else:
             self._drop("_metadata")
-            metadata = self._metadata = connect_metadata(self.project, e.metadata)
+            metadata, confirmed = _open_metadata(self.project, e.metadata)
+            self._metadata = metadata
         if metadata is None:
             notes.append(f"the metadata service at {e.metadata} is not answering")
-        if self._tracker is None or not tracker_answers(e.tracker):
+        if e.serving:
+            check_identity(e.serving, self.project)  # before the admin client is used, every time
+        if not confirmed:
+            # The tracker cannot say whose it is: another project's may hold the port.
+            self._drop("_tracker")
+            notes.append(
+                f"the tracker at {e.tracker} is not used: the metadata service did not confirm "
+                "that the stack on these ports is this project's"
+            )
+        elif self._tracker is None or not tracker_answers(e.tracker):
             self._drop("_tracker")
             self._tracker, why = connect_tracker(self.project, e.tracker)
             if self._tracker is None:
                 notes.append(why)
         if self._admin is None or not self._admin.health():
             self._drop("_admin")
-            self._admin = connect_admin(e)
+            self._admin = connect_admin(e, check=False)
             if self._admin is None:
                 notes.append(f"serving admin at {e.admin} is not answering")
         return StackClients(tracker=self._tracker, metadata=metadata, admin=self._admin, notes=tuple(notes))

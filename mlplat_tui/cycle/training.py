@@ -181,37 +181,52 @@ class SubprocessRunner:
             assert proc.stdout is not None
             fd = proc.stdout.fileno()
             lines = LineSplitter(emit)
-            while True:
-                ready, _, _ = select.select([fd], [], [], 0.05)
-                if not ready:
-                    if stop_reading.is_set():
+            drain_until: float | None = None
+            try:
+                while True:
+                    if stop_reading.is_set():  # read what is there a little longer, then stop
+                        drain_until = drain_until or time.monotonic() + DRAIN_S / 2
+                        if time.monotonic() > drain_until:
+                            break  # a process outside the group writes on: never wait for it
+                    ready, _, _ = select.select([fd], [], [], 0.05)
+                    if not ready:
+                        if stop_reading.is_set():
+                            break
+                        continue
+                    chunk = os.read(fd, _CHUNK)
+                    if not chunk:
                         break
-                    continue
-                chunk = os.read(fd, _CHUNK)
-                if not chunk:
-                    break
-                lines.feed(chunk)
+                    lines.feed(chunk)
+            except (OSError, ValueError):  # stdout closed under a reader that outlived its join
+                pass
             lines.close()
 
-        reader = threading.Thread(target=pump, daemon=True)
+        reader = threading.Thread(target=pump, name="mlplat-training-output", daemon=True)
         reader.start()
-        deadline = start + timeout_s
-        while proc.poll() is None:
-            if cancel.wait(0.02):
+        try:
+            deadline = start + timeout_s
+            while proc.poll() is None:
+                if cancel.wait(0.02):
+                    _kill_group(proc)
+                    raise TrainingCancelled()
+                if time.monotonic() > deadline:
+                    _kill_group(proc)
+                    raise TrainingError(
+                        f"training timed out after {timeout_s:.0f}s", output_tail="\n".join(tail)
+                    )
+            elapsed = time.monotonic() - start
+            reader.join(timeout=DRAIN_S)  # output still in the pipe
+            _kill_group(proc)  # what the command left running in its group ends with it
+        finally:
+            # Every path (exit, cancel, time-out, an error here): a process outside the group
+            # may hold stdout open, so the reader is stopped rather than waited for, and the
+            # pipe is closed.
+            if proc.poll() is None:
                 _kill_group(proc)
-                reader.join(timeout=2)
-                raise TrainingCancelled()
-            if time.monotonic() > deadline:
-                _kill_group(proc)
-                reader.join(timeout=2)
-                raise TrainingError(f"training timed out after {timeout_s:.0f}s", output_tail="\n".join(tail))
-        elapsed = time.monotonic() - start
-        reader.join(timeout=DRAIN_S)  # output still in the pipe
-        _kill_group(proc)  # what the command left running in its group ends with it
-        stop_reading.set()  # a process outside the group may hold stdout open: do not wait for it
-        reader.join(timeout=DRAIN_S)
-        if proc.stdout is not None:
-            proc.stdout.close()
+            stop_reading.set()
+            reader.join(timeout=2 * DRAIN_S)
+            if proc.stdout is not None:
+                proc.stdout.close()
         if proc.returncode != 0:
             raise TrainingError(
                 f"training command failed with exit code {proc.returncode}: {command}",

@@ -117,8 +117,8 @@ def rollback_run(metadata: MetadataApi, model: str, to: str | None, target: str 
         return previous.run_id
     version = to[1:] if to[:1] in ("v", "V") and to[1:].isdigit() else to
     if version.isdigit():
-        page = metadata.query_runs(model=model, search=version, limit=500)
-        found = [r.run.run_id for r in page.rows if r.run.version == version and r.run.bundle_id]
+        page = metadata.query_runs(model=model, version=version, limit=50)
+        found = [r.run.run_id for r in page.rows if r.run.bundle_id]
         if not found:
             raise NotFoundError(f"{model} has no run with version {version}", hint="see `mlplat runs`")
         return found[0]

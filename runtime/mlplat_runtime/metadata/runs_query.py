@@ -8,7 +8,8 @@ that had drifted apart when each wrote its own SQL:
   nothing serves). A run that was deployed once and replaced since is *was deployed*, not
   served. Targets stay apart: a version pushed to ``prod`` is never "served" locally.
 - **search**: one case-insensitive substring match over ``SEARCH_COLUMNS``, taken literally
-  (``%`` and ``_`` are not wildcards).
+  (``%`` and ``_`` are not wildcards). ``model`` and ``version`` filter exactly
+  (``mlplat rollback --to 1`` must find version 1, not the runs whose text contains a 1).
 
 The query and its answer are pydantic records (they cross HTTP); the SQL is built here and run
 by ``MetadataStore.query_runs`` (the store is the only code that holds the DuckDB connection,
@@ -40,6 +41,7 @@ class RunsQuery(_Record):
 
     search: str = ""
     model: str | None = None
+    version: str | None = None  # exactly this version
     sort: str = "created_at"
     descending: bool = True
     limit: int = Field(default=100, ge=1, le=MAX_PAGE)
@@ -91,6 +93,9 @@ def where_clause(query: RunsQuery) -> tuple[str, list[Any]]:
     if query.model is not None:
         clauses.append("r.model_name = ?")
         params.append(query.model)
+    if query.version is not None:
+        clauses.append("r.version = ?")
+        params.append(query.version)
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 

@@ -141,3 +141,16 @@ def test_restore_serves_the_current_deployment_again_without_a_new_record(
     assert restore_with(metadata, LocalTarget(fresh, str), MODEL, notes.append) == "1"
     assert fresh.served_version(MODEL) == "1" and any("restored" in n for n in notes)
     assert len(metadata.deployments(MODEL, target="local")) == 1
+
+
+def test_rollback_to_a_version_finds_it_behind_many_newer_matching_runs(
+    tmp_path: Path, metadata: FakeMetadata
+) -> None:
+    """Bug: ``--to 1`` searched the text "1" in 500 runs at most: newer runs whose id, status
+    or bundle id held a 1 pushed version 1 out of the page, and it was "not found"."""
+    v1 = _bundle(tmp_path, "1")
+    _recorded_run(metadata, v1)
+    for i in range(510):  # failed runs, newer, each with a "1" in its id
+        metadata.record_run(RunRecord(run_id=f"r1-{i:04d}", model_name=MODEL, status="failed"))
+    assert rollback_run(metadata, MODEL, "1") == "run1"
+    assert rollback_run(metadata, MODEL, "v1") == "run1"

@@ -106,3 +106,11 @@ def test_search_sort_paging_and_total(store: MetadataStore) -> None:
 def test_an_unknown_sort_is_refused() -> None:
     with pytest.raises(ValidationError, match="sort must be one of"):
         RunsQuery(sort="created_at; DROP TABLE runs")
+
+
+def test_version_filters_exactly(store: MetadataStore) -> None:
+    _runs(store, 12)
+    assert [r.run.run_id for r in store.query_runs(RunsQuery(version="1")).rows] == ["run1"]
+    assert store.query_runs(RunsQuery(search="1")).total > 1  # what a substring search gives
+    assert store.query_runs(RunsQuery(version="1", model="other")).total == 0
+    assert store.query_runs(RunsQuery(version="13")).total == 0

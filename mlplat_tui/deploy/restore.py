@@ -24,7 +24,12 @@ def up_and_restore(backend: StackBackend, progress: Progress) -> StackStatus:
     from mlplat_tui.clients.serving import model_metadata
 
     status = backend.up(progress)
-    if model_metadata(backend.ports.url(Service.SERVING), backend.project.config.model.name) is None:
+    try:
+        serving = model_metadata(backend.ports.url(Service.SERVING), backend.project.config.model.name)
+    except MlplatError as exc:  # not our serving on the port: nothing to restore into; `up` stands
+        progress(f"serving: nothing restored: {exc.message}")
+        return status
+    if serving is None:
         restore_serving(backend, progress)
     return status
 

@@ -226,11 +226,10 @@ class Pipeline:
         samples = out_dir / "samples.npz"
         model = self.project.config.model.name
         version = version or self._local_version()
-        bundles = self.project.paths.bundles
-        bundles.mkdir(parents=True, exist_ok=True)
-        target = bundles / f"{model}-v{version}"
+        target = self.project.paths.bundle(model, version)
+        target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():  # a reset metadata store must not overwrite an older bundle
-            target = bundles / f"{model}-v{version}-{run_id[:8]}"
+            target = target.with_name(f"{target.name}-{run_id[:8]}")
         lineage = build_lineage(
             self.project, run_id if tracked else None, self.ports.url(Service.TRACKER) if tracked else None
         )

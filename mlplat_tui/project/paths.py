@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STATE_DIR = ".mlplat"
+METADATA_DB = "metadata.duckdb"  # the store's file, in .mlplat/stack/ or a backend's data folder
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class StateLayout:
 
     @property
     def metadata_db(self) -> Path:
-        return self.stack / "metadata.duckdb"
+        return self.stack / METADATA_DB
 
     @property
     def tracker(self) -> Path:

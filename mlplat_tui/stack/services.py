@@ -87,7 +87,7 @@ SPECS: Mapping[Service, ServiceSpec] = {
     ),
 }
 
-METADATA_DB = "metadata.duckdb"  # the store's file inside the metadata data folder
+from mlplat_tui.project.paths import METADATA_DB  # noqa: E402 (the store's file, named in paths.py)
 
 
 @dataclass(frozen=True)

@@ -191,9 +191,10 @@ class MetadataClient:
         return EventRecord.model_validate(self._request("POST", "/events", body=body))
 
     def runs(self, limit: int = 100, offset: int = 0, search: str | None = None) -> list[RunRecord]:
-        """Runs, newest first; ``search`` matches run id, project, model or status."""
-        data = self._request("GET", "/runs", params={"limit": limit, "offset": offset, "search": search})
-        return [RunRecord.model_validate(r) for r in data["runs"]]
+        """Runs, newest first; ``search`` is the runs query's (``runs_query.SEARCH_COLUMNS``):
+        the one search definition, through ``query_runs``."""
+        page = self.query_runs(RunsQuery(search=search or "", limit=limit, offset=offset))
+        return [row.run for row in page.rows]
 
     def query_runs(self, query: RunsQuery | None = None, **fields: Any) -> RunsPage:
         """The one runs query: a page of runs, each with the targets it serves on now.

@@ -72,9 +72,13 @@ class ServingAdmin:
 
     @classmethod
     def from_token_file(cls, base_url: str, token_file: Path, **kw: Any) -> ServingAdmin:
+        """With the token in ``token_file``, read by the hardened reader (no symlink, ours, not
+        empty); ``UsageError`` when the file cannot be trusted."""
+        from mlplat_runtime.tokens import read_token_file
+
         try:
-            token = token_file.read_text().strip()
-        except OSError as exc:
+            token = read_token_file(Path(token_file))
+        except OSError as exc:  # missing (the stack is not up) or unreadable
             raise ServiceError(
                 f"cannot read the serving admin token at {token_file}: {exc.strerror}",
                 hint="start the stack with `mlplat up`",

@@ -155,27 +155,27 @@ class Pipeline:
             self.flush()
 
     # -- steps the CLI also uses ----------------------------------------------------------
-    def champion(self, model: str) -> Champion:
+    def champion(self, model: str, *, why_absent: str | None = None) -> Champion:
         """What the bundle is gated against: the manifest serving locally now, None when
-        nothing was ever served, ``ChampionUnknown`` when the store cannot tell.
+        nothing was ever served, ``ChampionUnknown`` when the store cannot tell
+        (``gates.champion.lookup_champion``, the one lookup).
 
         Without a store: a project whose stack never ran (no ``.mlplat/stack/``) cannot have
         served anything, so it truly has no champion; any other project may have one.
+        ``why_absent`` says why the store is absent when the cycle lost it midway (then the
+        stack did run).
         """
-        metadata = self.clients.metadata
-        if metadata is None:
-            if not self.project.paths.stack.exists():
-                return None
-            return ChampionUnknown("the metadata store is not up, so what serves cannot be looked up")
-        try:
-            current = metadata.current_deployment(model, target="local")
-            if current is None:
-                return None
-            from mlplat_runtime.bundle import open_bundle
+        from mlplat_tui.gates.champion import lookup_champion
 
-            return open_bundle(Path(metadata.bundle(current.bundle_id).path)).manifest
-        except MlplatError as exc:
-            return ChampionUnknown(f"the serving champion cannot be looked up: {exc.message}")
+        metadata = self.clients.metadata
+        if metadata is None and why_absent is None and not self.project.paths.stack.exists():
+            return None
+        return lookup_champion(
+            metadata,
+            model,
+            target="local",
+            why_absent=why_absent or "the metadata store is not up, so what serves cannot be looked up",
+        )
 
     def evaluate_gates(self, bundle_dir: Path, champion: Champion) -> list[GateResult]:
         from mlplat_tui.gates.evaluate import validate_bundle
@@ -393,9 +393,7 @@ class _Cycle:
                     version=manifest.version,
                 )
             )
-            champion = (
-                ChampionUnknown(self.metadata_lost) if self.metadata_lost else self.pipe.champion(self.model)
-            )
+            champion = self.pipe.champion(self.model, why_absent=self.metadata_lost)
             gates = self.pipe.evaluate_gates(bundle_dir, champion)
             manifest = with_gates(bundle_dir, gates)
         except TrainingCancelled:

@@ -195,7 +195,7 @@ def test_a_service_that_never_answers_times_out_as_service_error() -> None:
         sock.bind(("127.0.0.1", 0))
         sock.listen(1)  # the kernel accepts the connection; nobody answers
         client = MetadataClient(f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=0.3)
-        with pytest.raises(ServiceError, match=r"did not answer GET /runs within 0\.3s"):
+        with pytest.raises(ServiceError, match=r"did not answer POST /runs/query within 0\.3s"):
             client.runs()
         assert client.health() is False
 
@@ -247,3 +247,13 @@ def test_the_runs_query_travels_typed_and_says_what_serves_per_target(
         client.query_runs(
             RunsQuery.model_construct(sort="nope", search="", model=None, descending=True, limit=5, offset=0)
         )
+
+
+def test_runs_search_is_the_runs_querys(client: MetadataClient, model: str) -> None:
+    """Bug: ``runs(search=)`` (what ``mlplat show`` resolves a prefix with) had a search rule of
+    its own (run id, project, model, status) apart from the runs query's ``SEARCH_COLUMNS``."""
+    run_id = f"run-{model}"
+    client.record_run(RunRecord(run_id=run_id, model_name=model, version="41", bundle_id=f"sha256:{model}"))
+    assert [r.run_id for r in client.runs(search=f"sha256:{model}")] == [run_id]
+    query = client.query_runs(search=f"sha256:{model}")
+    assert [r.run_id for r in client.runs(search=f"sha256:{model}")] == [r.run.run_id for r in query.rows]

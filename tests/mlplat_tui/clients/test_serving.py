@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from mlplat_runtime.errors import ServiceError
+from mlplat_runtime.errors import ServiceError, UsageError
 from mlplat_tui.clients.serving import ServingAdmin, model_metadata
 from mlplat_tui.deploy.restore import up_and_restore
 from mlplat_tui.deploy.serve import BundleToServe, DeployOutcome, LocalTarget, serve_bundle
@@ -82,3 +82,18 @@ def test_up_and_restore_reports_instead_of_raising(other_program: StubServer, tm
     said: list[str] = []
     up_and_restore(backend, said.append)  # type: ignore[arg-type]
     assert any("nothing restored" in s and "not mlplat serving" in s for s in said), said
+
+
+def test_the_admin_token_is_read_by_the_hardened_reader(tmp_path: Path) -> None:
+    """Bug: ``from_token_file`` used a plain ``read_text``: it followed a symlink to whatever
+    file it pointed at and sent that as the token."""
+    real = tmp_path / "elsewhere"
+    real.write_text("s" * 48)
+    real.chmod(0o600)
+    link = tmp_path / "admin.token"
+    link.symlink_to(real)
+    with pytest.raises(UsageError, match="symlink"):
+        ServingAdmin.from_token_file("http://127.0.0.1:1", link)
+    with pytest.raises(ServiceError, match="cannot read the serving admin token"):
+        ServingAdmin.from_token_file("http://127.0.0.1:1", tmp_path / "missing.token")
+    ServingAdmin.from_token_file("http://127.0.0.1:1", real).close()

@@ -8,6 +8,7 @@ store down the gates passed as if nothing served.
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,3 +268,15 @@ def test_a_store_that_refuses_every_write_is_not_recorded_and_says_so_once(tiny:
     again = tiny.cycle(0.9)
     assert again.recorded and not [m for m in tiny.messages("stack") if "refused" in m]
     assert tiny.run(again.run_id).status == "deployed"
+
+
+def test_a_champion_whose_bundle_is_gone_is_unknown_and_named(tiny: Tiny) -> None:
+    """The pipeline's own champion lookup repeated ``gates.champion.lookup_champion`` with
+    vaguer messages; the one lookup names the champion that could not be opened."""
+    first = tiny.cycle(0.9)
+    assert first.deployed and first.bundle_path is not None
+    shutil.rmtree(first.bundle_path)
+    result = tiny.cycle(0.9)
+    gate = next(g for g in result.gates if g.name == "no_regression")
+    assert not gate.passed and "the champion tiny v1 could not be opened" in gate.detail
+    assert result.outcome is CycleOutcome.REJECTED and tiny.admin.served_version("tiny") == "1"

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "runs": ("mlplat_tui.cli.query", "runs", "List runs, newest first."),
     "show": ("mlplat_tui.cli.query", "show", "Show one run or bundle with gates and lineage."),
     "sql": ("mlplat_tui.cli.query", "sql", "Read-only SQL over the metadata store."),
+    "targets": ("mlplat_tui.cli.targets", "targets", "List the push targets and what each serves."),
     "rollback": ("mlplat_tui.cli.rollback", "rollback", "Serve an earlier run again, as a rollback."),
     "bundle": ("mlplat_tui.cli.bundle", "bundle", "Build, verify and inspect model bundles."),
     "serve": ("mlplat_tui.cli.serve", "serve", "Serve a bundle over the Open Inference Protocol v2."),

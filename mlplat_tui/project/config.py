@@ -2,7 +2,8 @@
 
 Every error names the file, the key and what was expected (``ConfigError``). ``[gates]`` is
 parsed through the config half of the gate kinds (``project/gate_specs.py``), so a new kind is
-a new key here without an edit to this module. Gate floors from a platform policy file are
+a new key here without an edit to this module. ``[targets.NAME]`` is parsed and checked by
+``project/targets.py`` (one strict model per kind). Gate floors from a platform policy file are
 applied in ``gates/policy.py``; this module only parses.
 """
 
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mlplat_runtime.errors import ConfigError
 from mlplat_tui.project.gate_specs import GatesSection, NoRegression, Threshold, parse_gates, parse_threshold
 from mlplat_tui.project.paths import StateLayout
+from mlplat_tui.project.targets import Target, check_targets, parse_targets
 
 __all__ = [
     "CONFIG_NAME",
@@ -104,14 +106,6 @@ class StackSection(_Section):
     tracker_image: str = "mlplat-tracker:latest"
 
 
-class TargetSection(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
-    kind: Literal["swarm", "gitops-k8s", "local"]
-    registry: str | None = None
-    docker_host: str | None = None
-    replicas: int = 1
-
-
 class ProjectConfig(_Section):
     project: ProjectSection
     train: TrainSection = Field(default_factory=TrainSection)
@@ -119,7 +113,7 @@ class ProjectConfig(_Section):
     model: ModelSection
     gates: GatesSection = Field(default_factory=GatesSection)
     stack: StackSection = Field(default_factory=StackSection)
-    targets: dict[str, TargetSection] = Field(default_factory=dict)
+    targets: dict[str, Target] = Field(default_factory=dict)  # parsed by project/targets.py
     policy: str | None = None  # path to a platform policy file (or MLPLAT_POLICY)
 
 
@@ -155,8 +149,9 @@ def parse_config(text: str, file: str = CONFIG_NAME) -> ProjectConfig:
         raise ConfigError(file, "(syntax)", "TOML nested a few levels deep, not thousands") from None
     raw = dict(raw)
     raw["gates"] = parse_gates(file, raw.get("gates"))
+    raw["targets"] = parse_targets(file, raw.get("targets"), Path(file).resolve().parent)
     try:
-        return ProjectConfig.model_validate(raw)
+        config = ProjectConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"] if p != "thresholds") or "(root)"
@@ -168,6 +163,8 @@ def parse_config(text: str, file: str = CONFIG_NAME) -> ProjectConfig:
         raise ConfigError(
             file, key, expected, got=err.get("input") if err["type"] != "missing" else None
         ) from None
+    check_targets(file, config.targets, config.gates, config.stack.port_base)
+    return config
 
 
 def load_project(root: Path | str = ".") -> Project:

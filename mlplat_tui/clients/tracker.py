@@ -3,6 +3,11 @@ plain ``mlflow.log_metric`` calls in ``train.py`` land in it (via ``MLFLOW_RUN_I
 
 mlflow is imported inside the functions: it costs about 1.5 s and ``mlplat --help`` must not
 pay for it.
+
+A failure says which it was: MLflow's own refusal (a ``RestException``, an HTTP 4xx, another
+``MlflowException`` of the server's answer) is "refused"; a tracker that cannot be reached
+(MLflow wraps the connection error in an ``MlflowException`` too, so the cause decides) is
+"unreachable"; anything else "failed".
 """
 
 from __future__ import annotations
@@ -32,6 +37,32 @@ def tracker_answers(uri: str, *, timeout: float = 2.0) -> bool:
         return False
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` is (or was raised while handling) a connection error or time-out."""
+    import requests
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _tracker_error(uri: str, what: str, exc: Exception) -> ServiceError:
+    """The one error of a tracker call: refused, unreachable or failed (module docstring)."""
+    from mlflow.exceptions import MlflowException
+
+    hint = "check `mlplat status` and `mlplat logs tracker`"
+    if _unreachable(exc):
+        return ServiceError(f"MLflow tracker at {uri} is unreachable, could not {what}: {exc}", hint=hint)
+    if isinstance(exc, MlflowException):
+        return ServiceError(f"MLflow tracker at {uri} refused to {what}: {exc}", hint=hint)
+    return ServiceError(f"MLflow tracker at {uri}: could not {what}: {type(exc).__name__}: {exc}", hint=hint)
+
+
 class Tracker:
     """The real ``TrackerApi``: MLflow's client on the stack's tracker."""
 
@@ -58,18 +89,12 @@ class Tracker:
         try:
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
         except Exception as exc:  # mlflow raises MlflowException / requests errors
-            raise ServiceError(
-                f"MLflow tracker at {self.uri} refused to create the run: {exc}",
-                hint="check `mlplat status` and `mlplat logs tracker`",
-            ) from None
+            raise _tracker_error(self.uri, "create the run", exc) from None
         return str(run.info.run_id)
 
     def _refused(self, what: str, exc: Exception) -> ServiceError:
         # MLflow raises MlflowException, RestException, requests errors...: one class for callers.
-        return ServiceError(
-            f"MLflow tracker at {self.uri} refused to {what}: {exc}",
-            hint="check `mlplat status` and `mlplat logs tracker`",
-        )
+        return _tracker_error(self.uri, what, exc)
 
     def log(
         self, run_id: str, *, params: Mapping[str, Any], metrics: Mapping[str, float], tags: Mapping[str, str]

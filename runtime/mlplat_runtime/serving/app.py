@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -255,18 +255,22 @@ class InferenceHandler:
         self.metrics.observe_inference(model.name, model.version, time.perf_counter() - t)
         return self._encode(model, decoded, arrays)
 
-    async def _infer_in_thread(self, req: Request, model: LoadedModel, t0: float) -> Response:
-        """A slow model runs in a worker thread (ORT releases the GIL), the loop serves on."""
+    async def _infer_via(
+        self,
+        req: Request,
+        model: LoadedModel,
+        t0: float,
+        execute: Callable[[protocol.InferRequest], Awaitable[list[np.ndarray]]],
+    ) -> Response:
+        """Decode (in a worker thread when the body is heavy), ``execute``, encode: the one
+        error handling and request metric of the paths that leave the loop."""
         try:
-            loop = asyncio.get_running_loop()
             if _heavy(req):
+                loop = asyncio.get_running_loop()
                 decoded = await loop.run_in_executor(self.decode_executor, self._decode, req, model)
             else:
                 decoded = self._decode(req, model)
-            t = time.perf_counter()
-            arrays = await loop.run_in_executor(self.executor, model.predict, decoded.inputs, decoded.outputs)
-            self.metrics.observe_inference(model.name, model.version, time.perf_counter() - t)
-            resp = self._encode(model, decoded, arrays)
+            resp = self._encode(model, decoded, await execute(decoded))
         except MlplatError as exc:
             resp = error_response(exc)
         except Exception as exc:
@@ -276,6 +280,18 @@ class InferenceHandler:
             model.name, model.version, "infer", resp.status, time.perf_counter() - t0
         )
         return resp
+
+    async def _infer_in_thread(self, req: Request, model: LoadedModel, t0: float) -> Response:
+        """A slow model runs in a worker thread (ORT releases the GIL), the loop serves on."""
+
+        async def in_thread(decoded: protocol.InferRequest) -> list[np.ndarray]:
+            t = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            arrays = await loop.run_in_executor(self.executor, model.predict, decoded.inputs, decoded.outputs)
+            self.metrics.observe_inference(model.name, model.version, time.perf_counter() - t)
+            return arrays
+
+        return await self._infer_via(req, model, t0, in_thread)
 
     def batcher(self, model: LoadedModel) -> Batcher:
         """The dynamic batcher of this model version (made on its first request)."""
@@ -292,23 +308,11 @@ class InferenceHandler:
 
     async def _infer_batched(self, req: Request, model: LoadedModel, t0: float) -> Response:
         """A model with dynamic batching: decode here, run in a batch with concurrent requests."""
-        try:
-            if _heavy(req):
-                loop = asyncio.get_running_loop()
-                decoded = await loop.run_in_executor(self.decode_executor, self._decode, req, model)
-            else:
-                decoded = self._decode(req, model)
-            arrays = await self.batcher(model).submit(decoded.inputs, decoded.outputs)
-            resp = self._encode(model, decoded, arrays)
-        except MlplatError as exc:
-            resp = error_response(exc)
-        except Exception as exc:
-            log.exception("internal error on %s %s", req.method, req.path)
-            resp = json_error(500, f"internal error: {type(exc).__name__}: {exc}")
-        self.metrics.observe_request(
-            model.name, model.version, "infer", resp.status, time.perf_counter() - t0
-        )
-        return resp
+
+        def in_batch(decoded: protocol.InferRequest) -> Awaitable[list[np.ndarray]]:
+            return self.batcher(model).submit(decoded.inputs, decoded.outputs)
+
+        return await self._infer_via(req, model, t0, in_batch)
 
     async def run(
         self, model: LoadedModel, inputs: dict[str, np.ndarray], names: tuple[str, ...]

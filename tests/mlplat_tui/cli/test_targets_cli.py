@@ -15,6 +15,7 @@ from mlplat_tui.clients.metadata import MetadataClient
 from tests.helpers.metadata import start_metadata
 from tests.helpers.stack import free_port_base
 from tests.mlplat_tui.cli.test_cli import mlplat
+from tests.runtime.metadata.test_guard import Service
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -158,5 +159,22 @@ def test_what_a_target_serves_comes_from_the_real_metadata_store(tmp_path: Path)
         lines = {line.split()[0]: line for line in table.stdout.splitlines() if line.strip()}
         assert "v3 sha256:abababababab" in lines["staging"]
         assert "nothing yet" in lines["prod"] and "nothing yet" in lines["k8s"]
+    finally:
+        assert service.stop() == 0, service.log.read_text()
+
+
+@pytest.mark.integration
+def test_a_metadata_store_of_another_project_on_the_ports_is_refused_naming_it(tmp_path: Path) -> None:
+    base = free_port_base(8)
+    root = _project(tmp_path, base)
+    other = tmp_path / "other"
+    service = Service(
+        tmp_path / "other.duckdb",
+        *("--port", str(base + 1), "--project", "other", "--project-root", str(other)),
+    )
+    try:
+        out = mlplat("targets", "--json", cwd=root, timeout=60)
+        assert out.returncode == 1 and out.stdout == ""
+        assert "answers for project 'other'" in out.stderr and str(other) in out.stderr
     finally:
         assert service.stop() == 0, service.log.read_text()

@@ -161,6 +161,11 @@ def test_a_credentials_file_outside_the_project_by_absolute_path(tmp_path: Path)
     assert cfg.targets["prod"].credentials == CredentialRef(file=str(outside))  # type: ignore[union-attr]
 
 
+def test_a_relative_credentials_file_resolves_from_the_project_folder(tmp_path: Path) -> None:
+    cfg = load(tmp_path, SWARM_MIN + 'credentials = { file = "../secrets/prod.token" }\n').config
+    assert cfg.targets["prod"].credentials == CredentialRef(file="../secrets/prod.token")  # type: ignore[union-attr]
+
+
 # --- refusals: unknown keys and wrong values -------------------------------------------------
 
 

@@ -92,6 +92,7 @@ def target_rows(
             "requires": target.requires,
             "required_by": [n for n, t in targets.items() if t.requires == name],
             "gates": {k: str(s) for k, s in target.gates.specs.items()},
+            "config": target.model_dump(mode="json", exclude={"gates"}),  # credentials: the reference only
             "model": model,
             "serves": None if record is None else record.model_dump(mode="json"),
             "serves_known": unknown is None,

@@ -90,6 +90,8 @@ def test_with_the_stack_down_every_target_is_listed_and_what_it_serves_is_unknow
     assert k8s["address"] == {"repo": "../gitops", "path": "models/churn"}
     assert (staging["required_by"], prod["requires"], prod["required_by"]) == (["prod"], "staging", [])
     assert staging["gates"] == {"metrics.roc_auc": ">= 0.87"}
+    assert (prod["config"]["replicas"], prod["config"]["publish"]) == (2, "edge")
+    assert prod["config"]["credentials"] == {"env": "MLPLAT_PROD_TOKEN", "file": None}
     for row in rows.values():
         assert row["serves"] is None and row["serves_known"] is False
         assert row["unknown_reason"] == "the metadata store is not reachable"

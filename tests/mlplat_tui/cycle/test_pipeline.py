@@ -153,7 +153,7 @@ def test_serving_that_refuses_our_token_is_a_rejection_not_a_crash(tmp_path: Pat
     with started_stack(root) as stack:
         token_file = project.state_dir / "stack" / "admin.token"
         good = token_file.read_text()
-        token_file.write_text("not-the-token\n")
+        token_file.write_text("not-the-token-" + "x" * 40 + "\n")  # strong enough to be sent
         try:
             result = Pipeline(project, stack).run_cycle()
         finally:

@@ -80,7 +80,18 @@ async def _pilot(root: Path, seen: dict[str, Any]) -> None:
                 timeout=200,
             )
             assert not dead(), state() + " " + text_of(screen.events)[-800:]
-            await wait_until(pilot, lambda: serving.snapshot and serving.snapshot.version, "a served version")
+            # The panel polls serving every poll_s: on a loaded machine its snapshot can still
+            # be the v1 that `mlplat train` served when the first cycle ends; wait for the swap.
+            await wait_until(
+                pilot,
+                lambda: (
+                    (s := serving.snapshot) is not None
+                    and (s.version or "0").isdigit()
+                    and int(s.version or "0") >= 2
+                ),
+                "the first dev cycle's version to serve",
+                timeout=60,
+            )
             assert serving.snapshot is not None
             seen["first_version"] = first = serving.snapshot.version
             train = root / "train.py"

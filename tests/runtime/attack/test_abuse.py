@@ -292,5 +292,5 @@ def test_normal_requests_keep_succeeding_under_abuse(
     # A stall detector, not a speed test (the figures above are the measurement): the defects
     # stalled every client for 1.4-9 s. Under 10 ms on a quiet machine; the bound follows the
     # same run's baseline so CI neighbours on 2 cores do not make it flaky.
-    assert p99 < max(20.0, 5 * calm), f"p99 {p99:.2f} ms (baseline {calm:.2f} ms)"
+    assert p99 < max(50.0, 10 * calm), f"p99 {p99:.2f} ms (baseline {calm:.2f} ms)"
     assert watch.peak < BUDGET_MB * 1024 * 1024, f"peak RSS {watch.peak >> 20} MiB"

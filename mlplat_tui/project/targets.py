@@ -133,16 +133,12 @@ class LocalTarget(_TargetBase):
     port_base: int = Field(ge=1024, le=65000)
 
 
-class SwarmTarget(_TargetBase):
-    """A Docker Swarm service per model."""
+class _ClusterTarget(_TargetBase):
+    """What every shared-cluster kind has: registries, replicas, resources, GPU, credentials."""
 
-    kind: Literal["swarm"]
-    registry: str  # the target's MLflow tracking and model registry
+    registry: str | None = None  # the target's MLflow tracking and model registry
     image_registry: str | None = None  # where bundle images are pushed
-    docker_host: str
     replicas: int = Field(default=1, ge=1, le=1000)
-    publish: Literal["ingress", "edge"] = "ingress"
-    port: int | None = Field(default=None, ge=1, le=65535)  # where the inference endpoint answers
     resources: Resources = Field(default_factory=Resources)
     gpu: int = Field(default=0, ge=0, le=64)
     credentials: CredentialRef | None = None
@@ -156,6 +152,16 @@ class SwarmTarget(_TargetBase):
     @classmethod
     def _image_registry(cls, v: str | None) -> str | None:
         return _check_image_registry(v)
+
+
+class SwarmTarget(_ClusterTarget):
+    """A Docker Swarm service per model."""
+
+    kind: Literal["swarm"]
+    registry: str  # required here: pushes register in the target's MLflow
+    docker_host: str
+    publish: Literal["ingress", "edge"] = "ingress"
+    port: int | None = Field(default=None, ge=1, le=65535)  # where the inference endpoint answers
 
     @field_validator("docker_host")
     @classmethod
@@ -165,29 +171,14 @@ class SwarmTarget(_TargetBase):
         return v
 
 
-class GitopsK8sTarget(_TargetBase):
+class GitopsK8sTarget(_ClusterTarget):
     """Kubernetes manifests committed to a git repository for Argo CD or Flux to apply."""
 
     kind: Literal["gitops-k8s"]
     repo: str  # a path or URL of a git repository
     path: str  # the folder inside the repository
     kubernetes_version: str
-    image_registry: str
-    registry: str | None = None
-    replicas: int = Field(default=1, ge=1, le=1000)
-    resources: Resources = Field(default_factory=Resources)
-    gpu: int = Field(default=0, ge=0, le=64)
-    credentials: CredentialRef | None = None
-
-    @field_validator("registry")
-    @classmethod
-    def _registry(cls, v: str | None) -> str | None:
-        return _check_url(v)
-
-    @field_validator("image_registry")
-    @classmethod
-    def _image_registry(cls, v: str | None) -> str | None:
-        return _check_image_registry(v)
+    image_registry: str  # required here: the manifests pin an image by digest
 
     @field_validator("repo")
     @classmethod

@@ -107,7 +107,7 @@ class GateRecord(_Record):
     threshold: str
     passed: bool
     detail: str = ""
-    # The typed comparison (see ``GateResult``); the store keeps only the text columns today.
+    # The typed comparison (see ``GateResult``), in columns of their own since schema v3.
     op: GateOp | None = None
     bound: float | None = None
     evaluated: bool = True

@@ -104,7 +104,17 @@ _V2_INDEXES: Migration = (
     "CREATE INDEX events_run_idx ON events (run_id)",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1_TABLES, _V2_INDEXES)
+# The typed comparison of a gate (``GateResult.op``/``bound``/``evaluated``/``policy_floor``).
+# Rows recorded before it read as what ``GateResult`` defaults to: no comparison, evaluated, the
+# project's own bound.
+_V3_GATE_FIELDS: Migration = (
+    "ALTER TABLE gate_results ADD COLUMN op VARCHAR",
+    "ALTER TABLE gate_results ADD COLUMN bound DOUBLE",
+    "ALTER TABLE gate_results ADD COLUMN evaluated BOOLEAN NOT NULL DEFAULT true",
+    "ALTER TABLE gate_results ADD COLUMN policy_floor BOOLEAN NOT NULL DEFAULT false",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1_TABLES, _V2_INDEXES, _V3_GATE_FIELDS)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -353,14 +353,30 @@ class MetadataStore:
                 number = float(g.measured) if isinstance(g.measured, int | float) else None
                 text = g.measured if isinstance(g.measured, str) else None
                 con.execute(
-                    "INSERT INTO gate_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [bundle_id, run_id, g.name, number, text, g.threshold, g.passed, g.detail],
+                    "INSERT INTO gate_results (bundle_id, run_id, name, measured, measured_text,"
+                    " threshold, passed, detail, op, bound, evaluated, policy_floor)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        bundle_id,
+                        run_id,
+                        g.name,
+                        number,
+                        text,
+                        g.threshold,
+                        g.passed,
+                        g.detail,
+                        g.op,
+                        g.bound,
+                        g.evaluated,
+                        g.policy_floor,
+                    ],
                 )
         return records
 
     def gates(self, bundle_id: str) -> list[GateRecord]:
         rows = self._rows(
-            "SELECT bundle_id, run_id, name, measured, measured_text, threshold, passed, detail"
+            "SELECT bundle_id, run_id, name, measured, measured_text, threshold, passed, detail,"
+            " op, bound, evaluated, policy_floor"
             " FROM gate_results WHERE bundle_id = ? ORDER BY name",
             [bundle_id],
         )
@@ -373,8 +389,12 @@ class MetadataStore:
                 threshold=th,
                 passed=p,
                 detail=d,
+                op=op,
+                bound=bound,
+                evaluated=ev,
+                policy_floor=pf,
             )
-            for b, r, n, m, t, th, p, d in rows
+            for b, r, n, m, t, th, p, d, op, bound, ev, pf in rows
         ]
 
     def next_version(self, model_name: str) -> str:

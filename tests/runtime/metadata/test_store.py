@@ -128,15 +128,74 @@ def test_migrations_upgrade_a_v1_file_and_keep_its_data(db_path: Path) -> None:
     con.close()
 
     with MetadataStore(db_path) as new:
-        assert new.schema_version == SCHEMA_VERSION == 2
+        assert new.schema_version == SCHEMA_VERSION == 3
         assert new.run("kept").project == "churn"
         indexes = new.sql("SELECT index_name FROM duckdb_indexes() ORDER BY index_name").rows
         assert ["runs_model_idx"] in indexes
         versions = new.sql("SELECT version FROM schema_version ORDER BY version").rows
-        assert versions == [[1], [2]]
+        assert versions == [[1], [2], [3]]
     # Reopening applies nothing twice.
     with MetadataStore(db_path) as again:
-        assert again.sql("SELECT count(*) FROM schema_version").rows == [[2]]
+        assert again.sql("SELECT count(*) FROM schema_version").rows == [[3]]
+
+
+def test_gate_fields_round_trip(store: MetadataStore) -> None:
+    gates = [
+        GateResult(
+            name="metrics.roc_auc",
+            measured=0.9,
+            threshold=">= 0.88",
+            passed=True,
+            op=">=",
+            bound=0.88,
+            policy_floor=True,
+        ),
+        GateResult(
+            name="no_regression",
+            measured=None,
+            threshold="not worse than the champion",
+            passed=False,
+            evaluated=False,
+            detail="champion unknown",
+        ),
+        GateResult(name="size_mb", measured=3.5, threshold="< 50", passed=True, op="<", bound=50.0),
+    ]
+    store.record_gates("sha256:b1", "r1", gates)
+    back = store.gates("sha256:b1")
+    assert [g.to_result() for g in back] == sorted(gates, key=lambda g: g.name)
+    auc = back[0]
+    assert (auc.op, auc.bound, auc.evaluated, auc.policy_floor) == (">=", 0.88, True, True)
+    regression = back[1]
+    assert (regression.op, regression.bound, regression.evaluated) == (None, None, False)
+    # SQL sees them as columns of their own.
+    rows = store.sql("SELECT name, op, bound, evaluated, policy_floor FROM gate_results ORDER BY name").rows
+    assert rows == [
+        ["metrics.roc_auc", ">=", 0.88, True, True],
+        ["no_regression", None, None, False, False],
+        ["size_mb", "<", 50.0, True, False],
+    ]
+
+
+def test_gates_recorded_before_v3_migrate_with_the_defaults(db_path: Path) -> None:
+    old_gate = GateResult(name="metrics.roc_auc", measured=0.9, threshold=">= 0.85", passed=True)
+    with MetadataStore(db_path, migrations=MIGRATIONS[:2]) as old:
+        assert old.schema_version == 2
+    # The v2 store's own statement: the eight text columns only.
+    con = duckdb.connect(str(db_path))
+    con.execute(
+        "INSERT INTO gate_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        ["sha256:b1", "r1", "metrics.roc_auc", 0.9, None, ">= 0.85", True, ""],
+    )
+    con.close()
+    with MetadataStore(db_path) as new:
+        assert new.schema_version == 3
+        (gate,) = new.gates("sha256:b1")
+        assert gate.to_result() == old_gate
+        assert (gate.op, gate.bound, gate.evaluated, gate.policy_floor) == (None, None, True, False)
+        # and the migrated table takes the typed fields from now on
+        typed = old_gate.model_copy(update={"op": ">=", "bound": 0.85})
+        new.record_gates("sha256:b1", "r1", [typed])
+        assert [g.to_result() for g in new.gates("sha256:b1")] == [typed]
 
 
 def test_a_failing_migration_leaves_the_file_at_its_old_version(db_path: Path) -> None:
@@ -145,13 +204,13 @@ def test_a_failing_migration_leaves_the_file_at_its_old_version(db_path: Path) -
     with pytest.raises(duckdb.CatalogException):
         MetadataStore(db_path, migrations=broken)
     with MetadataStore(db_path) as store:
-        assert store.schema_version == 2
+        assert store.schema_version == SCHEMA_VERSION
         assert store.sql("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'half_done'").rows == [[0]]
 
 
 def test_a_file_from_a_newer_mlplat_is_refused(db_path: Path) -> None:
     MetadataStore(db_path).close()
-    with pytest.raises(MetadataError, match="schema is v2, this mlplat knows up to v1"):
+    with pytest.raises(MetadataError, match=f"schema is v{SCHEMA_VERSION}, this mlplat knows up to v1"):
         MetadataStore(db_path, migrations=MIGRATIONS[:1])
 
 

@@ -48,7 +48,12 @@ def pack_archive(bundle_dir: Path, out: Path) -> Path:
     if out.exists() or out.is_symlink():
         raise BundleError(f"'{out}' already exists", hint="pick another output path, or delete it first")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+    except OSError as exc:
+        from mlplat_runtime.bundle.build import write_failed
+
+        raise write_failed(f"the bundle archive '{out}'", exc) from exc
     tmp = Path(tmp_name)
     try:
         with (
@@ -65,8 +70,12 @@ def pack_archive(bundle_dir: Path, out: Path) -> Path:
                     tar.addfile(info, src)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; an archive is meant to be shared
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk, most often
+            from mlplat_runtime.bundle.build import write_failed
+
+            raise write_failed(f"the bundle archive '{out}'", exc) from exc
         raise
     return out
 

@@ -46,6 +46,16 @@ def _check_name(kind: str, value: str) -> None:
         )
 
 
+def write_failed(what: str, exc: OSError) -> BundleError:
+    """The error for a write that failed under the bundle folder (full disk, file-size limit,
+    permissions); the caller has already removed what it had half written."""
+    return BundleError(
+        f"writing {what} failed: {exc.strerror or exc}; nothing was left behind",
+        hint="check the free disk space (df -h), the file-size limit (ulimit -f) and the "
+        "write permission of the output folder, then try again",
+    )
+
+
 def _copy_model(model: Path, stage: Path) -> list[str]:
     """Copy the model and each external-data file it names; returns the external files' paths."""
     from mlplat_runtime.bundle.graph import external_locations, load_proto
@@ -179,23 +189,28 @@ def build_bundle(
         out = out.with_name(out.name + ".mlbundle")
     if out.is_symlink() or (out.exists() and (archive or not out.is_dir() or any(out.iterdir()))):
         raise BundleError(f"'{out}' already exists", hint="pick another output path, or delete it first")
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    except OSError as exc:
+        raise write_failed(f"the bundle '{out}'", exc) from exc
     try:
         stage = work / "bundle"
-        stage.mkdir()
-        _write_bundle(
-            stage,
-            model,
-            name,
-            samples=samples,
-            metrics=metrics,
-            params=params,
-            lineage=lineage,
-            reference=reference,
-            version=version,
-        )
+        try:
+            stage.mkdir()
+            _write_bundle(
+                stage,
+                model,
+                name,
+                samples=samples,
+                metrics=metrics,
+                params=params,
+                lineage=lineage,
+                reference=reference,
+                version=version,
+            )
+        except OSError as exc:  # a full disk, most often: the staging folder goes below
+            raise write_failed(f"the bundle '{out}'", exc) from exc
         if archive:
             from mlplat_runtime.bundle.archive import pack_archive
 

@@ -18,6 +18,7 @@ from mlplat_runtime.errors import BundleError
 
 def with_gates(bundle_dir: Path, gates: Sequence[GateResult]) -> Manifest:
     """Replace the gate results of the (intact) bundle folder ``bundle_dir``; returns the new manifest."""
+    from mlplat_runtime.bundle.build import write_failed
     from mlplat_runtime.bundle.integrity import check_structure
 
     bundle_dir = Path(bundle_dir)
@@ -34,13 +35,19 @@ def with_gates(bundle_dir: Path, gates: Sequence[GateResult]) -> Manifest:
     )
     # Validate the whole manifest again: model_copy skips validation.
     manifest = Manifest.model_validate_json(manifest.model_dump_json())
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{bundle_dir.name}.manifest-", dir=bundle_dir.parent)
+    what = f"the new manifest of '{bundle_dir}' (the old one is kept)"
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{bundle_dir.name}.manifest-", dir=bundle_dir.parent)
+    except OSError as exc:
+        raise write_failed(what, exc) from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(manifest.model_dump_json(indent=2) + "\n")
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, bundle_dir / MANIFEST_NAME)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk, most often
+            raise write_failed(what, exc) from exc
         raise
     return manifest

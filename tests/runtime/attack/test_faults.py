@@ -1,10 +1,13 @@
 """Fault injection: kill -9 of the metadata service in the middle of write bursts, a full disk
-under its DuckDB file, kill -9 of a bundle build. Whatever was acknowledged survives; nothing
-is left half-written; every restart opens cleanly."""
+under its DuckDB file, kill -9 of a bundle build, a full disk under the bundle folder (a build,
+an archive, a gate stamp). Whatever was acknowledged survives; nothing is left half-written;
+every restart opens cleanly."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -16,8 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlplat_runtime.bundle import verify_bundle
+from mlplat_runtime.bundle import build_bundle, verify_bundle
 from mlplat_runtime.metadata.store import MetadataStore
+from tests.helpers.models import make_logreg_onnx
 from tests.runtime.metadata.test_guard import Service
 
 pytestmark = pytest.mark.integration
@@ -129,6 +133,91 @@ def test_kill_9_of_a_bundle_build_leaves_no_half_bundle(tmp_path: Path, after_s:
     if out.exists():  # finished before the kill: then it is whole
         assert verify_bundle(out) == []
         assert json.loads((out / "manifest.json").read_text())["model_name"] == "m"
+
+
+MLPLAT = Path(sys.executable).parent / "mlplat"
+ROOT = Path(__file__).resolve().parents[3]
+N_FEATURES = 65536  # model.onnx ~260 KB, samples.npz ~2.1 MB, the .mlbundle ~2.2 MB
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _full_disk_env() -> dict[str, str]:
+    # No .pyc writes in the child: they would be the first files to hit the limit.
+    return {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.mark.parametrize("where", ["model copy", "samples", "archive"])
+def test_a_full_disk_under_the_bundle_folder_fails_the_build_cleanly(tmp_path: Path, where: str) -> None:
+    """The disk fills (RLIMIT_FSIZE in the child: a write past it fails, half done) at three
+    points of ``mlplat bundle build``: the build says so with a hint, leaves no half bundle
+    and no temp folder, and the bundle already in the folder is untouched and verifies."""
+    model = make_logreg_onnx(tmp_path / "src" / "model.onnx", n_features=N_FEATURES)
+    bundles = tmp_path / "bundles"
+    old = build_bundle(model, "m", bundles / "m-1", version="1")  # written with room to spare
+    sizes = {p.name: p.stat().st_size for p in old.iterdir()}
+    before = _digests(old)
+    if where == "model copy":
+        limit = sizes["model.onnx"] // 2
+    elif where == "samples":
+        limit = (sizes["model.onnx"] + sizes["samples.npz"]) // 2
+    else:  # every file of the bundle fits; the packed archive does not
+        probe = build_bundle(model, "m", tmp_path / "probe.mlbundle", version="2", archive=True)
+        assert probe.stat().st_size > max(sizes.values())
+        limit = (max(sizes.values()) + probe.stat().st_size) // 2
+    out = bundles / ("m-2.mlbundle" if where == "archive" else "m-2")
+    proc = subprocess.run(
+        [MLPLAT, "bundle", "build", model, "--name", "m", "--version", "2", "-o", out],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=_full_disk_env(),
+        preexec_fn=lambda: _limit_file_size(limit),
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "writing the bundle" in proc.stderr and "disk space" in proc.stderr and "hint:" in proc.stderr
+    assert sorted(p.name for p in bundles.iterdir()) == ["m-1"]  # no half bundle, no temp beside it
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert _digests(old) == before
+    assert verify_bundle(old) == []
+
+
+GATES = """
+import sys
+from pathlib import Path
+from mlplat_runtime.bundle import GateResult, with_gates
+from mlplat_runtime.errors import MlplatError
+gate = GateResult(name="metrics.roc_auc", measured=0.91, threshold=">= 0.85", passed=True, detail="x" * 400)
+try:
+    with_gates(Path(sys.argv[1]), [gate])
+except MlplatError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def test_a_full_disk_while_stamping_gates_keeps_the_old_manifest_whole(tmp_path: Path) -> None:
+    model = make_logreg_onnx(tmp_path / "src" / "model.onnx")
+    bundle = build_bundle(model, "m", tmp_path / "bundles" / "m-1", version="1")
+    manifest = (bundle / "manifest.json").read_bytes()
+    limit = len(manifest) // 2  # the new manifest (with a gate) is larger still
+    proc = subprocess.run(
+        [sys.executable, "-c", GATES, str(bundle)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=_full_disk_env(),
+        preexec_fn=lambda: _limit_file_size(limit),
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "writing the new manifest" in proc.stderr and "old one is kept" in proc.stderr
+    assert "disk space" in proc.stderr
+    assert (bundle / "manifest.json").read_bytes() == manifest  # the old one, whole
+    assert verify_bundle(bundle) == []
+    assert sorted(p.name for p in bundle.parent.iterdir()) == ["m-1"]  # no temp manifest left
+    assert sorted(p.name for p in bundle.iterdir()) == ["manifest.json", "model.onnx", "samples.npz"]
 
 
 def test_a_run_cut_off_by_a_dead_metadata_service_is_interrupted_not_running_forever(

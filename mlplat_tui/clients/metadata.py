@@ -224,6 +224,11 @@ class MetadataClient:
         data = self._request("GET", "/events", params={"after_id": after_id, "limit": limit})
         return [EventRecord.model_validate(e) for e in data["events"]]
 
+    def latest_events(self, limit: int = 200) -> list[EventRecord]:
+        """The newest ``limit`` events, oldest first: where to start before polling ``events``."""
+        data = self._request("GET", "/events/latest", params={"limit": limit})
+        return [EventRecord.model_validate(e) for e in data["events"]]
+
     def deployments(
         self, model: str | None = None, limit: int = 100, *, target: str | None = None
     ) -> list[DeploymentRecord]:

@@ -391,12 +391,12 @@ class DashboardData:
         meta = self.metadata()
         try:
             if after_id is None:
-                last = meta.sql("SELECT coalesce(max(id), 0) FROM events").rows[0][0]
-                after_id = max(0, int(last) - _INITIAL_EVENTS)
-            records = meta.events(after_id=after_id, limit=_INITIAL_EVENTS)
+                records = meta.latest_events(limit=_INITIAL_EVENTS)
+            else:
+                records = meta.events(after_id=after_id, limit=_INITIAL_EVENTS)
         except MlplatError:
             return EventsBatch((), after_id)
-        last_id = max((r.id for r in records if r.id is not None), default=after_id)
+        last_id = max((r.id for r in records if r.id is not None), default=after_id or 0)
         return EventsBatch(tuple(event_from_record(r) for r in records), last_id)
 
     # -- bundles ----------------------------------------------------------------------------

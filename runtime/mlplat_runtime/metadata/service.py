@@ -22,6 +22,7 @@ client can raise the same class again.
     GET   /deployments/at?model&ts&target         {"deployment": DeploymentRecord | null}
     POST  /events                        Event.to_json() or EventRecord -> EventRecord (with id)
     GET   /events?after_id&limit         {"events": [EventRecord]}  oldest first
+    GET   /events/latest?limit           {"events": [EventRecord]}  the newest `limit`, oldest first
     POST  /sql                           {"query": "..."}              -> SqlResult
     GET   /versions/next?model           {"model", "version"}
 
@@ -170,6 +171,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/deployments/at", _deployed_at),
     ("POST", "/events", lambda s, r: s.record_event(r.json())),
     ("GET", "/events", lambda s, r: {"events": s.events(r.integer("after_id", 0), r.integer("limit", 200))}),
+    ("GET", "/events/latest", lambda s, r: {"events": s.latest_events(r.integer("limit", 200))}),
     ("POST", "/sql", _sql),
     (
         "GET",

@@ -104,6 +104,12 @@ def _json_value(text: str | None) -> Any:
     return WIRE.validate_json(text) if text else {}
 
 
+def _event_record(row: Sequence[Any]) -> EventRecord:
+    data = dict(zip(_EVENT_COLUMNS, row, strict=True))
+    data["payload"] = _json_value(data["payload"])
+    return EventRecord.model_validate(data)
+
+
 def _limit(value: int) -> int:
     if not 1 <= value <= MAX_LIMIT:
         raise RequestError(f"limit must be between 1 and {MAX_LIMIT}, got {value}")
@@ -491,12 +497,16 @@ class MetadataStore:
             f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events WHERE id > ? ORDER BY id LIMIT ?",
             [after_id, _limit(limit)],
         )
-        out = []
-        for row in rows:
-            data = dict(zip(_EVENT_COLUMNS, row, strict=True))
-            data["payload"] = _json_value(data["payload"])
-            out.append(EventRecord.model_validate(data))
-        return out
+        return [_event_record(row) for row in rows]
+
+    def latest_events(self, limit: int = 200) -> list[EventRecord]:
+        """The newest ``limit`` events, oldest first (where a reader starts before it polls)."""
+        rows = self._rows(
+            f"SELECT {', '.join(_EVENT_COLUMNS)} FROM"
+            f" (SELECT {', '.join(_EVENT_COLUMNS)} FROM events ORDER BY id DESC LIMIT ?) ORDER BY id",
+            [_limit(limit)],
+        )
+        return [_event_record(row) for row in rows]
 
     # -- read-only SQL --------------------------------------------------------------------
 

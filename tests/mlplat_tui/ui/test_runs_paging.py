@@ -16,7 +16,7 @@ from textual.widgets import DataTable
 from mlplat_runtime.metadata.records import RunRecord
 from mlplat_runtime.metadata.store import MetadataStore
 from mlplat_tui.project.config import Project, load_project
-from mlplat_tui.stack.base import Ports
+from mlplat_tui.stack.base import Ports, Service
 from mlplat_tui.ui.app import DashboardApp
 from mlplat_tui.ui.data import DashboardData
 from mlplat_tui.ui.main_screen import MainScreen
@@ -70,6 +70,27 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Big]:
         yield Big(project, runs)
     finally:
         service.stop()
+
+
+def test_initial_events_are_the_newest_then_polling_continues(big: Big) -> None:
+    import httpx
+
+    from mlplat_tui.ui.data import _INITIAL_EVENTS
+
+    url = Ports.from_project(big.project).url(Service.METADATA)
+    with httpx.Client(base_url=url, timeout=10) as http:
+        for i in range(_INITIAL_EVENTS + 50):
+            http.post("/events", json={"kind": "log", "message": f"e{i}"}).raise_for_status()
+        data = DashboardData(big.project, timeout_s=10)
+        first = data.events_since(None)
+        assert len(first.events) == _INITIAL_EVENTS
+        assert first.events[0].message == "e50" and first.events[-1].message == f"e{_INITIAL_EVENTS + 49}"
+        assert first.last_id is not None
+        assert data.events_since(first.last_id).events == ()
+        http.post("/events", json={"kind": "log", "message": "newer"}).raise_for_status()
+        then = data.events_since(first.last_id)
+        assert [e.message for e in then.events] == ["newer"]
+        assert then.last_id == first.last_id + 1
 
 
 def _first(table: DataTable) -> str:  # type: ignore[type-arg]

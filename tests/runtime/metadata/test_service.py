@@ -21,7 +21,7 @@ def test_routes_answer_json_and_errors_carry_status_and_type(db_path: Path) -> N
         metadata_service(db_path) as svc,
         httpx.Client(base_url=svc.url, timeout=10, headers=json_type) as http,
     ):
-        assert http.get("/health").json() == {"status": "ok", "schema_version": 2}
+        assert http.get("/health").json() == {"status": "ok", "schema_version": 3}
 
         created = http.post("/runs", content=b'{"run_id": "r/1", "model_name": "m", "metrics": {"l": NaN}}')
         assert created.status_code == 200 and created.json()["run_id"] == "r/1"
@@ -55,6 +55,25 @@ def test_routes_answer_json_and_errors_carry_status_and_type(db_path: Path) -> N
             body = response.json()
             assert (response.status_code, body["type"]) == (status, kind), body
             assert text in body["error"]
+
+
+def test_latest_events_are_the_newest_oldest_first(db_path: Path) -> None:
+    with metadata_service(db_path) as svc, httpx.Client(base_url=svc.url, timeout=10) as http:
+        assert http.get("/events/latest").json() == {"events": []}
+        ids = []
+        for i in range(7):
+            created = http.post("/events", json={"kind": "log", "message": f"m{i}"})
+            assert created.status_code == 200, created.text
+            ids.append(created.json()["id"])
+        latest = http.get("/events/latest", params={"limit": 3}).json()["events"]
+        assert [e["id"] for e in latest] == ids[-3:]
+        assert [e["message"] for e in latest] == ["m4", "m5", "m6"]
+        # fewer than the limit: all of them; polling on from the last id sees only newer ones
+        assert [e["id"] for e in http.get("/events/latest").json()["events"]] == ids
+        after = http.get("/events", params={"after_id": latest[-1]["id"]}).json()
+        assert after == {"events": []}
+        bad = http.get("/events/latest", params={"limit": "many"})
+        assert bad.status_code == 400 and "limit" in bad.json()["error"]
 
 
 def test_sigterm_checkpoints_and_exits_zero(db_path: Path) -> None:

@@ -122,10 +122,10 @@ def rollback_run(metadata: MetadataApi, model: str, to: str | None, target: str 
         if not found:
             raise NotFoundError(f"{model} has no run with version {version}", hint="see `mlplat runs`")
         return found[0]
-    page = metadata.query_runs(model=model, search=to, limit=50)
-    matches = [r.run.run_id for r in page.rows if r.run.run_id.startswith(to)]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
+    # Two rows are enough to tell one match from many; ``total`` counts them all.
+    page = metadata.query_runs(model=model, run_id_prefix=to, limit=2)
+    if page.total == 1:
+        return page.rows[0].run.run_id
+    if page.total == 0:
         raise NotFoundError(f"no run or version {to!r} of {model}", hint="see `mlplat runs`")
-    raise UsageError(f"{to!r} matches {len(matches)} runs", hint="give more of the run id")
+    raise UsageError(f"{to!r} matches {page.total} runs", hint="give more of the run id")

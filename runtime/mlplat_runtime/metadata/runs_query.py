@@ -9,7 +9,9 @@ that had drifted apart when each wrote its own SQL:
   served. Targets stay apart: a version pushed to ``prod`` is never "served" locally.
 - **search**: one case-insensitive substring match over ``SEARCH_COLUMNS``, taken literally
   (``%`` and ``_`` are not wildcards). ``model`` and ``version`` filter exactly
-  (``mlplat rollback --to 1`` must find version 1, not the runs whose text contains a 1).
+  (``mlplat rollback --to 1`` must find version 1, not the runs whose text contains a 1), and
+  ``run_id_prefix`` keeps the runs whose id starts with it (case-sensitive, taken literally:
+  ``mlplat rollback --to <prefix>`` counts every match, not the first page of a search).
 
 The query and its answer are pydantic records (they cross HTTP); the SQL is built here and run
 by ``MetadataStore.query_runs`` (the store is the only code that holds the DuckDB connection,
@@ -42,6 +44,7 @@ class RunsQuery(_Record):
     search: str = ""
     model: str | None = None
     version: str | None = None  # exactly this version
+    run_id_prefix: str | None = Field(default=None, min_length=1)  # ids that start with it
     sort: str = "created_at"
     descending: bool = True
     limit: int = Field(default=100, ge=1, le=MAX_PAGE)
@@ -96,6 +99,9 @@ def where_clause(query: RunsQuery) -> tuple[str, list[Any]]:
     if query.version is not None:
         clauses.append("r.version = ?")
         params.append(query.version)
+    if query.run_id_prefix is not None:
+        clauses.append("starts_with(r.run_id, ?)")
+        params.append(query.run_id_prefix)
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 

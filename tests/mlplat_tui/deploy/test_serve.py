@@ -154,3 +154,25 @@ def test_rollback_to_a_version_finds_it_behind_many_newer_matching_runs(
         metadata.record_run(RunRecord(run_id=f"r1-{i:04d}", model_name=MODEL, status="failed"))
     assert rollback_run(metadata, MODEL, "1") == "run1"
     assert rollback_run(metadata, MODEL, "v1") == "run1"
+
+
+def test_rollback_to_a_run_prefix_finds_it_behind_many_newer_runs_holding_it(
+    tmp_path: Path, metadata: FakeMetadata
+) -> None:
+    """Bug: ``--to <prefix>`` searched the prefix as a substring in 50 runs at most: newer runs
+    whose id held it pushed the run out of the page, and it was "not found"."""
+    v1 = _bundle(tmp_path, "1")
+    _recorded_run(metadata, v1)  # run id "run1"
+    for i in range(60):  # newer, each id holding "run1" further in
+        metadata.record_run(RunRecord(run_id=f"x-run1-{i:03d}", model_name=MODEL, status="failed"))
+    assert rollback_run(metadata, MODEL, "run1") == "run1"
+    # an ambiguous prefix names how many runs it matches, all of them, not one page's worth
+    for i in range(60):
+        metadata.record_run(RunRecord(run_id=f"dup-{i:03d}", model_name=MODEL, status="failed"))
+    with pytest.raises(UsageError, match="'dup' matches 60 runs"):
+        rollback_run(metadata, MODEL, "dup")
+    with pytest.raises(UsageError, match="'dup-05' matches 10 runs"):
+        rollback_run(metadata, MODEL, "dup-05")
+    assert rollback_run(metadata, MODEL, "dup-059") == "dup-059"
+    with pytest.raises(NotFoundError, match="no run or version 'nope'"):
+        rollback_run(metadata, MODEL, "nope")

@@ -114,3 +114,22 @@ def test_version_filters_exactly(store: MetadataStore) -> None:
     assert store.query_runs(RunsQuery(search="1")).total > 1  # what a substring search gives
     assert store.query_runs(RunsQuery(version="1", model="other")).total == 0
     assert store.query_runs(RunsQuery(version="13")).total == 0
+
+
+def test_run_id_prefix_filters_on_the_start_of_the_id_only(store: MetadataStore) -> None:
+    _runs(store, 12)  # run1 .. run12
+    for run_id in ("xrun1", "Run1", "run_%", "runX%"):
+        store.record_run(RunRecord(run_id=run_id, model_name=MODEL, created_at=T0))
+
+    def ids(**query: object) -> list[str]:
+        page = store.query_runs(RunsQuery.model_validate({"sort": "run_id", "descending": False, **query}))
+        return [r.run.run_id for r in page.rows]
+
+    assert ids(run_id_prefix="run1") == ["run1", "run10", "run11", "run12"]  # not xrun1, not Run1
+    assert ids(search="run1") == ["Run1", "run1", "run10", "run11", "run12", "xrun1"]
+    assert ids(run_id_prefix="run_") == ["run_%"]  # "_" and "%" are not wildcards
+    assert ids(run_id_prefix="run12") == ["run12"]
+    assert ids(run_id_prefix="run1", model="other") == []
+    assert store.query_runs(RunsQuery(run_id_prefix="run1", limit=1)).total == 4
+    with pytest.raises(ValidationError):
+        RunsQuery(run_id_prefix="")

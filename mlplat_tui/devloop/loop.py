@@ -298,9 +298,10 @@ class DevLoop:
             self.error = exc
         finally:
             self.state = "stopping"
-            self._teardown()
+            stopped = self._stopped_event()
+            self._teardown(stopped)
             self.state = "stopped"
-            self._deliver(self._stopped_event())
+            self._deliver(stopped)
 
     def _stopped_event(self) -> Event:
         exc = self.error
@@ -348,7 +349,9 @@ class DevLoop:
         )
         self._recorder.start()
 
-    def _teardown(self) -> None:
+    def _teardown(self, stopped: Event) -> None:
+        """Stop watching and close what the loop opened; ``stopped`` (the loop's last event,
+        delivered to the host afterwards) is recorded in the store before the pipeline closes."""
         with contextlib.suppress(Exception):
             self.watcher.stop()
         with contextlib.suppress(Exception):
@@ -358,7 +361,9 @@ class DevLoop:
             self._recorder.join(timeout=5)
             self._recorder = None
         if self._pipeline is not None:
-            self._pipeline.flush(timeout_s=5)
+            with contextlib.suppress(Exception):  # best effort, like the loop's other events
+                self._pipeline.record_event(stopped)
+            self._pipeline.flush(timeout_s=5)  # bounded: a store that is gone does not hold it
             self._pipeline.close()
         close = getattr(self.runner, "close", None)
         if self._own_runner and callable(close):

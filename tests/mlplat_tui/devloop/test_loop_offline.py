@@ -15,7 +15,9 @@ import pytest
 
 from mlplat_tui.devloop.loop import ContentIndex, DevLoop
 from mlplat_tui.project.config import load_project
+from tests.helpers.metadata import start_metadata
 from tests.helpers.models import make_logreg_onnx
+from tests.helpers.stack import free_port_base, set_port_base
 from tests.mlplat_tui.devloop.conftest import EventLog, edit
 
 TRAIN = """
@@ -151,6 +153,32 @@ def test_stop_during_training_ends_the_run_and_the_worker(tiny: Path, event_log:
     assert loop.state == "stopped" and loop.error is None
     assert not _alive(child_pid) and not _alive(worker_pid)
     assert event_log.wait("cycle").message == "cancelled: the dev loop is stopping"
+
+
+def test_the_stopped_event_is_recorded_in_the_metadata_store(tiny: Path, event_log: EventLog) -> None:
+    """Only the metadata service is up (a real one, on the project's port): the loop's last
+    event, ``stopped``, reaches the store as well as the host, after the cycle's own events."""
+    from mlplat_tui.clients.metadata import MetadataClient
+    from mlplat_tui.stack.base import Ports, Service
+    from mlplat_tui.stack.local import LocalBackend
+
+    set_port_base(tiny, free_port_base())
+    project = load_project(tiny)
+    ports = Ports.from_project(project)
+    service = start_metadata(project.state_dir / "stack" / "metadata.duckdb", port=ports.metadata)
+    try:
+        loop = DevLoop(project, backend=LocalBackend(project), emit=event_log, start_stack=False, warm=False)
+        result = loop.run_once()
+        assert result is not None and result.run_id, event_log.kinds()
+        assert event_log.events[-1].kind == "stopped" and loop.error is None
+        with MetadataClient(ports.url(Service.METADATA)) as meta:
+            recorded = meta.latest_events(limit=50)
+            assert meta.run(result.run_id).model_name == "tiny"  # the cycle reached the store too
+        assert [e.kind for e in recorded][-1] == "stopped", [e.kind for e in recorded]
+        assert recorded[-1].message == "dev loop stopped"
+        assert "cycle" in [e.kind for e in recorded]
+    finally:
+        service.stop()
 
 
 def _worker_and_child(loop: DevLoop) -> tuple[int, int]:

@@ -56,6 +56,15 @@ def copy_sample(name: str, dest: Path, port_base: int | None = None) -> Path:
     return target
 
 
+def relax_latency_gate(project_dir: Path, bound_ms: int = 250) -> None:
+    """For tests about something else than the latency guardrail: on 2 loaded CI cores a tiny
+    model's p95 passed the samples' 5 ms now and then, and a save retrained into a rejection."""
+    toml = project_dir / "mlplat.toml"
+    text = toml.read_text()
+    assert '"latency.p95_ms" = "<= 5"' in text
+    toml.write_text(text.replace('"latency.p95_ms" = "<= 5"', f'"latency.p95_ms" = "<= {bound_ms}"'))
+
+
 @contextlib.contextmanager
 def started_stack(project_dir: Path) -> Iterator[LocalBackend]:
     backend = LocalBackend(load_project(project_dir))

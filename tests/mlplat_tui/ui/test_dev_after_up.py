@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.stack import REPO, copy_sample
+from tests.helpers.stack import REPO, copy_sample, relax_latency_gate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -34,6 +34,7 @@ def _mlplat(root: Path, *args: str, timeout: float = 300) -> subprocess.Complete
 
 def test_dev_dashboard_after_up_and_train_trains_and_serves_on_a_save(tmp_path: Path) -> None:
     root = copy_sample("churn", tmp_path)
+    relax_latency_gate(root)  # this is about the dev loop, not that guardrail
     up = _mlplat(root, "up")
     try:
         assert up.returncode == 0, up.stderr

@@ -9,6 +9,7 @@ serving locally.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -42,43 +43,38 @@ def project(tmp_path: Path) -> Project:
     return load_project(copy_sample("churn", tmp_path))
 
 
+@contextlib.contextmanager
+def _service(project: Project, log_path: Path, module: str, health_url: str, *args: str) -> Iterator[None]:
+    """``python -m <module> <args>`` started for this project, until ``health_url`` answers 200."""
+    with log_path.open("wb") as log:
+        identity = ("--project", project.name, "--project-root", str(project.root))
+        process = subprocess.Popen([sys.executable, "-m", module, *args, *identity], stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 60
+            with httpx.Client(timeout=2, trust_env=False) as http:
+                while True:
+                    assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                    try:
+                        if http.get(health_url).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    time.sleep(0.1)
+            yield
+        finally:
+            process.terminate()
+            process.wait(15)
+
+
 @pytest.fixture
 def metadata(project: Project, tmp_path: Path) -> Iterator[str]:
     """The real metadata service on the project's port, answering for this project."""
     ports = Ports.from_project(project)
-    log_path = tmp_path / "metadata.log"
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlplat_runtime.metadata",
-            "--db",
-            str(tmp_path / "meta.duckdb"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(ports.metadata),
-            "--project",
-            project.name,
-            "--project-root",
-            str(project.root),
-        ],
-        stdout=log,
-        stderr=log,
-    )
     url = f"http://127.0.0.1:{ports.metadata}"
-    try:
-        deadline = time.monotonic() + 60
-        with MetadataClient(url) as client:
-            while not client.health():
-                assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.1)
+    db = str(tmp_path / "meta.duckdb")
+    args = ("--db", db, "--host", "127.0.0.1", "--port", str(ports.metadata))
+    with _service(project, tmp_path / "metadata.log", "mlplat_runtime.metadata", f"{url}/health", *args):
         yield url
-    finally:
-        process.terminate()
-        process.wait(15)
-        log.close()
 
 
 def _record(url: str, project: Project) -> None:
@@ -157,44 +153,13 @@ async def test_the_dashboard_and_mlplat_runs_agree_on_what_serves_where(
 def serving(project: Project, tmp_path: Path) -> Iterator[str]:
     """The real serving runtime (empty) on the project's ports, answering for this project."""
     ports = Ports.from_project(project)
-    log_path = tmp_path / "serving.log"
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlplat_runtime.serving",
-            "--port",
-            str(ports.serving),
-            "--admin-port",
-            str(ports.admin),
-            "--admin-token-file",
-            str(tmp_path / "admin.token"),
-            "--project",
-            project.name,
-            "--project-root",
-            str(project.root),
-        ],
-        stdout=log,
-        stderr=log,
-    )
     url = f"http://127.0.0.1:{ports.serving}"
-    try:
-        deadline = time.monotonic() + 60
-        with httpx.Client(timeout=2, trust_env=False) as http:
-            while True:
-                assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
-                try:
-                    if http.get(f"{url}/v2/health/live").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
+    args = ("--port", str(ports.serving), "--admin-port", str(ports.admin),
+            "--admin-token-file", str(tmp_path / "admin.token"))  # fmt: skip
+    with _service(
+        project, tmp_path / "serving.log", "mlplat_runtime.serving", f"{url}/v2/health/live", *args
+    ):
         yield url
-    finally:
-        process.terminate()
-        process.wait(15)
-        log.close()
 
 
 def test_services_of_another_project_on_the_ports_are_named_not_read(

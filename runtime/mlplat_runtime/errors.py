@@ -91,6 +91,11 @@ class StackError(ServiceError):
     pass
 
 
+class TargetError(ServiceError):
+    """A push target could not be reached or refused us (engine, registry, credentials):
+    raised before anything on the target changed."""
+
+
 class TrainingError(MlplatError):
     def __init__(self, message: str, *, output_tail: str = "", hint: str | None = None) -> None:
         super().__init__(message, hint=hint)

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,11 @@ from mlplat_runtime.bundle.manifest import (
     NAME_PATTERN,
     REFERENCE_NAME,
     SAMPLES_NAME,
+    BatchingSpec,
     Lineage,
     Manifest,
+    ServingSpec,
+    batch_dimension_problems,
 )
 from mlplat_runtime.errors import BundleError, UsageError
 
@@ -54,6 +58,33 @@ def write_failed(what: str, exc: OSError) -> BundleError:
         hint="check the free disk space (df -h), the file-size limit (ulimit -f) and the "
         "write permission of the output folder, then try again",
     )
+
+
+def batching_spec(
+    raw: BatchingSpec | Mapping[str, Any] | None, where: str = "batching"
+) -> BatchingSpec | None:
+    """A batching block checked against its schema (``where`` names it in the error)."""
+    if raw is None or isinstance(raw, BatchingSpec):
+        return raw
+    try:
+        return BatchingSpec.model_validate(dict(raw))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise UsageError(
+            f"{where}{'.' + key if key else ''}: {first['msg']}",
+            hint="e.g. max_batch_size = 32, max_queue_delay_us = 0, preferred_batch_sizes = [8, 16]",
+        ) from None
+
+
+def _check_batching(spec: BatchingSpec, signature: Any) -> None:
+    problems = batch_dimension_problems(signature.inputs, signature.outputs)
+    if problems:
+        raise BundleError(
+            "dynamic batching was asked for, but the model cannot batch: " + "; ".join(problems),
+            hint="remove [serving.batching] from mlplat.toml, or export the model with a dynamic first"
+            " dimension (e.g. dynamic_axes={'input': {0: 'batch'}} in torch.onnx.export)",
+        )
 
 
 def _copy_model(model: Path, stage: Path) -> list[str]:
@@ -105,6 +136,7 @@ def _write_bundle(
     lineage: Lineage | None,
     reference: dict[str, Any] | None,
     version: str | None,
+    batching: BatchingSpec | None = None,
 ) -> Manifest:
     from mlplat_runtime.bundle.graph import read_signature
     from mlplat_runtime.bundle.samples import conform_inputs, generate_inputs, read_user_inputs, write_samples
@@ -112,6 +144,8 @@ def _write_bundle(
 
     _copy_model(model, stage)
     signature = read_signature(stage / MODEL_NAME)
+    if batching is not None:
+        _check_batching(batching, signature)
     if samples is not None:
         inputs = conform_inputs(read_user_inputs(Path(samples)), signature)
     else:
@@ -148,6 +182,7 @@ def _write_bundle(
             params={str(k): str(v) for k, v in (params or {}).items()},
             lineage=lineage or Lineage(),
             files=files,
+            serving=ServingSpec(batching=batching) if batching is not None else None,
         )
     except ValidationError as exc:
         raise BundleError(
@@ -170,6 +205,7 @@ def build_bundle(
     reference: dict[str, Any] | None = None,
     version: str | None = None,
     archive: bool = False,
+    batching: BatchingSpec | Mapping[str, Any] | None = None,
 ) -> Path:
     """Build a bundle v1 from ``model`` at ``out`` and return its path.
 
@@ -177,10 +213,13 @@ def build_bundle(
     ``.mlbundle`` file to write (the suffix is added when missing). ``samples`` is an ``.npz``
     of inputs (keys = input names, or ``input:<name>``); without it, 8 rows are generated
     from the signature. ``version`` defaults to the first 12 hex digits of the bundle id.
+    ``batching`` (``[serving.batching]`` of mlplat.toml) is recorded as ``serving.batching``;
+    refused (BundleError) for a model whose first dimension is not a batch dimension.
     """
     model = Path(model)
     out = Path(out)
     _check_name("model name", name)
+    spec = batching_spec(batching)
     if version is not None:
         _check_name("version", version)
     if not model.is_file():
@@ -208,6 +247,7 @@ def build_bundle(
                 lineage=lineage,
                 reference=reference,
                 version=version,
+                batching=spec,
             )
         except OSError as exc:  # a full disk, most often: the staging folder goes below
             raise write_failed(f"the bundle '{out}'", exc) from exc

@@ -2,13 +2,18 @@
 
 Parsed from outside (a bundle may come from anywhere), so it is a pydantic model with
 ``extra="forbid"``: an unknown key is a schema error, not silently ignored.
+
+The optional ``serving`` block says how the bundle asks to be served; today only dynamic
+batching (``serving.batching``, from ``[serving.batching]`` in mlplat.toml). It is written only
+when present, so manifests without it read exactly as before.
 """
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from collections.abc import Iterable, Sequence
+from typing import Annotated, Final, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION: Final[Literal[1]] = 1
 MANIFEST_NAME = "manifest.json"
@@ -87,6 +92,66 @@ class GateResult(_Frozen):
     policy_floor: bool = False
 
 
+MAX_BATCH_SIZE_LIMIT = 65536
+MAX_QUEUE_DELAY_US_LIMIT = 1_000_000
+MAX_BATCH_INSTANCES = 64
+
+_StrictInt = Annotated[int, Field(strict=True)]
+
+
+class BatchingSpec(_Frozen):
+    """Dynamic batching a bundle asks for (Triton's ``dynamic_batching`` plus ``max_batch_size``).
+
+    Only for a model whose first dimension is a batch dimension (``batch_dimension_problems``);
+    ``build_bundle`` refuses it for any other model. Serving's ``--max-batch-size`` flags and an
+    admin load's ``dynamic_batching`` parameter override it.
+    """
+
+    max_batch_size: _StrictInt = Field(ge=1, le=MAX_BATCH_SIZE_LIMIT)  # rows in one ONNX Runtime call
+    # while a call is in flight, the longest a request waits for company (0: never waits)
+    max_queue_delay_us: _StrictInt = Field(default=0, ge=0, le=MAX_QUEUE_DELAY_US_LIMIT)
+    preferred_batch_sizes: tuple[_StrictInt, ...] = ()  # row counts a batch fires at without waiting
+    instances: _StrictInt = Field(default=1, ge=1, le=MAX_BATCH_INSTANCES)  # calls in flight at once
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _sorted(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(sorted(set(v)))
+
+    @model_validator(mode="after")
+    def _within(self) -> BatchingSpec:
+        bad = [s for s in self.preferred_batch_sizes if not 1 <= s <= self.max_batch_size]
+        if bad:
+            raise ValueError(
+                f"preferred_batch_sizes {bad} are not within 1..max_batch_size ({self.max_batch_size})"
+            )
+        return self
+
+
+class ServingSpec(_Frozen):
+    """How the bundle asks to be served."""
+
+    batching: BatchingSpec | None = None
+
+
+class _Shaped(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def shape(self) -> Sequence[int]: ...
+
+
+def batch_dimension_problems(inputs: Iterable[_Shaped], outputs: Iterable[_Shaped]) -> list[str]:
+    """Why a model cannot batch dynamically (empty when its first dimension is a batch
+    dimension: -1 on every input and output)."""
+    return [
+        f"{kind} '{s.name}' has shape {list(s.shape)}: its first dimension is not a batch dimension (-1)"
+        for kind, slots in (("input", inputs), ("output", outputs))
+        for s in slots
+        if not s.shape or s.shape[0] != -1
+    ]
+
+
 class Manifest(_Frozen):
     schema_version: Literal[1] = SCHEMA_VERSION
     # names travel in URLs, folder names and registry entries: no NUL, no "../", no 100k characters
@@ -100,3 +165,5 @@ class Manifest(_Frozen):
     lineage: Lineage = Field(default_factory=Lineage)
     gates: tuple[GateResult, ...] = ()
     files: dict[str, str]  # relative posix path -> "sha256:<hex>", every file except manifest.json
+    # how it asks to be served; left out of the JSON when absent (older readers forbid the key)
+    serving: ServingSpec | None = Field(default=None, exclude_if=lambda v: v is None)

@@ -30,23 +30,27 @@ import asyncio
 import functools
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlplat_runtime.bundle.manifest import (
+    MAX_BATCH_INSTANCES,
+    MAX_BATCH_SIZE_LIMIT,
+    MAX_QUEUE_DELAY_US_LIMIT,
+    BatchingSpec,
+    batch_dimension_problems,
+)
 from mlplat_runtime.errors import RequestError
 
+__all__ = ["Batcher", "BatchingConfig", "batch_dimension_problems"]
+
 if TYPE_CHECKING:
-    from mlplat_runtime.bundle.manifest import TensorSpec
     from mlplat_runtime.serving.metrics import ServingMetrics
     from mlplat_runtime.serving.model import LoadedModel
-    from mlplat_runtime.serving.protocol import TensorSlot
-
-MAX_BATCH_SIZE_LIMIT = 65536
-MAX_QUEUE_DELAY_US_LIMIT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -70,8 +74,18 @@ class BatchingConfig:
             raise RequestError(
                 f"preferred_batch_sizes {bad} are not within 1..max_batch_size ({self.max_batch_size})"
             )
-        if not 1 <= self.instances <= 64:
-            raise RequestError(f"instances must be 1..64, got {self.instances}")
+        if not 1 <= self.instances <= MAX_BATCH_INSTANCES:
+            raise RequestError(f"instances must be 1..{MAX_BATCH_INSTANCES}, got {self.instances}")
+
+    @classmethod
+    def from_spec(cls, spec: BatchingSpec) -> BatchingConfig:
+        """From a bundle manifest's ``serving.batching`` (already validated by its schema)."""
+        return cls(
+            max_batch_size=spec.max_batch_size,
+            max_queue_delay_us=spec.max_queue_delay_us,
+            preferred_batch_sizes=spec.preferred_batch_sizes,
+            instances=spec.instances,
+        )
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> BatchingConfig:
@@ -96,18 +110,6 @@ class BatchingConfig:
             "preferred_batch_sizes": list(self.preferred_batch_sizes),
             "instances": self.instances,
         }
-
-
-def batch_dimension_problems(
-    inputs: Sequence[TensorSlot | TensorSpec], outputs: Sequence[TensorSlot | TensorSpec]
-) -> list[str]:
-    """Why a model cannot be batched (empty when its first dimension is a batch dimension)."""
-    return [
-        f"{kind} '{s.name}' has shape {list(s.shape)}: its first dimension is not a batch dimension (-1)"
-        for kind, slots in (("input", inputs), ("output", outputs))
-        for s in slots
-        if not s.shape or s.shape[0] != -1
-    ]
 
 
 class _Pending:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from mlplat_runtime.bundle.manifest import Signature
+from mlplat_runtime.bundle.manifest import Manifest
 from mlplat_runtime.bundle.signature import compatibility_problems
 from mlplat_runtime.errors import MlplatError, ModelLoadError, NotFoundError, RequestError
 from mlplat_runtime.serving.batching import BatchingConfig, batch_dimension_problems
@@ -185,7 +185,7 @@ class Repository:
                         hint=f"load it at /v2/repository/models/{manifest.model_name}/load",
                     )
                 label = manifest.model_name
-                wanted = self._batching_for(manifest.signature, batching, label)
+                wanted = self._batching_for(manifest, batching, label)
                 current = self._active.get(label)
                 if (
                     current is not None
@@ -255,23 +255,37 @@ class Repository:
             )
 
     def _batching_for(
-        self, signature: Signature, batching: BatchingConfig | bool | None, label: str
+        self, manifest: Manifest, batching: BatchingConfig | bool | None, label: str
     ) -> BatchingConfig | None:
+        """Which dynamic batching a load gets: the load's own setting (``False``: none), else
+        the server's flags (``--max-batch-size``), else the bundle's ``serving.batching``."""
         if batching is False:
             return None
-        config = self.default_batching if batching is None or batching is True else batching
-        if config is None:
-            return None
+        signature = manifest.signature
         problems = batch_dimension_problems(signature.inputs, signature.outputs)
-        if not problems:
-            return config
         if isinstance(batching, BatchingConfig):
-            raise RequestError(
-                f"model '{label}' cannot batch dynamically: " + "; ".join(problems),
-                hint="load it without dynamic_batching",
+            if problems:
+                raise RequestError(
+                    f"model '{label}' cannot batch dynamically: " + "; ".join(problems),
+                    hint="load it without dynamic_batching",
+                )
+            return batching
+        if self.default_batching is not None:
+            if problems:
+                log.warning("dynamic batching is off for %s: %s", label, "; ".join(problems))
+                return None
+            return self.default_batching
+        spec = manifest.serving.batching if manifest.serving is not None else None
+        if spec is None:
+            return None
+        if problems:  # build_bundle refuses this; a manifest edited by hand can still say it
+            raise ModelLoadError(
+                f"the bundle asks for dynamic batching (serving.batching), but model '{label}' cannot"
+                " batch: " + "; ".join(problems),
+                hint="rebuild the bundle without [serving.batching], or load it with"
+                ' "parameters": {"dynamic_batching": false}',
             )
-        log.warning("dynamic batching is off for %s: %s", label, "; ".join(problems))
-        return None
+        return BatchingConfig.from_spec(spec)
 
     def _note_failure(self, name: str, exc: MlplatError) -> None:
         with self._lock:

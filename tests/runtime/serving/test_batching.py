@@ -230,3 +230,71 @@ def test_a_serving_process_with_batching_shares_calls_between_clients(
     assert sample(text, "mlplat_batch_size_sum", model="m", version="1") == len(xs)
     assert calls is not None and calls < len(xs)  # 16 clients at once: calls were shared
     assert sample(text, "mlplat_queue_duration_seconds_count", model="m", version="1") == len(xs)
+
+
+def test_a_bundle_records_its_batching_and_serving_applies_it(tmp_path: Path) -> None:
+    from mlplat_runtime.bundle import open_bundle
+
+    wanted = {"max_batch_size": 16, "max_queue_delay_us": 200, "preferred_batch_sizes": [8, 4]}
+    bundle = build_version(tmp_path, "1", batching=wanted)
+    manifest = open_bundle(bundle).manifest
+    assert manifest.serving is not None and manifest.serving.batching is not None
+    assert manifest.serving.batching.preferred_batch_sizes == (4, 8)
+    plain = build_version(tmp_path, "2")
+    assert '"serving"' not in (plain / "manifest.json").read_text()  # absent: not even a null
+    assert open_bundle(plain).manifest.serving is None
+
+    from_bundle = BatchingConfig(max_batch_size=16, max_queue_delay_us=200, preferred_batch_sizes=(4, 8))
+    repo = Repository(providers=CPU)
+    repo.load(bundle)
+    assert repo.get("m").batching == from_bundle
+    repo.load(bundle, batching=False)  # a load may still turn it off
+    assert repo.get("m").batching is None
+    repo.load(bundle, batching=BatchingConfig(max_batch_size=4))  # ... or set its own
+    assert repo.get("m").batching == BatchingConfig(max_batch_size=4)
+    repo.close()
+    # the server's flags (--max-batch-size) override what the bundle asks for
+    flags = BatchingConfig(max_batch_size=64)
+    repo = Repository(providers=CPU, batching=flags)
+    repo.load(bundle)
+    assert repo.get("m").batching == flags
+    repo.close()
+
+
+def test_batching_is_refused_at_build_for_a_model_without_a_batch_dimension(tmp_path: Path) -> None:
+    from mlplat_runtime.errors import BundleError, UsageError
+
+    src = make_identity_onnx(tmp_path / "src" / "model.onnx", "FP32", shape=(2, 4))
+    with pytest.raises(BundleError, match=r"input 'input' has shape \[2, 4\]: its first dimension") as info:
+        make_bundle(tmp_path, name="fixed", version="1", model=src, batching={"max_batch_size": 8})
+    assert "[serving.batching]" in (info.value.hint or "")
+    assert not list(tmp_path.glob("fixed-bundle*")) and not list(tmp_path.glob(".fixed-bundle*"))
+    for bad, why in (
+        ({"max_batch_size": 0}, "batching.max_batch_size: Input should be greater than or equal to 1"),
+        ({"max_batch_size": "8"}, "batching.max_batch_size: Input should be a valid integer"),
+        ({"max_batch_size": 8, "preferred_batch_sizes": [16]}, "not within 1..max_batch_size"),
+        ({"max_batch_size": 8, "window": 3}, "batching.window: Extra inputs are not permitted"),
+    ):
+        with pytest.raises(UsageError, match=why):
+            build_version(tmp_path, "9", batching=bad)
+
+
+def test_a_hand_edited_manifest_asking_batching_for_a_fixed_shape_model_is_refused_at_load(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from mlplat_runtime.errors import ModelLoadError
+
+    src = make_identity_onnx(tmp_path / "src" / "model.onnx", "FP32", shape=(2, 4))
+    bundle = make_bundle(tmp_path, name="fixed", version="1", model=src)
+    path = bundle / "manifest.json"
+    doc = json.loads(path.read_text())
+    doc["serving"] = {"batching": {"max_batch_size": 8}}
+    path.write_text(json.dumps(doc))  # the manifest is not covered by the bundle id
+    repo = Repository(providers=CPU)
+    with pytest.raises(ModelLoadError, match=r"asks for dynamic batching .* cannot batch"):
+        repo.load(bundle)
+    repo.load(bundle, batching=False)  # the way out the hint names
+    assert repo.get("fixed").batching is None
+    repo.close()

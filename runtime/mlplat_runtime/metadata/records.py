@@ -142,6 +142,12 @@ class DeploymentRecord(_Record):
     status: DeployStatus = "ok"
     reason: str = ""
     ts: UtcDatetime = Field(default_factory=utcnow)
+    # Pushes to shared targets (schema v4): what the registry and image registry called it, who
+    # asked, and the receipt written for it. Local deployments leave them empty.
+    registry_version: str | None = None
+    image_digest: str | None = None
+    pushed_by: str = ""
+    receipt_path: str | None = None
 
 
 # Keys of ``mlplat_tui.events.Event.to_json()`` that become columns; the rest is payload.

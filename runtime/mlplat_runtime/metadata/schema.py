@@ -114,7 +114,20 @@ _V3_GATE_FIELDS: Migration = (
     "ALTER TABLE gate_results ADD COLUMN policy_floor BOOLEAN NOT NULL DEFAULT false",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1_TABLES, _V2_INDEXES, _V3_GATE_FIELDS)
+# Pushes (``mlplat push``): a deployment on a shared target names its registry version, the image
+# digest it rolled out, who pushed and its receipt; rows before it read as a local deployment.
+# DuckDB refuses ALTER TABLE on a table with an index, so the v2 index is dropped and made again.
+_V4_PUSH_FIELDS: Migration = (
+    "DROP INDEX deployments_model_idx",
+    "ALTER TABLE deployments ADD COLUMN registry_version VARCHAR",
+    "ALTER TABLE deployments ADD COLUMN image_digest VARCHAR",
+    "ALTER TABLE deployments ADD COLUMN pushed_by VARCHAR NOT NULL DEFAULT ''",
+    "ALTER TABLE deployments ADD COLUMN receipt_path VARCHAR",
+    "CREATE INDEX deployments_model_idx ON deployments (model_name)",
+    "CREATE INDEX deployments_target_idx ON deployments (target)",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1_TABLES, _V2_INDEXES, _V3_GATE_FIELDS, _V4_PUSH_FIELDS)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -128,15 +128,15 @@ def test_migrations_upgrade_a_v1_file_and_keep_its_data(db_path: Path) -> None:
     con.close()
 
     with MetadataStore(db_path) as new:
-        assert new.schema_version == SCHEMA_VERSION == 3
+        assert new.schema_version == SCHEMA_VERSION == 4
         assert new.run("kept").project == "churn"
         indexes = new.sql("SELECT index_name FROM duckdb_indexes() ORDER BY index_name").rows
         assert ["runs_model_idx"] in indexes
         versions = new.sql("SELECT version FROM schema_version ORDER BY version").rows
-        assert versions == [[1], [2], [3]]
+        assert versions == [[n] for n in range(1, SCHEMA_VERSION + 1)]
     # Reopening applies nothing twice.
     with MetadataStore(db_path) as again:
-        assert again.sql("SELECT count(*) FROM schema_version").rows == [[3]]
+        assert again.sql("SELECT count(*) FROM schema_version").rows == [[SCHEMA_VERSION]]
 
 
 def test_gate_fields_round_trip(store: MetadataStore) -> None:
@@ -188,7 +188,7 @@ def test_gates_recorded_before_v3_migrate_with_the_defaults(db_path: Path) -> No
     )
     con.close()
     with MetadataStore(db_path) as new:
-        assert new.schema_version == 3
+        assert new.schema_version == SCHEMA_VERSION
         (gate,) = new.gates("sha256:b1")
         assert gate.to_result() == old_gate
         assert (gate.op, gate.bound, gate.evaluated, gate.policy_floor) == (None, None, True, False)
@@ -374,3 +374,38 @@ def test_close_checkpoints_and_refuses_later_calls(db_path: Path) -> None:
         store.run("r1")
     with MetadataStore(db_path) as reopened:
         assert reopened.run("r1").run_id == "r1"
+
+
+def test_deployments_recorded_before_v4_read_as_local_ones(db_path: Path) -> None:
+    with MetadataStore(db_path, migrations=MIGRATIONS[:3]) as old:
+        assert old.schema_version == 3
+    # The v3 store's own statement: the ten columns it had.
+    con = duckdb.connect(str(db_path))
+    con.execute(
+        "INSERT INTO deployments (model_name, version, bundle_id, run_id, target, action, status, reason, ts)"
+        " VALUES ('m', '1', 'sha256:b1', NULL, 'local', 'deploy', 'ok', '', now()::TIMESTAMP)"
+    )
+    con.close()
+    with MetadataStore(db_path) as new:
+        assert new.schema_version == SCHEMA_VERSION == 4
+        (old_row,) = new.deployments("m")
+        assert (old_row.registry_version, old_row.image_digest, old_row.pushed_by, old_row.receipt_path) == (
+            None,
+            None,
+            "",
+            None,
+        )
+        pushed = new.record_deployment(
+            DeploymentRecord(
+                model_name="m",
+                version="2",
+                bundle_id="sha256:b2",
+                target="staging",
+                registry_version="7",
+                image_digest="sha256:" + "a" * 64,
+                pushed_by="ana",
+                receipt_path="/r.json",
+            )
+        )
+        current = new.current_deployment("m", target="staging")
+        assert current == pushed

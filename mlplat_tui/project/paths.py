@@ -19,7 +19,8 @@ were written to ``bundles/``), so the layout, and what ``down --volumes`` remove
     ├── bundles/<model>-v<N>/ bundles, one folder each
     ├── runs/<run id>/out/    scratch output of the training command (pruned)
     ├── devloop/worker.log    the dev loop's warm worker
-    ├── push/                 push receipts and staging (push targets)
+    ├── push/                 push receipts (push/<target>/receipts/) and one lock per target
+    ├── targets/<target>/     a local target's second stack (its own .mlplat/ inside)
     └── monitoring/           the prediction log and its profiles
 
 Imports only the standard library.
@@ -102,6 +103,17 @@ class StateLayout:
     @property
     def push(self) -> Path:
         return self.root / "push"
+
+    def push_lock(self, target: str) -> Path:
+        """Held by one push or rollback to ``target`` at a time (on this machine)."""
+        return self.push / f"{target}.lock"
+
+    def receipts(self, target: str) -> Path:
+        return self.push / target / "receipts"
+
+    def target_stack(self, target: str) -> Path:
+        """A ``local`` target's second stack: its own project folder (its ``.mlplat/`` inside)."""
+        return self.root / "targets" / target
 
     @property
     def monitoring(self) -> Path:

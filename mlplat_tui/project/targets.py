@@ -3,11 +3,13 @@
 =============  =================================================================================
 kind           keys (besides ``kind``, ``stage``, ``requires``, ``gates``)
 =============  =================================================================================
-local          ``port_base`` (a second local stack: its four ports, like ``[stack] port_base``)
+local          ``port_base`` (a second local stack: its four ports, like ``[stack] port_base``),
+               ``registry`` and ``credentials`` (default: the second stack's own tracker)
 swarm          ``registry``, ``image_registry``, ``docker_host``, ``replicas``, ``publish``,
                ``port``, ``resources``, ``gpu``, ``credentials``
 gitops-k8s     ``repo``, ``path``, ``kubernetes_version``, ``image_registry``, ``registry``,
-               ``replicas``, ``resources``, ``gpu``, ``credentials``
+               ``replicas``, ``resources``, ``gpu``, ``credentials``, ``branch``, ``namespace``,
+               ``kserve``
 =============  =================================================================================
 
 ``kind`` picks the model (a pydantic discriminated union, ``Target``); an unknown key is a
@@ -56,6 +58,8 @@ _IMAGE_REGISTRY_RE = re.compile(
 _URL_RE = re.compile(r"^https?://[^/\s]+(?:/\S*)?$")
 _MEMORY_RE = re.compile(r"^\d+(?:\.\d+)?[kmgKMG]?$")
 _K8S_VERSION_RE = re.compile(r"^1\.\d{1,3}$")
+_K8S_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 # Keys that would hold a secret: refused with the credentials hint, their value never echoed.
 _SECRET_WORDS = ("token", "password", "passwd", "secret", "api_key", "apikey", "access_key", "auth")
 CREDENTIALS_EXPECTED = '{ env = "VARIABLE" } or { file = "PATH" } (a reference, never the secret itself)'
@@ -131,6 +135,14 @@ class LocalTarget(_TargetBase):
 
     kind: Literal["local"]
     port_base: int = Field(ge=1024, le=65000)
+    # The model registry pushes register in; unset: the second stack's own tracker.
+    registry: str | None = None
+    credentials: CredentialRef | None = None  # for ``registry`` (its basic-auth user, or a token)
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, v: str | None) -> str | None:
+        return _check_url(v)
 
 
 class _ClusterTarget(_TargetBase):
@@ -179,6 +191,9 @@ class GitopsK8sTarget(_ClusterTarget):
     path: str  # the folder inside the repository
     kubernetes_version: str
     image_registry: str  # required here: the manifests pin an image by digest
+    branch: str | None = None  # the branch to commit to (default: the repository's default branch)
+    namespace: str | None = None  # metadata.namespace of every manifest (default: left to Argo/Flux)
+    kserve: bool = False  # a KServe InferenceService (custom container) instead of Deployment + Service
 
     @field_validator("repo")
     @classmethod
@@ -200,6 +215,20 @@ class GitopsK8sTarget(_ClusterTarget):
     def _version(cls, v: str) -> str:
         if not _K8S_VERSION_RE.match(v):
             raise ValueError('a Kubernetes minor version such as "1.33"')
+        return v
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, v: str | None) -> str | None:
+        if v is not None and (not _BRANCH_RE.match(v) or ".." in v or v.endswith((".lock", "/"))):
+            raise ValueError('a branch name such as "main" or "deploy/prod"')
+        return v
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str | None) -> str | None:
+        if v is not None and not _K8S_NAME_RE.match(v):
+            raise ValueError('a Kubernetes namespace name (lowercase letters, digits, "-"; at most 63)')
         return v
 
 

@@ -1,11 +1,14 @@
 """``python -m mlplat_runtime.serving [BUNDLE] --host H --port P --admin-port A --admin-token-file F
-[--max-connections N] [--memory-budget-mb M] [--project NAME --project-root DIR]
+[--max-connections N] [--memory-budget-mb M] [--workers N|auto] [--drain-delay-s S] [--grace-s S]
+[--project NAME --project-root DIR]
 [--max-batch-size N [--max-queue-delay-us US] [--preferred-batch-sizes 8,16] [--batch-instances K]]``
 
 The entry point the stack backends (local processes, the docker image) run. With no BUNDLE
-it starts empty and waits for admin loads. ``--project``/``--project-root`` say which project
-it serves (``GET /identity``, see ``mlplat_runtime.identity``). argparse, not click: the runtime image ships
-without the control plane's dependencies.
+it starts empty and waits for admin loads. ``--workers N`` (N > 1) starts a supervisor that
+runs N serving processes on the same ports (``serving/workers.py``). ``--project`` and
+``--project-root`` say which project it serves (``GET /identity``, see
+``mlplat_runtime.identity``). argparse, not click: the runtime image ships without the control
+plane's dependencies.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from mlplat_runtime.identity import add_identity_arguments, identity_from_args
 from mlplat_runtime.serving.batching import BatchingConfig
 from mlplat_runtime.serving.server import (
     DEFAULT_ADMIN_PORT,
+    DEFAULT_DRAIN_DELAY_S,
+    DEFAULT_GRACE_S,
     DEFAULT_HOST,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MEMORY_BUDGET_MB,
@@ -77,11 +82,37 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         default=None,
         help="also serve OIP v2 gRPC on this port, on --host (default: off; 0 = any; needs the grpc extra)",
     )
+    p.add_argument(
+        "--workers",
+        default="1",
+        help="serving processes sharing the ports, each with its own copy of the models (default 1:"
+        " this process alone); 'auto': one per core on CPU (at most 8), one with CUDA",
+    )
+    p.add_argument(
+        "--drain-delay-s",
+        type=float,
+        default=DEFAULT_DRAIN_DELAY_S,
+        help=f"on SIGTERM, how long readiness is false before the port stops accepting (default"
+        f" {DEFAULT_DRAIN_DELAY_S:g}; set it to your load balancer's probe period)",
+    )
+    p.add_argument(
+        "--grace-s",
+        type=float,
+        default=DEFAULT_GRACE_S,
+        help="after the port closes, how long in-flight requests may take to finish"
+        f" (default {DEFAULT_GRACE_S:g})",
+    )
     add_batching_arguments(p)
     add_identity_arguments(p)
     a = p.parse_args(argv)
     if a.max_connections < 2 or a.memory_budget_mb < 64:
         p.error("--max-connections must be at least 2 and --memory-budget-mb at least 64")
+    if not (0 <= a.drain_delay_s <= 600 and 0 <= a.grace_s <= 600):
+        p.error("--drain-delay-s and --grace-s must be 0..600 seconds")
+    try:
+        workers = parse_workers(a.workers)
+    except MlplatError as exc:
+        p.error(exc.message)
     try:
         batching = batching_from_args(a)
     except MlplatError as exc:
@@ -98,7 +129,25 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         identity=identity_from_args(a, "serving", p),
         batching=batching,
         grpc_port=a.grpc_port,
+        workers=workers,
+        drain_delay_s=a.drain_delay_s,
+        grace_s=a.grace_s,
     )
+
+
+def parse_workers(value: str | int) -> int:
+    """``--workers``: a count (1..64) or ``auto`` (``workers.auto_workers``)."""
+    from mlplat_runtime.serving.workers import MAX_WORKERS, auto_workers
+
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return auto_workers()
+    try:
+        n = int(value)
+    except ValueError:
+        raise UsageError(f"--workers must be a number or 'auto', got {value!r}") from None
+    if not 1 <= n <= MAX_WORKERS:
+        raise UsageError(f"--workers must be 1..{MAX_WORKERS}, got {n}")
+    return n
 
 
 def add_batching_arguments(p: argparse.ArgumentParser) -> None:

@@ -16,6 +16,10 @@ no symlinks followed, owner checked, a long token required); the comparison is c
 A load runs in a worker thread so the event loop keeps answering inference requests while the
 new version is checked and warmed up. Unexpected errors become 500s in ``http``.
 
+The routes act on a ``ModelControl``: ``LocalControl`` over this process's ``Repository``, or,
+with ``--workers N``, the supervisor's ``workers.WorkerPool``, which swaps every worker in two
+phases (each prepares off to the side, then all switch together).
+
 Must not import textual, mlflow, docker or mlplat_tui.
 """
 
@@ -27,7 +31,7 @@ import logging
 import os
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -36,7 +40,7 @@ from mlplat_runtime.errors import AuthError, MlplatError, NotFoundError, Request
 from mlplat_runtime.serving.app import error_response, method_not_allowed
 from mlplat_runtime.serving.batching import BatchingConfig
 from mlplat_runtime.serving.http import Request, Response
-from mlplat_runtime.serving.repository import Repository
+from mlplat_runtime.serving.repository import IndexEntry, LoadResult, Repository
 from mlplat_runtime.tokens import ensure_token_file
 
 log = logging.getLogger("mlplat.serving")
@@ -93,13 +97,49 @@ def parse_load_request(body: bytes) -> LoadParameters:
         ) from None
 
 
+class ModelControl(Protocol):
+    """What the admin routes change: the models one process serves, or all workers'."""
+
+    async def index(self) -> list[IndexEntry]: ...
+
+    async def load(
+        self, bundle: str, *, name: str, allow_signature_change: bool, batching: BatchingConfig | bool | None
+    ) -> LoadResult: ...
+
+    async def unload(self, name: str) -> None: ...
+
+
+class LocalControl:
+    """``ModelControl`` over this process's repository; loads run in a worker thread."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+
+    async def index(self) -> list[IndexEntry]:
+        return self.repo.index()
+
+    async def load(
+        self, bundle: str, *, name: str, allow_signature_change: bool, batching: BatchingConfig | bool | None
+    ) -> LoadResult:
+        return await asyncio.to_thread(
+            self.repo.load,
+            bundle,
+            name=name,
+            allow_signature_change=allow_signature_change,
+            batching=batching,
+        )
+
+    async def unload(self, name: str) -> None:
+        await asyncio.to_thread(self.repo.unload, name)
+
+
 class AdminHandler:
     """The admin port's handler: ``handler(request) -> Response | Awaitable[Response]``."""
 
-    def __init__(self, repo: Repository, token: str) -> None:
+    def __init__(self, repo: Repository | ModelControl, token: str) -> None:
         if not token:
             raise UsageError("the admin token is empty")
-        self.repo = repo
+        self.control: ModelControl = LocalControl(repo) if isinstance(repo, Repository) else repo
         self._expected = f"Bearer {token}".encode()
 
     def __call__(self, req: Request) -> Response | Awaitable[Response]:
@@ -110,7 +150,7 @@ class AdminHandler:
             if path == "/v2/repository/index":
                 if method != "POST":
                     raise method_not_allowed(method, path, "POST")
-                return Response(200, orjson.dumps([e.to_json() for e in self.repo.index()]))
+                return self._index()
             if path.startswith(_PREFIX):
                 name, _, action = path[len(_PREFIX) :].partition("/")
                 if name and action in ("load", "unload"):
@@ -121,16 +161,18 @@ class AdminHandler:
         except MlplatError as exc:
             return self._error(exc)
 
+    async def _index(self) -> Response:
+        return Response(200, orjson.dumps([e.to_json() for e in await self.control.index()]))
+
     async def _change(self, name: str, action: str, body: bytes) -> Response:
-        # Loads run in a worker thread: the event loop keeps answering inference requests
-        # while the new version is checked and warmed up.
+        # Loads run off the event loop: it keeps answering inference requests while the new
+        # version is checked and warmed up.
         try:
             if action == "unload":
-                await asyncio.to_thread(self.repo.unload, name)
+                await self.control.unload(name)
                 return Response(200, orjson.dumps({"name": name, "state": "UNAVAILABLE"}))
             params = parse_load_request(body)
-            result = await asyncio.to_thread(
-                self.repo.load,
+            result = await self.control.load(
                 params.bundle,
                 name=name,
                 allow_signature_change=params.allow_signature_change,

@@ -10,6 +10,14 @@ Request series are written on the event loop thread only (no lock needed); load/
 come from the admin's worker thread and are guarded by a lock. Each server owns its own
 ``ServingMetrics`` (no process-global state).
 
+With ``--workers N`` every worker keeps its own dicts (the hot path is unchanged) and the
+aggregation happens off it: the supervisor collects each worker's ``snapshot()`` a few times a
+second over its control channel and hands every worker the sum of the others (``peers``); a
+scrape on any worker renders its own live series plus that sum. The others' part is at most
+one collection period old (``workers.METRICS_PERIOD_S``); a dead worker's last snapshot is kept
+in the sum, so counters never go backwards when it is restarted. The model series (active
+version, loads, swaps) come from the supervisor, which runs the swaps.
+
 Label values are bounded: requests for models that are not loaded are counted under
 ``model=""`` so a client cannot grow the series without limit by inventing model names.
 
@@ -23,6 +31,9 @@ Series:
     mlplat_model_loads_total{model,result}                        counter (result: ok, rejected)
     mlplat_model_swaps_total{model}                               counter
     mlplat_model_last_swap_seconds{model}                         gauge
+    mlplat_serving_workers                                        gauge, workers serving (--workers)
+    mlplat_serving_worker_restarts_total                          counter, dead workers restarted
+    mlplat_serving_worker_requests_total{worker}                  counter, requests per worker
 
 Must not import textual, mlflow, docker or mlplat_tui.
 """
@@ -32,6 +43,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -97,6 +109,11 @@ class ServingMetrics:
         self.swaps: dict[str, int] = {}
         self.last_swap_seconds: dict[str, float] = {}
         self._lock = threading.Lock()
+        # --workers: the others' sum (a snapshot), rendered with our own series; None: alone
+        self.peers: Snapshot | None = None
+        self.own_models = True  # False in a worker: the supervisor's snapshot has the model series
+        # the supervisor's: {"serving": n, "restarts": n, "requests": {worker: n}}
+        self.workers: dict[str, Any] | None = None
 
     # -- hot path (event loop thread) ------------------------------------------------------
     def observe_request(self, model: str, version: str, endpoint: str, code: int, seconds: float) -> None:
@@ -143,8 +160,61 @@ class ServingMetrics:
             if swapped:
                 self.swaps[model] = self.swaps.get(model, 0) + 1
 
+    # -- aggregation across workers (never on the hot path) ---------------------------------
+    def snapshot(self) -> Snapshot:
+        """Every series as plain JSON-able lists. Safe from another thread: each copy is one C
+        call under the GIL (the event loop cannot change a dict halfway through it)."""
+
+        def hists(series: dict[tuple[str, str], _Hist]) -> list[list[Any]]:
+            return [[*key, list(h.counts), h.total] for key, h in list(series.items())]
+
+        snap: Snapshot = {
+            "requests": [[*key, n] for key, n in list(self.requests.items())],
+            "request_seconds": hists(self.request_seconds),
+            "inference_seconds": hists(self.inference_seconds),
+            "batch_rows": hists(self.batch_rows),
+            "queue_seconds": hists(self.queue_seconds),
+        }
+        if self.own_models:
+            with self._lock:
+                snap["active"] = [[m, *v] for m, v in self.active.items()]
+                snap["loads"] = [[*key, n] for key, n in self.loads.items()]
+                snap["swaps"] = [[m, n] for m, n in self.swaps.items()]
+                snap["last_swap"] = [[m, s] for m, s in self.last_swap_seconds.items()]
+        if self.workers is not None:
+            snap["workers"] = self.workers
+        return snap
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot) -> ServingMetrics:
+        m = cls()
+        for *key, n in snap.get("requests", ()):
+            m.requests[(key[0], key[1], key[2], int(key[3]))] = n
+        for name, buckets in (
+            ("request_seconds", LATENCY_BUCKETS),
+            ("inference_seconds", LATENCY_BUCKETS),
+            ("batch_rows", BATCH_BUCKETS),
+            ("queue_seconds", LATENCY_BUCKETS),
+        ):
+            series = getattr(m, name)
+            for a, b, counts, total in snap.get(name, ()):
+                h = series[(a, b)] = _Hist(buckets)
+                h.counts = list(counts)
+                h.total = total
+        m.active = {a[0]: (a[1], a[2], a[3]) for a in snap.get("active", ())}
+        m.loads = {(a, b): n for a, b, n in snap.get("loads", ())}
+        m.swaps = {a: n for a, n in snap.get("swaps", ())}
+        m.last_swap_seconds = {a: s for a, s in snap.get("last_swap", ())}
+        m.workers = snap.get("workers")
+        return m
+
     # -- exposition ------------------------------------------------------------------------
     def render(self) -> bytes:
+        if self.peers is None:
+            return self._render()
+        return ServingMetrics.from_snapshot(merge_snapshots(self.snapshot(), self.peers))._render()
+
+    def _render(self) -> bytes:
         out: list[str] = []
 
         def family(name: str, kind: str, doc: str) -> None:
@@ -196,4 +266,48 @@ class ServingMetrics:
         family("mlplat_model_last_swap_seconds", "gauge", "Duration of the last successful load")
         for model, seconds in last.items():
             out.append(f"mlplat_model_last_swap_seconds{_labels(('model',), (model,))} {_num(seconds)}")
+        if self.workers is not None:
+            family("mlplat_serving_workers", "gauge", "Worker processes serving now (--workers)")
+            out.append(f"mlplat_serving_workers {self.workers.get('serving', 0)}")
+            family("mlplat_serving_worker_restarts_total", "counter", "Dead workers restarted")
+            out.append(f"mlplat_serving_worker_restarts_total {self.workers.get('restarts', 0)}")
+            family("mlplat_serving_worker_requests_total", "counter", "Requests answered per worker")
+            for worker, n in sorted(self.workers.get("requests", {}).items()):
+                out.append(f"mlplat_serving_worker_requests_total{_labels(('worker',), (worker,))} {n}")
         return ("\n".join(out) + "\n").encode()
+
+
+Snapshot = dict[str, Any]
+
+
+def merge_snapshots(*snaps: Snapshot) -> Snapshot:
+    """The sum of snapshots: counters and histogram buckets add up; the model series and the
+    worker gauges are taken from whichever snapshot has them (only the supervisor's does)."""
+    counters: dict[str, dict[tuple[Any, ...], Any]] = {}
+    out: Snapshot = {}
+    for snap in snaps:
+        for name, rows in snap.items():
+            if name in ("requests", "loads", "swaps"):
+                acc = counters.setdefault(name, {})
+                for *key, n in rows:
+                    acc[tuple(key)] = acc.get(tuple(key), 0) + n
+            elif name in _HIST_NAMES:
+                acc = counters.setdefault(name, {})
+                for a, b, counts, total in rows:
+                    got = acc.get((a, b))
+                    if got is None:
+                        acc[(a, b)] = [list(counts), total]
+                    else:
+                        got[0] = [x + y for x, y in zip(got[0], counts, strict=True)]
+                        got[1] += total
+            else:  # active, last_swap, workers: one owner
+                out[name] = rows
+    for name, acc in counters.items():
+        if name in _HIST_NAMES:
+            out[name] = [[*key, v[0], v[1]] for key, v in acc.items()]
+        else:
+            out[name] = [[*key, n] for key, n in acc.items()]
+    return out
+
+
+_HIST_NAMES = ("request_seconds", "inference_seconds", "batch_rows", "queue_seconds")

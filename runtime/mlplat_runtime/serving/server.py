@@ -13,6 +13,14 @@ a flood of connections meets a clear refusal (or drops a stalled connection) ins
 ``accept`` failing with EMFILE for everyone. ``memory_budget_mb`` bounds what clients can make
 the process hold: request bodies buffered at once get an eighth of it, a warm-up a quarter.
 
+Stopping (SIGTERM): readiness turns false first (``/v2/health/ready`` and gRPC ServerReady
+answer not ready, everything else still serves) for ``drain_delay_s``, so a load balancer or
+a rolling update stops sending new work; then the port stops accepting, idle keep-alive
+connections close, in-flight requests get ``grace_s`` to finish, and the process exits 0.
+SIGINT (Ctrl-C) skips the delay. With ``workers > 1`` ``run_server`` starts the supervisor of
+``workers.py`` instead (N of these processes sharing the port, one admin API); ``workers == 1``
+is this process alone, exactly as before.
+
 No access log: a log line costs more than a tabular inference; ``/metrics`` counts requests.
 Why our own small HTTP protocol rather than uvicorn: see ``http.py``.
 
@@ -36,6 +44,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mlplat_runtime.errors import ServiceError
 from mlplat_runtime.identity import StackIdentity
@@ -48,6 +57,9 @@ from mlplat_runtime.serving.http import BACKLOG, HttpLimits, serve_http
 from mlplat_runtime.serving.metrics import ServingMetrics
 from mlplat_runtime.serving.repository import Repository
 
+if TYPE_CHECKING:
+    from mlplat_runtime.serving.workers import WorkerLink
+
 log = logging.getLogger("mlplat.serving")
 
 DEFAULT_HOST = "127.0.0.1"
@@ -57,6 +69,8 @@ CHECKER_DELAY_S = 1.0
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_MEMORY_BUDGET_MB = 2048
 ADMIN_MAX_CONNECTIONS = 32
+DEFAULT_DRAIN_DELAY_S = 0.5  # readiness false -> stop accepting (raise it to the probe period)
+DEFAULT_GRACE_S = 5.0  # in-flight requests may take this long to finish after a stop
 FD_RESERVE = 64  # descriptors kept free for model files, the check process, logs
 
 
@@ -74,6 +88,18 @@ class ServerConfig:
     identity: StackIdentity | None = None  # the project it serves, for ``GET /identity``
     batching: BatchingConfig | None = None  # dynamic batching for models that can (opt-in)
     grpc_port: int | None = None  # OIP v2 gRPC on this port (on ``host``), opt-in; 0 = any
+    workers: int = 1  # serving processes sharing the ports (>1: a supervisor, workers.py)
+    drain_delay_s: float = DEFAULT_DRAIN_DELAY_S
+    grace_s: float = DEFAULT_GRACE_S
+
+
+class ServingRepository(Repository):
+    """The repository a serving process serves from: readiness also turns false while it drains."""
+
+    draining = False
+
+    def ready(self) -> bool:
+        return not self.draining and super().ready()
 
 
 def raise_fd_limit() -> int:
@@ -103,14 +129,21 @@ def warmup_budget_bytes(config: ServerConfig) -> int:
     return config.memory_budget_mb * 1024 * 1024 // 4
 
 
-def bind(host: str, port: int, what: str) -> socket.socket:
-    """A listening TCP socket, or ServiceError naming the port and what to do."""
+def bind(host: str, port: int, what: str, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """A listening TCP socket, or ServiceError naming the port and what to do.
+
+    ``reuse_port``: SO_REUSEPORT, for the workers that share one port (the kernel spreads new
+    connections over them); ``listen=False`` only holds the port (the supervisor's reservation).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
-        sock.listen(BACKLOG)
+        if listen:
+            sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         busy = exc.errno == errno.EADDRINUSE
@@ -142,24 +175,36 @@ async def serve(
     *,
     echo: Callable[[str], None] = print,
     stop: asyncio.Event | None = None,
+    link: WorkerLink | None = None,
 ) -> None:
-    """Load the start-up bundle, open both ports, serve until ``stop`` is set or a signal comes."""
+    """Load the start-up bundle, open both ports, serve until ``stop`` is set or a signal comes.
+
+    ``link``: this process is one of ``--workers N`` (``workers.py``): no admin port (the
+    supervisor has it), no check process (the supervisor checks each bundle once), the
+    supervisor's models loaded before the port opens, the port shared with SO_REUSEPORT.
+    """
     if config.grpc_port is not None:
         why = grpc_missing()
         if why is not None:
             raise ServiceError(f"the gRPC API cannot start: {why}")
-    token, token_path = ensure_admin_token(config.admin_token_file)
     main_limits, admin_limits = port_limits(config, raise_fd_limit())
-    main_sock = bind(config.host, config.port, "inference API")
-    try:
-        admin_sock = bind(config.admin_host, config.admin_port, "admin API")
-    except ServiceError:
-        main_sock.close()
-        raise
+    admin_sock: socket.socket | None = None
+    main_sock: socket.socket | None = None
+    token, token_path = "", Path()
+    if link is None:
+        token, token_path = ensure_admin_token(config.admin_token_file)
+        main_sock = bind(config.host, config.port, "inference API")
+        try:
+            admin_sock = bind(config.admin_host, config.admin_port, "admin API")
+        except ServiceError:
+            main_sock.close()
+            raise
     metrics = ServingMetrics()
     warmup_budget = warmup_budget_bytes(config)
-    checker = Checker(providers=config.providers, max_bytes=warmup_budget)
-    repo = Repository(checker=checker, metrics=metrics, providers=config.providers, batching=config.batching)
+    checker = None if link is not None else Checker(providers=config.providers, max_bytes=warmup_budget)
+    repo = (link.repository if link is not None else ServingRepository)(
+        checker=checker, metrics=metrics, providers=config.providers, batching=config.batching
+    )
     executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="mlplat-infer")
     decode_pool = ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="mlplat-decode", initializer=_background
@@ -182,60 +227,104 @@ async def serve(
         if config.grpc_port is not None:
             from mlplat_runtime.serving.grpc_service import start_grpc
 
-            grpc_server, grpc_port = await start_grpc(inference, config.host, config.grpc_port)
-            host = f"[{config.host}]" if ":" in config.host else config.host
-            echo(f"mlplat serving grpc={host}:{grpc_port}")
+            if link is not None:
+                grpc_server, grpc_port = await link.start_grpc(start_grpc, inference, config)
+            else:
+                grpc_server, grpc_port = await start_grpc(inference, config.host, config.grpc_port)
+                host = f"[{config.host}]" if ":" in config.host else config.host
+                echo(f"mlplat serving grpc={host}:{grpc_port}")
         if config.bundle is not None:
             await asyncio.to_thread(_startup_load, repo, config.bundle, warmup_budget)
+        if link is not None:
+            await asyncio.to_thread(link.initial_loads, repo, warmup_budget)
+            main_sock = bind(config.host, config.port, "inference API", reuse_port=True)
+        assert main_sock is not None
         # Everything alive now (modules, the model) lives as long as the process: keep it out
         # of the collector's full passes, which would otherwise walk it and show up as p99.
         gc.freeze()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+        drain = _Drain(repo, stop, config.drain_delay_s, loop)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, drain.begin)
+            loop.add_signal_handler(signal.SIGINT, stop.set)
         opened: list[str] = []
+        wanted = 1 if admin_sock is None else 2
 
         def on_ready(which: str) -> Callable[[], None]:
             def ready() -> None:
                 opened.append(which)
-                if len(opened) == 2:
-                    echo(startup_line(_url(main_sock), repo, _url(admin_sock), token_path))
-                    # the warm child for hot swaps: started a moment after we are ready, so its
-                    # fork and imports do not compete with the first requests (or a ready probe)
-                    loop.call_later(CHECKER_DELAY_S, checker.start)
+                if len(opened) < wanted:
+                    return
+                if link is not None:
+                    assert main_sock is not None
+                    link.serving(loop, repo, metrics, drain, _url(main_sock))
                     loop.call_later(CHECKER_DELAY_S, decoder.start)
+                    return
+                assert admin_sock is not None and main_sock is not None and checker is not None
+                echo(startup_line(_url(main_sock), repo, _url(admin_sock), token_path))
+                # the warm child for hot swaps: started a moment after we are ready, so its
+                # fork and imports do not compete with the first requests (or a ready probe)
+                loop.call_later(CHECKER_DELAY_S, checker.start)
+                loop.call_later(CHECKER_DELAY_S, decoder.start)
 
             return ready
 
         tasks = [
             asyncio.ensure_future(
-                serve_http(inference, main_sock, stop=stop, limits=main_limits,
+                serve_http(inference, main_sock, stop=stop, limits=main_limits, grace_s=config.grace_s,
                            on_ready=on_ready("inference"))
             ),
-            asyncio.ensure_future(
-                serve_http(AdminHandler(repo, token), admin_sock, stop=stop, limits=admin_limits,
-                           on_ready=on_ready("admin"))
-            ),
         ]  # fmt: skip
-        keeper = asyncio.ensure_future(_keep_warm(checker, stop))
+        if admin_sock is not None:
+            tasks.append(
+                asyncio.ensure_future(
+                    serve_http(AdminHandler(repo, token), admin_sock, stop=stop, limits=admin_limits,
+                               on_ready=on_ready("admin"))
+                )
+            )  # fmt: skip
+        keeper = asyncio.ensure_future(_keep_warm(checker, stop)) if checker is not None else None
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         stop.set()  # one server failed (or a signal came): end the other too
         results = await asyncio.gather(*tasks, return_exceptions=True)
-        keeper.cancel()
+        if keeper is not None:
+            keeper.cancel()
         for result in results:
             if isinstance(result, BaseException):
                 raise ServiceError(f"serving stopped: {result}") from result
     finally:
         if grpc_server is not None:
             await grpc_server.stop(grace=2.0)
-        checker.close()
+        if checker is not None:
+            checker.close()
         repo.close()
         executor.shutdown(wait=False, cancel_futures=True)
         decode_pool.shutdown(wait=False, cancel_futures=True)
         decoder.close()
-        main_sock.close()
-        admin_sock.close()
+        if main_sock is not None:
+            main_sock.close()
+        if admin_sock is not None:
+            admin_sock.close()
+
+
+class _Drain:
+    """SIGTERM: readiness false now, stop accepting ``delay_s`` later (``serve_http`` then lets
+    in-flight requests finish). A second SIGTERM changes nothing (a worker gets one from its
+    supervisor and one from ``kill`` of the process group); SIGINT stops at once."""
+
+    def __init__(
+        self, repo: Repository, stop: asyncio.Event, delay_s: float, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.repo, self.stop, self.delay_s, self.loop = repo, stop, delay_s, loop
+        self.started = False
+
+    def begin(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        if isinstance(self.repo, ServingRepository):
+            self.repo.draining = True
+        log.info("draining: not ready now, closing the port in %.1f s", self.delay_s)
+        self.loop.call_later(self.delay_s, self.stop.set)
 
 
 def grpc_missing() -> str | None:
@@ -255,13 +344,13 @@ def _background() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
-def _startup_load(repo: Repository, bundle: Path, budget: int) -> None:
+def _startup_load(repo: Repository, bundle: Path, budget: int, **load: Any) -> None:
     """The start-up load, in this process (no check child yet), its warm-up measured after the
     fact: over the budget, the model is dropped again and serving does not start."""
     from mlplat_runtime.serving.checker import reset_peak_rss, status_bytes
 
     base = reset_peak_rss()
-    result = repo.load(bundle, check=False)
+    result = repo.load(bundle, check=False, **load)
     peak = max(0, status_bytes("VmHWM") - base)
     if peak > budget:
         repo.unload(result.name)
@@ -289,6 +378,11 @@ def run_server(config: ServerConfig, *, echo: Callable[[str], None] = print) -> 
         logging.basicConfig(
             level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+    if config.workers > 1:
+        from mlplat_runtime.serving.workers import run_supervisor
+
+        run_supervisor(config, echo=echo)
+        return
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works

@@ -33,6 +33,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -108,6 +109,8 @@ class GitopsEngine:
         self._timeout_s = timeout_s
         self._is_url = bool(_URL_RE.match(target.repo))
         self._repo = target.repo if self._is_url else str((project.root / target.repo).resolve())
+        self._ident: tuple[str, str] | None = None
+        self._deadline: float | None = None  # monotonic; set for the length of a rollout/rollback
 
     # -- the Engine protocol -----------------------------------------------------------------
     @property
@@ -134,7 +137,9 @@ class GitopsEngine:
         with self._clone() as co:
             return self._deployed(co, model_name)
 
-    def rollout(self, request: RolloutRequest, progress: Progress) -> RolloutResult:
+    def plan(self, request: RolloutRequest) -> dict[str, str]:
+        """The files a rollout of ``request`` would commit, rendered and checked (a
+        ``ManifestRefused`` names every finding); touches no repository: for ``--dry-run``."""
         if request.image is None:
             raise TargetError(
                 f"target {self._name} ({KIND}) needs the image the push built, pinned by digest; "
@@ -145,16 +150,27 @@ class GitopsEngine:
         )
         docs = km.render(spec)
         check(docs, self._target.kubernetes_version)
+        return km.files(docs)
+
+    def rollout(self, request: RolloutRequest, progress: Progress) -> RolloutResult:
+        files = self.plan(request)
         progress(
-            f"{len(docs)} manifest(s) valid against the Kubernetes {self._target.kubernetes_version} "
+            f"{len(files)} manifest(s) valid against the Kubernetes {self._target.kubernetes_version} "
             "API schemas (strict) and mlplat's lints"
         )
-        transitions = [self._tr("validated", f"{', '.join(km.files(docs))} for v{request.version}")]
+        self._deadline = time.monotonic() + request.deadline_s
+        try:
+            return self._rollout(request, files, progress)
+        finally:
+            self._deadline = None
+
+    def _rollout(self, request: RolloutRequest, files: dict[str, str], progress: Progress) -> RolloutResult:
+        transitions = [self._tr("validated", f"{', '.join(files)} for v{request.version}")]
         for attempt in range(1, PUSH_TRIES + 1):
             with self._clone() as co:
                 held = self._held(co)
                 self._check_owner(held, request.model_name)
-                self._write(co, km.files(docs))
+                self._write(co, files)
                 if not self._staged(co):
                     return self._unchanged(co, request, transitions, progress)
                 message = self._rollout_message(request, held)
@@ -177,6 +193,13 @@ class GitopsEngine:
         )
 
     def rollback(self, request: RolloutRequest, progress: Progress) -> RolloutResult:
+        self._deadline = time.monotonic() + request.deadline_s
+        try:
+            return self._rollback(request, progress)
+        finally:
+            self._deadline = None
+
+    def _rollback(self, request: RolloutRequest, progress: Progress) -> RolloutResult:
         why = request.reason.strip() or "no reason given"
         for attempt in range(1, PUSH_TRIES + 1):
             with self._clone() as co:
@@ -234,6 +257,11 @@ class GitopsEngine:
     def _identity(self) -> tuple[str, str]:
         """The user's git identity when configured, else a fixed mlplat author (the user's login
         goes into the ``Pushed-by`` trailer either way)."""
+        if self._ident is None:
+            self._ident = self._read_identity()
+        return self._ident
+
+    def _read_identity(self) -> tuple[str, str]:
         found = []
         for key in ("user.name", "user.email"):
             try:
@@ -254,18 +282,32 @@ class GitopsEngine:
         secret = self._credentials.secret if self._credentials is not None else ""
         return text.replace(secret, "***") if secret else text
 
+    def _timeout(self, what: str) -> float:
+        if self._deadline is None:
+            return self._timeout_s
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TargetError(
+                f"target {self._name}: the push's deadline passed before git could {what}; "
+                "nothing of this push is in the repository",
+                hint="raise the push's deadline, or check why the repository answers slowly",
+            )
+        return min(self._timeout_s, left)
+
     def _git(
-        self, args: list[str], cwd: Path | None, what: str, check: bool = True
+        self, args: list[str], cwd: Path | None, what: str, check: bool = True, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
+        timeout = self._timeout(what)
         try:
             out = subprocess.run(
                 [self._git_bin, *args],
                 cwd=cwd,
+                input=stdin,
                 capture_output=True,
                 text=True,
-                timeout=self._timeout_s,
+                timeout=timeout,
                 env=self._env(),
-                stdin=subprocess.DEVNULL,
+                **({} if stdin is not None else {"stdin": subprocess.DEVNULL}),
             )
         except FileNotFoundError:
             raise TargetError(
@@ -274,7 +316,8 @@ class GitopsEngine:
             ) from None
         except subprocess.TimeoutExpired:
             raise TargetError(
-                f"target {self._name}: git could not {what} within {self._timeout_s:.0f} s ({self._repo})",
+                f"target {self._name}: git could not {what} within {timeout:.0f} s ({self._repo}); "
+                "nothing of this push is in the repository",
                 hint="check the network and the repository's address",
             ) from None
         if check and out.returncode != 0:
@@ -340,17 +383,12 @@ class GitopsEngine:
         return diff.returncode != 0
 
     def _commit(self, co: _Checkout, message: str) -> str:
-        out = subprocess.run(
-            [self._git_bin, "commit", "--quiet", "--no-verify", "--file=-", "--", self._target.path],
-            cwd=co.dir,
-            input=message,
-            capture_output=True,
-            text=True,
-            timeout=self._timeout_s,
-            env=self._env(),
+        self._git(
+            ["commit", "--quiet", "--no-verify", "--file=-", "--", self._target.path],
+            co.dir,
+            "commit",
+            stdin=message,
         )
-        if out.returncode != 0:
-            raise TargetError(f"target {self._name}: git could not commit: {self._scrub(out.stderr.strip())}")
         return self._git(["rev-parse", "HEAD"], co.dir, "read the commit").stdout.strip()
 
     def _push(self, co: _Checkout) -> bool:
@@ -423,15 +461,14 @@ class GitopsEngine:
             )
 
     # -- history ---------------------------------------------------------------------------
-    def _history(self, co: _Checkout) -> list[tuple[str, _Held | None]]:
-        """Newest first: each commit that touched ``path`` and the manifests it left there."""
+    def _history(self, co: _Checkout) -> Iterator[tuple[str, _Held | None]]:
+        """Newest first: each commit that touched ``path`` and the manifests it left there (read
+        lazily: a rollback reads back only as far as the version it wants)."""
         if not co.has_remote_branch:
-            return []
+            return
         log = self._git(["log", "--format=%H", "--", self._target.path], co.dir, "read the history")
-        out: list[tuple[str, _Held | None]] = []
         for sha in log.stdout.split():
-            out.append((sha, self._held_at(co, sha)))
-        return out
+            yield sha, self._held_at(co, sha)
 
     def _held_at(self, co: _Checkout, rev: str) -> _Held | None:
         return _parse_held(self._texts_at(co, rev).values())
@@ -452,18 +489,20 @@ class GitopsEngine:
 
     def _restore(self, co: _Checkout, request: RolloutRequest, held: _Held | None) -> tuple[str, str | None]:
         """Put ``request``'s version back in the folder; (how, the commit reverted or None)."""
-        history = self._history(co)
-        if held is not None and history:
+        history = _Lazy(self._history(co))
+        if held is not None and history.get(0) is not None:
             intro = 0  # the oldest of the newest commits that all hold the current bundle
-            while intro + 1 < len(history) and _bundle(history[intro + 1][1]) == held.bundle_id:
+            while _bundle(history.get(intro + 1)) == held.bundle_id:
                 intro += 1
             sha = history[intro][0]
-            before = history[intro + 1][1] if intro + 1 < len(history) else None
-            if before is not None and before.bundle_id == request.bundle_id:
+            before = history.get(intro + 1)
+            if before is not None and _bundle(before) == request.bundle_id:
                 out = self._git(["revert", "--no-commit", sha], co.dir, "revert", check=False)
-                if out.returncode == 0:
+                now = self._held(co) if out.returncode == 0 else None
+                if now is not None and now.bundle_id == request.bundle_id:
                     return f"reverts {sha[:12]}", sha
-                self._git(["revert", "--abort"], co.dir, "abort the revert", check=False)
+                # a conflict, or later edits left a mix: restore the wanted manifests instead
+                self._git(["reset", "--quiet", "--hard", "HEAD"], co.dir, "undo the revert")
         for sha, state in history:
             if state is not None and state.bundle_id == request.bundle_id:
                 self._write(co, self._texts_at(co, sha))
@@ -579,8 +618,36 @@ def _user() -> str:
         return "unknown"
 
 
-def _bundle(held: _Held | None) -> str | None:
-    return held.bundle_id if held is not None else None
+def _bundle(entry: tuple[str, _Held | None] | None) -> str | None:
+    return entry[1].bundle_id if entry is not None and entry[1] is not None else None
+
+
+class _Lazy:
+    """A list read from an iterator only as far as asked."""
+
+    def __init__(self, it: Iterator[tuple[str, _Held | None]]) -> None:
+        self._it = it
+        self._seen: list[tuple[str, _Held | None]] = []
+
+    def get(self, i: int) -> tuple[str, _Held | None] | None:
+        while len(self._seen) <= i:
+            nxt = next(self._it, None)
+            if nxt is None:
+                return None
+            self._seen.append(nxt)
+        return self._seen[i]
+
+    def __getitem__(self, i: int) -> tuple[str, _Held | None]:
+        got = self.get(i)
+        if got is None:
+            raise IndexError(i)
+        return got
+
+    def __iter__(self) -> Iterator[tuple[str, _Held | None]]:
+        i = 0
+        while (got := self.get(i)) is not None:
+            yield got
+            i += 1
 
 
 def _parse_held(texts: Any) -> _Held | None:

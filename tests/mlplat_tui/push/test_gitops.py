@@ -333,3 +333,31 @@ def test_a_branch_of_its_own(tmp_path: Path, bare: Path) -> None:
 
 def _files(folder: Path) -> dict[str, Path]:
     return {p.name: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def test_plan_renders_and_checks_without_a_repository(tmp_path: Path) -> None:
+    eng = engine(tmp_path, repo="../not-there")
+    files = eng.plan(request(1))
+    assert sorted(files) == ["deployment.yaml", "service.yaml"]
+    assert files == km.files(
+        km.render(
+            km.ManifestSpec.for_target(
+                eng._target,
+                MODEL,
+                "1",
+                bundle(1),
+                request(1).image,  # type: ignore[arg-type]
+            )
+        )
+    )
+    assert not (tmp_path / "not-there").exists()
+
+
+def test_the_deadline_bounds_the_push(tmp_path: Path, bare: Path) -> None:
+    eng = engine(tmp_path)
+    late = RolloutRequest(**{**request(1).__dict__, "deadline_s": 0.0})
+    with pytest.raises(TargetError, match="deadline passed before git could"):
+        eng.rollout(late, Lines())
+    assert commits(bare) == []
+    eng.rollout(request(1), Lines())  # the next call has its own deadline
+    assert len(commits(bare)) == 1

@@ -361,3 +361,27 @@ def test_the_deadline_bounds_the_push(tmp_path: Path, bare: Path) -> None:
     assert commits(bare) == []
     eng.rollout(request(1), Lines())  # the next call has its own deadline
     assert len(commits(bare)) == 1
+
+
+def test_a_token_reaches_git_through_its_environment_only(tmp_path: Path) -> None:
+    from mlplat_tui.push.credentials import Credentials
+
+    proj = project(tmp_path, repo="https://127.0.0.1:1/gitops.git")
+    target = proj.config.targets["k8s"]
+    assert isinstance(target, GitopsK8sTarget)
+    secret = "s3cr3t-token-value-0123456789"
+    eng = GitopsEngine(proj, "k8s", target, Credentials(username=None, secret=secret))
+    env = eng._env()
+    assert (env["GIT_CONFIG_KEY_0"], env["GIT_CONFIG_VALUE_0"]) == (
+        "http.extraHeader",
+        f"Authorization: Bearer {secret}",
+    )
+    assert env["GIT_TERMINAL_PROMPT"] == "0"
+    with pytest.raises(TargetError) as info:
+        eng.check_access()  # nothing listens on port 1: git's refusal, without the secret
+    assert "could not reach the repository" in str(info.value) and secret not in str(info.value)
+    basic = GitopsEngine(proj, "k8s", target, Credentials(username="ci", secret=secret))._env()
+    assert basic["GIT_CONFIG_VALUE_0"].startswith("Authorization: Basic ")
+    # a local repository never gets the header
+    local = engine(tmp_path)
+    assert "GIT_CONFIG_KEY_0" not in local._env()

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -112,20 +113,27 @@ class BatchingConfig:
         }
 
 
-class _Pending:
-    """One queued request: its inputs, the outputs it wants, and where its answer goes."""
+_Outcome = list[np.ndarray] | BaseException
+log = logging.getLogger("mlplat.serving")
 
-    __slots__ = ("future", "inputs", "key", "names", "queued_at", "rows")
+
+class _Pending:
+    """One queued request: its inputs, the outputs it wants, and where its answer goes (a
+    future, or a callback called on the loop thread as soon as the batch is split)."""
+
+    __slots__ = ("callback", "future", "inputs", "key", "names", "queued_at", "rows")
 
     def __init__(
         self,
         inputs: Mapping[str, np.ndarray],
         names: tuple[str, ...],
-        future: asyncio.Future[list[np.ndarray]],
+        future: asyncio.Future[list[np.ndarray]] | None,
+        callback: Callable[[_Outcome], None] | None = None,
     ) -> None:
         self.inputs = inputs
         self.names = names
         self.future = future
+        self.callback = callback
         first = next(iter(inputs.values()))
         self.rows = int(first.shape[0])
         # requests share a call only when every other dimension agrees
@@ -133,26 +141,43 @@ class _Pending:
         self.queued_at = time.perf_counter()
 
 
-_Outcome = list[np.ndarray] | BaseException
+# An inline batch call that takes more CPU time than this moves the model's later batches to worker threads:
+# the event loop (health checks, other models) must not stall behind a big batch.
+INLINE_BATCH_S = 0.005
 
 
 class Batcher:
-    """The queue and the runners of one loaded model version (event loop thread only)."""
+    """The queue and the runners of one loaded model version (event loop thread only).
+
+    Where a batch runs: on the event loop thread itself while the model is fast (``inline``:
+    its one-row call took at most ``model.INLINE_MAX_MS``, one instance, and no batch call so
+    far took over ``INLINE_BATCH_S``), else in a worker thread. Inline is what makes batching
+    cheap on a loaded machine: the requests that arrive while a batch runs wait in their
+    sockets and form the next batch, with no thread hand-off and no wait for the GIL (a
+    worker thread that finishes its call while the loop parses requests waits up to the
+    interpreter's switch interval, 5 ms, to get the GIL back: measured, that made batching
+    slower than no batching at 32 connections). In both places the batch is assembled and
+    split on the loop thread, so a worker thread only makes the ONNX Runtime call.
+    """
 
     def __init__(
-        self, model: LoadedModel, config: BatchingConfig, executor: Executor, metrics: ServingMetrics
+        self, model: LoadedModel, config: BatchingConfig, executor: Executor | None, metrics: ServingMetrics
     ) -> None:
         self.model = model
         self.config = config
         self.executor = executor
         self.metrics = metrics
         self.calls = 0  # batches dispatched (tests read it: requests really shared calls)
+        self.inline = (model.inline and config.instances == 1) or executor is None
         self._queue: deque[_Pending] = deque()
         self._rows = 0
         self._busy = 0
+        self._expected = 0  # rows answered by the last batch: about as many come back soon
         self._scheduled = False
         self._timer: asyncio.TimerHandle | None = None  # a free runner waiting for company
         self._min_preferred = min(config.preferred_batch_sizes, default=config.max_batch_size)
+        self._names = model.output_names
+        self._index = {n: i for i, n in enumerate(self._names)}
 
     @property
     def idle(self) -> bool:
@@ -162,19 +187,33 @@ class Batcher:
         self, inputs: Mapping[str, np.ndarray], names: tuple[str, ...]
     ) -> asyncio.Future[list[np.ndarray]]:
         """Queue one request; the future resolves to its outputs (in ``names`` order)."""
-        loop = asyncio.get_running_loop()
-        pending = _Pending(inputs, names, loop.create_future())
+        future: asyncio.Future[list[np.ndarray]] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Pending(inputs, names, future))
+        return future
+
+    def submit_then(
+        self, inputs: Mapping[str, np.ndarray], names: tuple[str, ...], callback: Callable[[_Outcome], None]
+    ) -> None:
+        """Queue one request; ``callback`` gets its outputs (or the exception) on the loop
+        thread, in the turn its batch finishes: no future, no extra turn of the loop."""
+        self._enqueue(_Pending(inputs, names, None, callback))
+
+    def _enqueue(self, pending: _Pending) -> None:
         self._queue.append(pending)
         self._rows += pending.rows
         if not self._scheduled and self._busy < self.config.instances:
             # after this turn of the loop: the requests that arrived with this one join it
             self._scheduled = True
-            loop.call_soon(self._dispatch)
-        elif self._timer is not None and self._rows >= self._min_preferred:
+            asyncio.get_running_loop().call_soon(self._dispatch)
+        elif self._timer is not None and self._rows >= self._wanted():
             self._timer.cancel()  # enough company arrived: fire now, not at the deadline
             self._timer = None
-            loop.call_soon(self._dispatch)
-        return pending.future
+            asyncio.get_running_loop().call_soon(self._dispatch)
+
+    def _wanted(self) -> int:
+        """Rows worth waiting for: the smallest preferred size, or what the last batch answered
+        (those clients are sending their next requests), whichever is less."""
+        return min(self._min_preferred, self._expected) if not self._busy else self._min_preferred
 
     def _dispatch(self) -> None:
         self._scheduled = False
@@ -182,9 +221,10 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while self._queue and self._busy < self.config.instances:
             delay = self.config.max_queue_delay_us
-            if self._busy and delay and self._rows < self._min_preferred:
-                # a call is in flight, so more requests are on their way: wait for company,
-                # but never past the oldest request's delay
+            if delay and self._rows < self._wanted():
+                # a call is in flight, or the last batch's clients are on their way back: wait
+                # for company, but never past the oldest request's delay. A lone client (last
+                # batch: its own row) never waits.
                 wait = self._queue[0].queued_at + delay / 1e6 - time.perf_counter()
                 if wait > 0:
                     self._scheduled = True
@@ -193,9 +233,24 @@ class Batcher:
             batch = self._take()
             now = time.perf_counter()
             queued = [now - p.queued_at for p in batch]
-            self._busy += 1
             self.calls += 1
-            running = loop.run_in_executor(self.executor, self._run, batch)
+            feeds = self._assemble(batch)
+            if self.inline:
+                t, cpu = time.perf_counter(), time.thread_time()
+                outcomes = self._run(batch, feeds)
+                seconds, cpu = time.perf_counter() - t, time.thread_time() - cpu
+                self._finish(batch, queued, outcomes, seconds)
+                # CPU time, not wall time: on a busy machine a fast call can be descheduled for
+                # milliseconds, and that must not move the model off the loop for good
+                if cpu > INLINE_BATCH_S:
+                    self.inline = False  # too slow to hold the loop: worker threads from now on
+                if self._queue and not self._scheduled:
+                    # let the loop take in what arrived meanwhile before the next batch
+                    self._scheduled = True
+                    loop.call_soon(self._dispatch)
+                return
+            self._busy += 1
+            running = loop.run_in_executor(self.executor, self._timed_run, batch, feeds)
             running.add_done_callback(functools.partial(self._done, batch, queued))
 
     def _take(self) -> list[_Pending]:
@@ -206,6 +261,9 @@ class Batcher:
         if self.config.preferred_batch_sizes and self._rows < limit:
             fits = [s for s in self.config.preferred_batch_sizes if s <= self._rows]
             limit = fits[-1] if fits else limit
+        if not self._queue or rows >= limit:
+            self._rows -= rows
+            return batch
         kept: deque[_Pending] = deque()
         while self._queue and rows < limit:
             p = self._queue.popleft()
@@ -219,25 +277,31 @@ class Batcher:
         self._rows -= rows
         return batch
 
-    def _run(self, batch: list[_Pending]) -> tuple[list[_Outcome], float, int]:
-        """In a worker thread: one call for the batch, split back; per request on any failure."""
+    def _assemble(self, batch: list[_Pending]) -> dict[str, np.ndarray] | None:
+        """One feed of the batch's rows (None for a lone request: its own inputs are the feed)."""
+        if len(batch) == 1:
+            return None
+        try:
+            return {n: np.concatenate([p.inputs[n] for p in batch]) for n in self.model.inputs}
+        except Exception:  # e.g. a dtype no concatenation can mix: each request on its own
+            return None
+
+    def _run(self, batch: list[_Pending], feeds: dict[str, np.ndarray] | None) -> list[_Outcome]:
+        """One call for the batch, split back (views, no copies); per request on any failure."""
         model = self.model
-        t = time.perf_counter()
-        if len(batch) > 1:
+        if feeds is not None:
             try:
-                feeds = {n: np.concatenate([p.inputs[n] for p in batch]) for n in model.inputs}
-                names = model.output_names
-                arrays = model.predict(feeds, names)
+                arrays = model.predict(feeds, self._names)
                 total = sum(p.rows for p in batch)
                 if all(a.ndim and a.shape[0] == total for a in arrays):
-                    index = {n: i for i, n in enumerate(names)}
+                    index = self._index
                     out: list[_Outcome] = []
                     start = 0
                     for p in batch:
                         end = start + p.rows
                         out.append([arrays[index[n]][start:end] for n in p.names])
                         start = end
-                    return out, time.perf_counter() - t, total
+                    return out
             except Exception:
                 pass
         results: list[_Outcome] = []
@@ -246,24 +310,46 @@ class Batcher:
                 results.append(model.predict(p.inputs, p.names))
             except Exception as exc:
                 results.append(exc)
-        return results, time.perf_counter() - t, batch[0].rows if len(batch) == 1 else 0
+        return results
+
+    def _timed_run(
+        self, batch: list[_Pending], feeds: dict[str, np.ndarray] | None
+    ) -> tuple[list[_Outcome], float]:
+        t = time.perf_counter()
+        outcomes = self._run(batch, feeds)
+        return outcomes, time.perf_counter() - t
 
     def _done(self, batch: list[_Pending], queued: list[float], running: asyncio.Future[Any]) -> None:
         self._busy -= 1
         exc = running.exception() if not running.cancelled() else asyncio.CancelledError()
         if exc is not None:
-            outcomes: list[_Outcome] = [exc] * len(batch)
+            self._finish(batch, queued, [exc] * len(batch), None)
         else:
-            outcomes, seconds, rows = running.result()
-            self.metrics.observe_inference(self.model.name, self.model.version, seconds)
-            if rows:
-                self.metrics.observe_batch(self.model.name, self.model.version, rows, queued)
-        for p, outcome in zip(batch, outcomes, strict=True):
-            if p.future.done():  # the client went away
-                continue
-            if isinstance(outcome, BaseException):
-                p.future.set_exception(outcome)
-            else:
-                p.future.set_result(outcome)
+            outcomes, seconds = running.result()
+            self._finish(batch, queued, outcomes, seconds)
         if self._queue and not self._scheduled:
             self._dispatch()
+
+    def _finish(
+        self, batch: list[_Pending], queued: list[float], outcomes: list[_Outcome], seconds: float | None
+    ) -> None:
+        rows = sum(p.rows for p in batch)
+        self._expected = rows
+        if seconds is not None:
+            model = self.model
+            self.metrics.observe_inference(model.name, model.version, seconds)
+            self.metrics.observe_batch(model.name, model.version, rows, queued)
+        for p, outcome in zip(batch, outcomes, strict=True):
+            if p.callback is not None:
+                try:
+                    p.callback(outcome)
+                except Exception:  # one answer that fails to encode must not lose the others
+                    log.exception("answering a batched request failed")
+                continue
+            future = p.future
+            if future is None or future.done():  # the client went away
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)

@@ -171,12 +171,17 @@ def encode_response(name: str, version: str, req_id: str, names: Any, arrays: li
     return out
 
 
-async def start_grpc(handler: InferenceHandler, host: str, port: int) -> tuple[Any, int]:
-    """Start the gRPC server on this event loop; (server, the port it listens on)."""
+async def start_grpc(
+    handler: InferenceHandler, host: str, port: int, *, reuse_port: bool = False
+) -> tuple[Any, int]:
+    """Start the gRPC server on this event loop; (server, the port it listens on).
+
+    ``reuse_port``: several worker processes serve one port (SO_REUSEPORT; the supervisor
+    holds the port), else a port in use is an error here, as on the REST ports."""
     options = [
         ("grpc.max_receive_message_length", MAX_BODY),
         ("grpc.max_send_message_length", MAX_BODY),
-        ("grpc.so_reuseport", 0),  # a port in use is an error here, as on the REST ports
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     server = grpc.aio.server(options=options)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(handler), server)

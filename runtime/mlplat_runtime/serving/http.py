@@ -20,7 +20,9 @@ compressed body is inflated (``inflate``) with the same limit as a plain one.
 
 A handler is a plain callable ``Request -> Response | Awaitable[Response]``: fast handlers
 answer inline (no task is created), slow ones (a model load, a big model) return a coroutine
-and the connection waits for it, keeping later pipelined requests queued in order.
+and the connection waits for it, keeping later pipelined requests queued in order. A handler
+may also return an ``asyncio.Future`` (the dynamic batcher's answers): the response is written
+from its done callback, without a task.
 ``as_asgi`` adapts a handler to ASGI, so the same handlers run under any ASGI server and in
 tests through httpx's ASGI transport.
 
@@ -30,6 +32,7 @@ Must not import textual, mlflow, docker or mlplat_tui.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
@@ -449,8 +452,23 @@ class HttpProtocol(asyncio.Protocol):
             self._send(result, keep_alive, req.method == "HEAD")
             return
         self.busy = True
-        self._pause_reading()
-        self.loop.create_task(self._finish(result, req, keep_alive))
+        # Reading goes on while the handler works (pausing and resuming would be two epoll_ctl
+        # calls per request): a client that pipelines its next request meanwhile is paused in
+        # ``on_message_complete``, with that one request queued.
+        if isinstance(result, asyncio.Future):  # no task: the answer is written when it is set
+            result.add_done_callback(functools.partial(self._future_done, req, keep_alive))
+        else:
+            self.loop.create_task(self._finish(result, req, keep_alive))
+
+    def _future_done(self, req: Request, keep_alive: bool, future: asyncio.Future[Response]) -> None:
+        if future.cancelled():
+            resp = json_error(503, "the request was cancelled; retry")
+        elif future.exception() is not None:
+            log.error("handler failed on %s %s", req.method, req.path, exc_info=future.exception())
+            resp = json_error(500, "internal error")
+        else:
+            resp = future.result()
+        self._complete(resp, req, keep_alive)
 
     async def _finish(self, pending: Awaitable[Response], req: Request, keep_alive: bool) -> None:
         try:
@@ -458,6 +476,9 @@ class HttpProtocol(asyncio.Protocol):
         except Exception:
             log.exception("handler failed on %s %s", req.method, req.path)
             resp = json_error(500, "internal error")
+        self._complete(resp, req, keep_alive)
+
+    def _complete(self, resp: Response, req: Request, keep_alive: bool) -> None:
         self.busy = False
         self.last_active = self.loop.time()
         self._release(len(req.body))

@@ -303,6 +303,19 @@ class Repository:
         kept = f", still serving v{current.version}" if current else ""
         log.warning("load of %s rejected: %s%s", name, exc.message, kept)
 
+    def install(self, model: LoadedModel) -> LoadedModel | None:
+        """Switch in a model loaded and warmed up elsewhere (a worker's two-phase swap: every
+        worker prepares the version off to the side, then all switch together): under the
+        lock, its notes and loading mark cleared. Returns the version it replaced (None for a
+        first load); the caller decides when that one's files go (``_discard(old.keep)``)."""
+        with self._lock:
+            old = self._active.get(model.name)
+            self._active[model.name] = model
+            self._notes.pop(model.name, None)
+            self._loading.discard(model.name)
+        self.metrics.set_active(model.name, model.version, model.bundle_id, model.provider)
+        return old
+
     def unload(self, name: str) -> None:
         with self._load_lock, self._lock:
             model = self._active.pop(name, None)

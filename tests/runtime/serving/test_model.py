@@ -136,3 +136,22 @@ def test_signature_differences_lists_each_problem(tmp_path: Path) -> None:
     assert signature_differences(a, b, left="v1", right="v2") == [
         "input 'input': shape [-1, 4] in v1, [-1, 6] in v2"
     ]
+
+
+def test_a_model_loaded_elsewhere_is_installed_in_a_repository_and_replaces_the_old_one(
+    tmp_path: Path,
+) -> None:
+    from mlplat_runtime.serving.repository import ModelState, Repository
+
+    repo = Repository(providers=CPU)
+    repo.load(build_version(tmp_path, "1", seed=1))
+    side = load_bundle(open_bundle(build_version(tmp_path, "2", seed=2)), providers=CPU)  # off to the side
+    old = repo.install(side)
+    assert old is not None and old.version == "1"
+    assert repo.get("m") is side and repo.get("m", "2") is side
+    assert [(e.name, e.version, e.state) for e in repo.index()] == [("m", "2", ModelState.READY)]
+    assert repo.metrics.active["m"][0] == "2"
+    assert (
+        repo.install(load_bundle(open_bundle(build_version(tmp_path, "1", name="n")), providers=CPU)) is None
+    )
+    repo.close()

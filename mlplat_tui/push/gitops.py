@@ -307,7 +307,7 @@ class GitopsEngine:
                 text=True,
                 timeout=timeout,
                 env=self._env(),
-                **({} if stdin is not None else {"stdin": subprocess.DEVNULL}),
+                stdin=subprocess.DEVNULL if stdin is None else None,  # input= needs stdin unset
             )
         except FileNotFoundError:
             raise TargetError(

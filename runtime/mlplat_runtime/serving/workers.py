@@ -938,13 +938,13 @@ async def supervise(
                 loop.add_signal_handler(sig, on_signal, sig)
         if config.bundle is not None:
             await asyncio.to_thread(pool.adopt, config.bundle)
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        if grpc_port is not None:  # a line of its own, well before the start-up line
+            echo(f"mlplat serving grpc={host}:{grpc_port}")
         first = await pool.start()
         pool.started(first)
-        host = f"[{config.host}]" if ":" in config.host else config.host
-        pids = ",".join(str(ch.proc.pid) for ch in pool.channels if ch is not None)
-        echo(f"mlplat serving workers={config.workers} pids={pids}")
-        if grpc_port is not None:
-            echo(f"mlplat serving grpc={host}:{grpc_port}")
+        pids = ", ".join(str(ch.proc.pid) for ch in pool.channels if ch is not None)
+        log.info("%d workers serving (pids %s)", config.workers, pids)
         models = first.get("models", [])
         what = (
             f"model={models[0]['name']} version={models[0]['version']} provider={models[0]['provider']}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the test suite and the docker backend need: the Docker engine (docker.io),
-# mmdebstrap (scripts/make-base-image.sh), tmux and git. Idempotent and quiet: installs only
+# mmdebstrap (scripts/make-base-image.sh), tmux and git; docker-registry and apache2-utils
+# (htpasswd) for the push tests' image registry. Idempotent and quiet: installs only
 # what is missing, prints one line when it does.
 set -euo pipefail
 need=()
@@ -9,6 +10,8 @@ command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v make >/dev/null 2>&1 || need+=(make)
+[ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then

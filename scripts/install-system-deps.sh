@@ -31,3 +31,8 @@ if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${n
   echo "installing ${need[*]} failed" >&2
   exit 1
 fi
+# The package's own service listens on every interface (:5000); the tests start their own
+# registry on 127.0.0.1, so the packaged one is stopped and kept off.
+if [[ " ${need[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null 2>&1; then
+  systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi

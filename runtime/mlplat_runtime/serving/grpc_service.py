@@ -15,13 +15,23 @@ as ``raw_output_contents``. Errors map to gRPC codes: 400 -> INVALID_ARGUMENT, 4
 NOT_FOUND, 503 -> UNAVAILABLE, anything else -> INTERNAL.
 
 Served: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig,
-ModelInfer. The repository extension stays on the admin port (REST, with the token).
+ModelInfer on the inference side (``start_grpc``). The repository extension (RepositoryIndex,
+RepositoryModelLoad, RepositoryModelUnload) is served only on the admin side
+(``start_admin_grpc``: its own port, bound like the REST admin port, the same bearer token in
+the ``authorization`` metadata), never on the inference port. A load takes its parameters as
+the REST admin's do (``bundle``: string; ``allow_signature_change``: bool;
+``dynamic_batching``: a JSON object as a string, or the bool false), or a Triton model config
+in ``config`` (what ``tritonclient``'s ``load_model(name, config=...)`` sends): its
+``parameters.bundle.string_value`` names the bundle; ``max_batch_size`` with
+``dynamic_batching`` and ``instance_group[0].count`` turn dynamic batching on.
 
 Must not import textual, mlflow, docker or mlplat_tui.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import logging
 import time
 from typing import Any
@@ -32,15 +42,18 @@ import orjson
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from mlplat_runtime.errors import MlplatError, RequestError, ServiceError
+from mlplat_runtime.errors import AuthError, MlplatError, RequestError, ServiceError
 from mlplat_runtime.serving import protocol
 from mlplat_runtime.serving.app import SERVER_METADATA, InferenceHandler, model_config_of
+from mlplat_runtime.serving.batching import BatchingConfig
 from mlplat_runtime.serving.http import MAX_BODY
+from mlplat_runtime.serving.repository import Repository
 
 log = logging.getLogger("mlplat.serving")
 
-_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND, 413:
-          grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE}  # fmt: skip
+_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED, 404:
+          grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED, 503:
+          grpc.StatusCode.UNAVAILABLE}  # fmt: skip
 _CONTENTS = {  # OIP datatype -> the typed field of InferTensorContents
     "BOOL": "bool_contents",
     "INT8": "int_contents",
@@ -171,6 +184,166 @@ def encode_response(name: str, version: str, req_id: str, names: Any, arrays: li
     return out
 
 
+class RepositoryServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """The admin side's gRPC face: the repository extension over ``Repository``, with the
+    admin bearer token. Every other method answers UNIMPLEMENTED (the base class)."""
+
+    def __init__(self, repo: Repository, token: str) -> None:
+        if not token:
+            raise ServiceError("the admin token is empty")
+        self.repo = repo
+        self._expected = f"Bearer {token}".encode()
+
+    async def _check(self, context: Any) -> None:
+        got = b""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                got = value.encode() if isinstance(value, str) else bytes(value)
+        if not hmac.compare_digest(got, self._expected):
+            await _abort(
+                context,
+                AuthError(
+                    "missing or wrong admin token", hint="send metadata 'authorization: Bearer <token>'"
+                ),
+            )
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        await self._check(context)
+        index = service_pb2.RepositoryIndexResponse
+        models = [
+            index.ModelIndex(name=e.name, version=e.version, state=str(e.state), reason=e.reason)
+            for e in self.repo.index()
+            if not request.ready or str(e.state) == "READY"
+        ]
+        return index(models=models)
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        await self._check(context)
+        try:
+            bundle, allow, batching = load_parameters(request.parameters)
+            # in a worker thread, as on the REST admin port: the loop keeps serving meanwhile
+            await asyncio.to_thread(
+                self.repo.load,
+                bundle,
+                name=request.model_name,
+                allow_signature_change=allow,
+                batching=batching,
+            )
+        except MlplatError as exc:
+            await _abort(context, exc)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self._check(context)
+        try:
+            await asyncio.to_thread(self.repo.unload, request.model_name)
+        except MlplatError as exc:
+            await _abort(context, exc)
+        return service_pb2.RepositoryModelUnloadResponse()
+
+
+def load_parameters(params: Any) -> tuple[str, bool, BatchingConfig | bool | None]:
+    """(bundle, allow_signature_change, batching) from a RepositoryModelLoad's parameters."""
+    bundle: str | None = None
+    allow = False
+    batching: BatchingConfig | bool | None = None
+    for key in params:
+        value = params[key]
+        kind = value.WhichOneof("parameter_choice")
+        if key == "bundle" and kind == "string_param":
+            bundle = value.string_param
+        elif key == "allow_signature_change" and kind == "bool_param":
+            allow = value.bool_param
+        elif key == "dynamic_batching" and kind == "bool_param" and not value.bool_param:
+            batching = False
+        elif key == "dynamic_batching" and kind == "string_param":
+            try:
+                raw = orjson.loads(value.string_param)
+            except orjson.JSONDecodeError:
+                raise RequestError("dynamic_batching must be a JSON object, or the bool false") from None
+            if not isinstance(raw, dict):
+                raise RequestError("dynamic_batching must be a JSON object, or the bool false")
+            batching = BatchingConfig.parse(raw)
+        elif key == "config" and kind == "string_param":
+            bundle, config_batching = _from_triton_config(value.string_param, bundle)
+            batching = config_batching if batching is None else batching
+        elif key.startswith("file:"):
+            raise RequestError(
+                "file overrides are not supported: mlplat loads a bundle by path",
+                hint="send the parameter bundle (a string) with the path the serving process sees",
+            )
+        else:
+            raise RequestError(
+                f"unknown or mistyped load parameter '{key}' ({kind})",
+                hint="known: bundle (string), allow_signature_change (bool), dynamic_batching "
+                "(JSON object as a string, or false), config (a Triton model config as JSON)",
+            )
+    if not bundle:
+        raise RequestError(
+            "bad load request: no bundle given",
+            hint="send the parameter bundle (a string), or a config whose parameters.bundle"
+            ".string_value is the bundle's path",
+        )
+    return bundle, allow, batching
+
+
+def _from_triton_config(text: str, bundle: str | None) -> tuple[str | None, BatchingConfig | None]:
+    try:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"config is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise RequestError("config must be a JSON object (a Triton model config)")
+    params = doc.get("parameters") or {}
+    named = params.get("bundle") if isinstance(params, dict) else None
+    if isinstance(named, dict) and isinstance(named.get("string_value"), str):
+        bundle = named["string_value"]
+    if "dynamic_batching" not in doc:
+        return bundle, None
+    dyn = doc.get("dynamic_batching") or {}
+    groups = doc.get("instance_group") or [{}]
+    raw: dict[str, Any] = {"max_batch_size": doc.get("max_batch_size", 32)}
+    if isinstance(dyn, dict):
+        if "preferred_batch_size" in dyn:
+            raw["preferred_batch_sizes"] = dyn["preferred_batch_size"]
+        if "max_queue_delay_microseconds" in dyn:  # int64: a string in protobuf's JSON
+            delay = dyn["max_queue_delay_microseconds"]
+            if not (isinstance(delay, int) or (isinstance(delay, str) and delay.isdigit())):
+                raise RequestError(f"config.dynamic_batching.max_queue_delay_microseconds: {delay!r}")
+            raw["max_queue_delay_us"] = int(delay)
+    if isinstance(groups, list) and groups and isinstance(groups[0], dict) and "count" in groups[0]:
+        raw["instances"] = groups[0]["count"]
+    return bundle, BatchingConfig.parse(raw)
+
+
+async def start_admin_grpc(repo: Repository, token: str, host: str, port: int) -> tuple[Any, int]:
+    """Start the admin side's gRPC server (the repository extension) on this event loop;
+    (server, the port it listens on). Bind it like the REST admin port (loopback by default)."""
+    options = [
+        ("grpc.max_receive_message_length", 1024 * 1024),
+        ("grpc.max_send_message_length", 16 * 1024 * 1024),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(options=options)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(RepositoryServicer(repo, token), server)
+    return server, await _listen(server, host, port, "admin gRPC API")
+
+
+async def _listen(server: Any, host: str, port: int, what: str) -> int:
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise ServiceError(f"cannot listen on {address} for the {what}: {exc}") from None
+    if not bound:
+        raise ServiceError(
+            f"cannot listen on {address} for the {what}",
+            hint="another process holds the port; stop it or pick another port",
+        )
+    await server.start()
+    return int(bound)
+
+
 async def start_grpc(
     handler: InferenceHandler, host: str, port: int, *, reuse_port: bool = False
 ) -> tuple[Any, int]:
@@ -185,15 +358,4 @@ async def start_grpc(
     ]
     server = grpc.aio.server(options=options)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(handler), server)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        bound = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise ServiceError(f"cannot listen on {address} for the gRPC API: {exc}") from None
-    if not bound:
-        raise ServiceError(
-            f"cannot listen on {address} for the gRPC API",
-            hint="another process holds the port; stop it or pick another port",
-        )
-    await server.start()
-    return server, bound
+    return server, await _listen(server, host, port, "gRPC API")

@@ -17,8 +17,10 @@ Must not import onnxruntime, textual, mlflow, docker or mlplat_tui.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
@@ -199,6 +201,10 @@ def _decode_tensor(
         raise RequestError(f"input '{name}': no 'data' (and no binary_data_size)")
     if not isinstance(data, list):
         data = [data]
+    if count >= FAST_MIN and slot.dtype.kind == "f":
+        fast = _floats(data, count)
+        if fast is not None:
+            return (fast if slot.dtype == fast.dtype else fast.astype(slot.dtype)).reshape(shape), 0
     try:
         raw = np.asarray(data)
     except ValueError:
@@ -208,6 +214,40 @@ def _decode_tensor(
             f"input '{name}': {raw.size} data element(s), but shape {_shape_text(shape)} needs {count}"
         )
     return _convert(raw, slot).reshape(shape), 0
+
+
+# From this many elements on, float data takes ``_floats``; below it np.asarray is as quick.
+FAST_MIN = 16
+
+
+def _floats(data: list[Any], count: int) -> np.ndarray | None:
+    """Float data as float64, without numpy's discovery of nested lists, which is the cost of
+    a big JSON request (of 1,380 µs for 1,024 rows, 1,255 were decoding; ``np.asarray`` on
+    nested lists checks every row's type and length on its own). ``array('d', ...)`` converts
+    in C and accepts only real numbers (no strings, no nulls), as the checked path does.
+
+    Only a flat list, or a list of rows of one length whose first value is not a boolean;
+    None for anything else (or any bad value), and the caller takes the checked path, which
+    says what is wrong. Row-major either way, as the protocol says.
+    """
+    try:
+        first = data[0]
+        if type(first) is list:
+            if len(data) * len(first) != count or type(first[0]) is bool:
+                return None
+            if len(data) == 1:
+                values = array("d", first)
+            elif len(set(map(len, data))) != 1:  # ragged: the checked path says so
+                return None
+            else:
+                values = array("d", list(chain.from_iterable(data)))
+        else:
+            if len(data) != count or type(first) is bool:
+                return None
+            values = array("d", data)
+    except (TypeError, IndexError, OverflowError, ValueError):
+        return None
+    return np.frombuffer(values, np.float64)
 
 
 def tensor_from_parts(slot: TensorSlot, datatype: str, shape: Sequence[int], data: Any) -> np.ndarray:

@@ -96,3 +96,150 @@ def test_serving_imports_and_refuses_grpc_clearly_without_grpcio() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "install the grpc extra" in out
+
+
+class _GrpcServers:
+    """The inference and admin gRPC servers over one repository, on an event loop of their own
+    (a thread: tritonclient's client is blocking)."""
+
+    def __init__(self, repo: Any, token: str) -> None:
+        import asyncio
+        import threading
+
+        from mlplat_runtime.serving.app import InferenceHandler
+        from mlplat_runtime.serving.grpc_service import start_admin_grpc, start_grpc
+
+        self.loop = asyncio.new_event_loop()
+        self.servers: list[Any] = []
+        started = threading.Event()
+
+        async def start() -> tuple[int, int]:
+            handler = InferenceHandler(repo)
+            infer, infer_port = await start_grpc(handler, "127.0.0.1", 0)
+            admin, admin_port = await start_admin_grpc(repo, token, "127.0.0.1", 0)
+            self.servers = [infer, admin]
+            return infer_port, admin_port
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            started.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        started.wait()
+        ports = asyncio.run_coroutine_threadsafe(start(), self.loop).result(timeout=30)
+        self.infer = f"127.0.0.1:{ports[0]}"
+        self.admin = f"127.0.0.1:{ports[1]}"
+
+    def close(self) -> None:
+        import asyncio
+
+        async def stop() -> None:
+            for server in self.servers:
+                await server.stop(grace=1.0)
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+def test_the_repository_extension_over_grpc_on_the_admin_side_with_the_token(tmp_path: Path) -> None:
+    import json
+
+    from mlplat_runtime.serving.repository import Repository
+
+    token = "t0ken-" + "x" * 40
+    auth = {"authorization": f"Bearer {token}"}
+    repo = Repository(providers=["CPUExecutionProvider"])
+    servers = _GrpcServers(repo, token)
+    admin = tgrpc.InferenceServerClient(url=servers.admin)
+    infer = tgrpc.InferenceServerClient(url=servers.infer)
+    x = np.random.default_rng(8).normal(size=(4, 4)).astype(np.float32)
+    inp = tgrpc.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    try:
+        # no token, a wrong one: refused, nothing loaded
+        for headers in (None, {"authorization": "Bearer nope"}):
+            with pytest.raises(tgrpc.InferenceServerException, match="admin token") as info:
+                admin.get_model_repository_index(headers=headers)
+            assert info.value.status() == "StatusCode.UNAUTHENTICATED"
+        v1 = build_version(tmp_path, "1", seed=3)
+        with pytest.raises(tgrpc.InferenceServerException, match="admin token"):
+            admin.load_model("m", config=json.dumps({"parameters": {"bundle": {"string_value": str(v1)}}}))
+        assert repo.find("m") is None
+        # the inference port has no repository extension at all
+        with pytest.raises(tgrpc.InferenceServerException) as info:
+            infer.get_model_repository_index(headers=auth)
+        assert info.value.status() == "StatusCode.UNIMPLEMENTED"
+
+        # tritonclient's load_model, unchanged: a Triton config naming the bundle, batching on
+        config = {
+            "parameters": {"bundle": {"string_value": str(v1)}},
+            "max_batch_size": 16,
+            "dynamic_batching": {"preferred_batch_size": [4], "max_queue_delay_microseconds": "100"},
+        }
+        admin.load_model("m", headers=auth, config=json.dumps(config))
+        assert repo.get("m").batching is not None and repo.get("m").batching.max_batch_size == 16
+        index = admin.get_model_repository_index(headers=auth, as_json=True)["models"]
+        assert index == [{"name": "m", "version": "1", "state": "READY"}]
+        assert np.array_equal(infer.infer("m", [inp]).as_numpy("label"), logreg_expected(x, 3)[0])
+
+        # a bad bundle is refused with the reason, the old version keeps serving
+        with pytest.raises(tgrpc.InferenceServerException, match="bundle not found") as info:
+            admin.load_model(
+                "m", headers=auth, config=json.dumps({"parameters": {"bundle": {"string_value": "/no"}}})
+            )
+        assert info.value.status() == "StatusCode.NOT_FOUND"
+        with pytest.raises(tgrpc.InferenceServerException, match="file overrides are not supported"):
+            admin.load_model("m", headers=auth, config="{}", files={"file:1/model.onnx": b"x"})
+        assert infer.is_model_ready("m", "1")
+
+        # a swap to v2 through the same call, then an unload
+        v2 = build_version(tmp_path, "2", seed=4)
+        admin.load_model(
+            "m", headers=auth, config=json.dumps({"parameters": {"bundle": {"string_value": str(v2)}}})
+        )
+        assert np.array_equal(infer.infer("m", [inp]).as_numpy("label"), logreg_expected(x, 4)[0])
+        assert repo.get("m").batching is None  # the new load asked for none
+        admin.unload_model("m", headers=auth)
+        assert not infer.is_model_ready("m")
+        index = admin.get_model_repository_index(headers=auth, as_json=True)["models"]
+        assert index == [{"name": "m", "version": "2", "state": "UNAVAILABLE", "reason": "unloaded"}]
+        ready = admin.get_model_repository_index(headers=auth, as_json=True).get("models", [])
+        assert [m for m in ready if m.get("state") == "READY"] == []
+    finally:
+        admin.close()
+        infer.close()
+        servers.close()
+        repo.close()
+
+
+def test_load_parameters_name_what_is_wrong() -> None:
+    from tritonclient.grpc import service_pb2
+
+    from mlplat_runtime.errors import RequestError
+    from mlplat_runtime.serving.grpc_service import load_parameters
+
+    def params(**kw: Any) -> Any:
+        req = service_pb2.RepositoryModelLoadRequest(model_name="m")
+        for key, value in kw.items():
+            field = {bool: "bool_param", str: "string_param", int: "int64_param"}[type(value)]
+            setattr(req.parameters[key], field, value)
+        return req.parameters
+
+    assert load_parameters(params(bundle="/b", allow_signature_change=True)) == ("/b", True, None)
+    assert load_parameters(params(bundle="/b", dynamic_batching=False)) == ("/b", False, False)
+    got = load_parameters(params(bundle="/b", dynamic_batching='{"max_batch_size": 8, "instances": 2}'))
+    assert got[2] is not None and got[2] is not False and got[2].instances == 2  # type: ignore[union-attr]
+    for bad, why in (
+        (params(), "no bundle given"),
+        (params(bundle="/b", batch=3), "unknown or mistyped load parameter 'batch'"),
+        (params(bundle=3), "unknown or mistyped load parameter 'bundle'"),
+        (params(bundle="/b", dynamic_batching="[1]"), "must be a JSON object"),
+        (params(bundle="/b", dynamic_batching='{"size": 1}'), "unknown key"),
+        (params(config="{nope"), "config is not valid JSON"),
+    ):
+        with pytest.raises(RequestError, match=why):
+            load_parameters(bad)

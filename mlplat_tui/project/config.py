@@ -14,10 +14,11 @@ import tomllib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
+from mlplat_runtime.bundle.manifest import BatchingSpec
 from mlplat_runtime.errors import ConfigError
 from mlplat_tui.project.gate_specs import GatesSection, NoRegression, Threshold, parse_gates, parse_threshold
 from mlplat_tui.project.paths import StateLayout
@@ -106,6 +107,15 @@ class StackSection(_Section):
     tracker_image: str = "mlplat-tracker:latest"
 
 
+class ServingSection(_Section):
+    """``[serving]``: how local serving runs (``docs/serving.md``)."""
+
+    # serving processes sharing the ports: a count, or "auto" (one per core on CPU, at most 8;
+    # one with CUDA); 1 is one process, no supervisor
+    workers: Annotated[StrictInt, Field(ge=1, le=64)] | Literal["auto"] = 1
+    batching: BatchingSpec | None = None  # dynamic batching recorded in each bundle built
+
+
 class ProjectConfig(_Section):
     project: ProjectSection
     train: TrainSection = Field(default_factory=TrainSection)
@@ -113,6 +123,7 @@ class ProjectConfig(_Section):
     model: ModelSection
     gates: GatesSection = Field(default_factory=GatesSection)
     stack: StackSection = Field(default_factory=StackSection)
+    serving: ServingSection = Field(default_factory=ServingSection)
     targets: dict[str, Target] = Field(default_factory=dict)  # parsed by project/targets.py
     policy: str | None = None  # path to a platform policy file (or MLPLAT_POLICY)
 

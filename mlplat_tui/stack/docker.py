@@ -119,6 +119,7 @@ class DockerBackend:
             metadata_token_file=METADATA_TOKEN_IN_CONTAINER,
             project=project.name,
             project_root=str(project.root),
+            serving_workers=project.config.serving.workers,
         )
 
     # -- names ---------------------------------------------------------------------------

@@ -161,6 +161,7 @@ class LocalBackend:
             metadata_token_file=str(self.paths.metadata_token),
             project=self.project.name,
             project_root=str(self.project.root),
+            serving_workers=self.project.config.serving.workers,
         )
 
     def command(self, service: Service) -> list[str]:

@@ -104,6 +104,7 @@ class Placement:
     metadata_token_file: str | None = None
     project: str | None = None  # None: no --project (an image's default CMD)
     project_root: str | None = None
+    serving_workers: int | str = 1  # [serving] workers: a count or "auto" (--workers)
 
 
 def command(spec: ServiceSpec, at: Placement) -> list[str]:
@@ -143,6 +144,8 @@ def command(spec: ServiceSpec, at: Placement) -> list[str]:
             "--admin-token-file",
             at.admin_token_file,
         ]
+        if at.serving_workers != 1:
+            args += ["--workers", str(at.serving_workers)]
     if spec.identity and at.project is not None and at.project_root is not None:
         args += ["--project", at.project, "--project-root", at.project_root]
     return head + args

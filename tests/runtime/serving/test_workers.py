@@ -181,3 +181,27 @@ def test_sigterm_drains_readiness_first_in_flight_requests_finish(
     s = serving_factory(slowish_bundle(tmp_path, "3"), "--workers", workers, "--drain-delay-s", "2",
                         "--grace-s", "60")  # fmt: skip
     _drain(s, tmp_path)
+
+
+def test_workers_setting_parses_strictly_and_reaches_the_serving_command() -> None:
+    from mlplat_runtime.errors import ConfigError
+    from mlplat_runtime.serving.__main__ import parse_args
+    from mlplat_tui.project.config import parse_config
+    from mlplat_tui.stack.services import SPECS, Placement, Service, command
+
+    head = '[project]\nname = "p"\n[model]\nname = "m"\n'
+    assert parse_config(head).serving.workers == 1
+    assert parse_config(head + "[serving]\nworkers = 3\n").serving.workers == 3
+    assert parse_config(head + '[serving]\nworkers = "auto"\n').serving.workers == "auto"
+    for bad in ("workers = 0", "workers = true", 'workers = "many"', "threads = 2"):
+        with pytest.raises(ConfigError):
+            parse_config(head + f"[serving]\n{bad}\n")
+    at = Placement(python=("python",), host="127.0.0.1", admin_host="127.0.0.1",
+                   ports={"serving": 1, "admin": 2}, data={}, admin_token_file="t")  # fmt: skip
+    assert "--workers" not in command(SPECS[Service.SERVING], at)
+    args = command(SPECS[Service.SERVING], Placement(**{**at.__dict__, "serving_workers": "auto"}))
+    assert args[args.index("--workers") + 1] == "auto"
+    assert parse_args(["--workers", "3"]).workers == 3
+    assert parse_args(["--workers", "auto"]).workers >= 1
+    with pytest.raises(SystemExit):
+        parse_args(["--workers", "0"])

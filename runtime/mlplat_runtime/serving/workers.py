@@ -252,13 +252,7 @@ class WorkerRepository(ServingRepository):
 
     def install(self, model: LoadedModel) -> LoadedModel | None:
         """Switch a prepared model in (the old one is returned, for its files to be removed)."""
-        # Repository's own switch, for a model loaded elsewhere (a public hook is asked for).
-        with self._lock:
-            old = self._active.get(model.name)
-            self._active[model.name] = model
-            self._notes.pop(model.name, None)
-            self._loading.discard(model.name)
-        self.metrics.set_active(model.name, model.version, model.bundle_id, model.provider)
+        old = super().install(model)
         return old if old is not model else None
 
 

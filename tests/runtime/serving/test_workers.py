@@ -205,3 +205,18 @@ def test_workers_setting_parses_strictly_and_reaches_the_serving_command() -> No
     assert parse_args(["--workers", "auto"]).workers >= 1
     with pytest.raises(SystemExit):
         parse_args(["--workers", "0"])
+
+
+def test_grpc_with_two_workers_serves_and_swaps(tmp_path: Path, serving_factory: Any) -> None:
+    import tritonclient.grpc as triton
+
+    s = serving_factory(build_version(tmp_path, "1", seed=1), "--workers", "2", "--grpc-port", "0")
+    assert s.grpc is not None
+    assert s.load(build_version(tmp_path, "2", seed=2)).status_code == 200
+    for _ in range(8):  # a new channel each time: the kernel spreads them over both workers
+        client = triton.InferenceServerClient(s.grpc)
+        assert client.is_server_ready()
+        inp = triton.InferInput("input", [1, 4], "FP32")
+        inp.set_data_from_numpy(np.ones((1, 4), np.float32))
+        assert client.infer("m", [inp]).get_response().model_version == "2"
+        client.close()

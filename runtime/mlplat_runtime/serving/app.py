@@ -324,6 +324,13 @@ class InferenceHandler:
             decoded = self._decode(req, model)
         except MlplatError as exc:
             return self._answered(model, t0, error_response(exc))
+        batcher = self.batcher(model)
+        try:
+            alone = batcher.run_now(decoded.inputs, decoded.outputs)
+            if alone is not None:
+                return self._answered(model, t0, self._encode(model, decoded, alone))
+        except Exception as exc:
+            return self._answered(model, t0, self._failure(req, exc))
         answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
 
         def done(outcome: list[np.ndarray] | BaseException) -> None:
@@ -337,7 +344,7 @@ class InferenceHandler:
             if not answer.done():
                 answer.set_result(self._answered(model, t0, resp))
 
-        self.batcher(model).submit_then(decoded.inputs, decoded.outputs, done)
+        batcher.submit_then(decoded.inputs, decoded.outputs, done)
         return answer
 
     def _failure(self, req: Request, exc: BaseException) -> Response:
@@ -359,7 +366,9 @@ class InferenceHandler:
         """Run decoded inputs the way the model is served (in a batch, in a worker thread, or
         inline): the path the gRPC port shares with REST."""
         if model.batching is not None and self.executor is not None:
-            return await self.batcher(model).submit(inputs, names)
+            batcher = self.batcher(model)
+            alone = batcher.run_now(inputs, names)
+            return alone if alone is not None else await batcher.submit(inputs, names)
         t = time.perf_counter()
         if self.executor is not None and not model.inline:
             loop = asyncio.get_running_loop()

@@ -150,8 +150,8 @@ class Batcher:
     """The queue and the runners of one loaded model version (event loop thread only).
 
     Where a batch runs: on the event loop thread itself while the model is fast (``inline``:
-    its one-row call took at most ``model.INLINE_MAX_MS``, one instance, and no batch call so
-    far took over ``INLINE_BATCH_S``), else in a worker thread. Inline is what makes batching
+    its call on the bundle's samples took at most ``INLINE_BATCH_S``, one instance, and no
+    batch call so far took more CPU time than that), else in a worker thread. Inline is what makes batching
     cheap on a loaded machine: the requests that arrive while a batch runs wait in their
     sockets and form the next batch, with no thread hand-off and no wait for the GIL (a
     worker thread that finishes its call while the loop parses requests waits up to the
@@ -168,20 +168,54 @@ class Batcher:
         self.executor = executor
         self.metrics = metrics
         self.calls = 0  # batches dispatched (tests read it: requests really shared calls)
-        self.inline = (model.inline and config.instances == 1) or executor is None
+        # start inline when a sample call fit the inline budget; measured batches decide after
+        self.inline = (model.call_ms <= INLINE_BATCH_S * 1000 and config.instances == 1) or executor is None
         self._queue: deque[_Pending] = deque()
         self._rows = 0
         self._busy = 0
         self._expected = 0  # rows answered by the last batch: about as many come back soon
         self._scheduled = False
+        self._solo_turn = False  # a lone request ran at once in this turn of the loop
         self._timer: asyncio.TimerHandle | None = None  # a free runner waiting for company
         self._min_preferred = min(config.preferred_batch_sizes, default=config.max_batch_size)
+        from mlplat_runtime.serving.model import computes_in_caller  # model imports this module
+
         self._names = model.output_names
+        self._clock = time.thread_time if computes_in_caller(model.provider) else time.perf_counter
         self._index = {n: i for i, n in enumerate(self._names)}
 
     @property
     def idle(self) -> bool:
         return not self._queue and not self._busy
+
+    def run_now(self, inputs: Mapping[str, np.ndarray], names: tuple[str, ...]) -> list[np.ndarray] | None:
+        """A lone request answered at once, in the caller's turn of the loop (None: queue it).
+
+        Only when the batcher runs inline, nothing is queued or running, the last batch held
+        one request (so no company is on its way) and no other request ran this way in this
+        turn of the loop (the second one of a turn queues, and the rest of the turn joins it):
+        one client is then exactly as fast as without batching, while concurrent clients
+        still share calls. The model's exceptions propagate, as an unbatched call's do.
+        """
+        if not self.inline or self._queue or self._busy or self._expected > 1 or self._solo_turn:
+            return None
+        self._solo_turn = True
+        asyncio.get_running_loop().call_soon(self._end_turn)
+        model = self.model
+        self.calls += 1
+        self._expected = 1
+        t = time.perf_counter()
+        try:
+            return model.predict(inputs, names)
+        finally:
+            seconds = time.perf_counter() - t
+            self.metrics.observe_inference(model.name, model.version, seconds)
+            self.metrics.observe_batch(
+                model.name, model.version, int(next(iter(inputs.values())).shape[0]), (0.0,)
+            )
+
+    def _end_turn(self) -> None:
+        self._solo_turn = False
 
     def submit(
         self, inputs: Mapping[str, np.ndarray], names: tuple[str, ...]
@@ -236,12 +270,12 @@ class Batcher:
             self.calls += 1
             feeds = self._assemble(batch)
             if self.inline:
-                t, cpu = time.perf_counter(), time.thread_time()
+                t, cpu = time.perf_counter(), self._clock()
                 outcomes = self._run(batch, feeds)
-                seconds, cpu = time.perf_counter() - t, time.thread_time() - cpu
+                seconds, cpu = time.perf_counter() - t, self._clock() - cpu
                 self._finish(batch, queued, outcomes, seconds)
-                # CPU time, not wall time: on a busy machine a fast call can be descheduled for
-                # milliseconds, and that must not move the model off the loop for good
+                # CPU time where it is the call's cost, not wall time: on a busy machine a fast
+                # call can be descheduled for milliseconds; that must not move it off the loop
                 if cpu > INLINE_BATCH_S:
                     self.inline = False  # too slow to hold the loop: worker threads from now on
                 if self._queue and not self._scheduled:

@@ -298,3 +298,30 @@ def test_a_hand_edited_manifest_asking_batching_for_a_fixed_shape_model_is_refus
     repo.load(bundle, batching=False)  # the way out the hint names
     assert repo.get("fixed").batching is None
     repo.close()
+
+
+async def test_a_lone_client_is_answered_in_its_own_turn_and_a_crowd_still_shares_calls(
+    tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    repo, model = load(tmp_path, BatchingConfig(max_batch_size=32))
+    batcher = Batcher(model, model.batching, pool, ServingMetrics())  # type: ignore[arg-type]
+    assert batcher.inline  # a fast model: batches run on the loop thread
+    xs = rows(12, seed=9)
+    # one client: each request in a turn of its own is answered at once, no queue, no future
+    for x in xs[:3]:
+        got = batcher.run_now({"input": x}, NAMES)
+        assert got is not None and np.array_equal(got[0], logreg_expected(x, seed=5)[0])
+        await asyncio.sleep(0)
+    assert batcher.calls == 3
+    # a second request in the same turn is not run alone: it queues, and the turn's others join it
+    assert batcher.run_now({"input": xs[3]}, NAMES) is not None
+    assert batcher.run_now({"input": xs[4]}, NAMES) is None
+    futures = [batcher.submit({"input": x}, NAMES) for x in xs[4:]]
+    results = await asyncio.gather(*futures)
+    assert batcher.calls == 5  # 3 + 1 alone, then the 8 queued ones in one call
+    for x, got in zip(xs[4:], results, strict=True):
+        assert np.array_equal(got[0], logreg_expected(x, seed=5)[0])
+    # the last batch answered 8 requests: company is expected, so the next request queues
+    await asyncio.sleep(0)
+    assert batcher.run_now({"input": xs[0]}, NAMES) is None
+    repo.close()

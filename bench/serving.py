@@ -658,9 +658,10 @@ def main() -> int:
                     Spec("one-row JSON: mlflow", mlf, c, L.HttpLoad(mlf.port, "/invocations", MLFLOW_BODY))
                 )
         if w2 is not None:
-            specs.append(
-                Spec("one-row JSON: mlplat-w2 (--workers 2)", w2, 8, L.HttpLoad(w2.port, path, one.body))
-            )
+            for c in (8, 32):
+                specs.append(
+                    Spec("one-row JSON: mlplat-w2 (--workers 2)", w2, c, L.HttpLoad(w2.port, path, one.body))
+                )
         for n in ROWS:
             if n != 1:
                 specs.append(
@@ -864,9 +865,11 @@ def main() -> int:
     else:
         checks.append(("gRPC one-row against MLServer's gRPC", False, "MLServer not measured"))
     if w2 is not None:
-        w2p = get("one-row JSON: mlplat-w2 (--workers 2)", 8)
-        assert w2p is not None
-        print(f"\n2 workers vs 1 at 8 connections: {w2p.med('rps') / ours8.med('rps'):.2f}x req/s")
+        print()
+        for c in (8, 32):
+            w2p, w1p = get("one-row JSON: mlplat-w2 (--workers 2)", c), get("one-row JSON: mlplat", c)
+            assert w2p is not None and w1p is not None
+            print(f"2 workers vs 1 at {c} connections: {w2p.med('rps') / w1p.med('rps'):.2f}x req/s")
     else:
         print("\n2 workers vs 1: not available (this serving has no --workers)")
     checks.append(("time to ready <= 0.5 s", ready <= TARGETS["ready_s"], f"{ready:.3f} s"))

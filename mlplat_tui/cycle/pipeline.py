@@ -243,6 +243,7 @@ class Pipeline:
             lineage=lineage,
             reference=reference,
             version=version,
+            batching=self.project.config.serving.batching,  # [serving.batching] -> serving.batching
         )
         return path, open_bundle(path).manifest
 

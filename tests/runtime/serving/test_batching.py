@@ -325,3 +325,25 @@ async def test_a_lone_client_is_answered_in_its_own_turn_and_a_crowd_still_share
     await asyncio.sleep(0)
     assert batcher.run_now({"input": xs[0]}, NAMES) is None
     repo.close()
+
+
+@pytest.mark.slow
+def test_serving_batching_in_mlplat_toml_reaches_the_bundle_built_by_the_cycle(tmp_path: Path) -> None:
+    from mlplat_runtime.bundle import open_bundle
+    from mlplat_tui.cycle.pipeline import Pipeline
+    from mlplat_tui.project.config import load_project
+    from tests.helpers.stack import copy_sample
+
+    root = copy_sample("churn", tmp_path)
+    with (root / "mlplat.toml").open("a", encoding="utf-8") as f:
+        f.write("\n[serving.batching]\nmax_batch_size = 16\npreferred_batch_sizes = [8]\n")
+    result = Pipeline(load_project(root), None).run_cycle()
+    assert result.bundle_path is not None, result.error
+    manifest = open_bundle(result.bundle_path).manifest
+    assert manifest.serving is not None and manifest.serving.batching is not None
+    assert manifest.serving.batching.max_batch_size == 16
+    assert manifest.serving.batching.preferred_batch_sizes == (8,)
+    repo = Repository(providers=CPU)
+    repo.load(result.bundle_path)
+    assert repo.models()[0].batching == BatchingConfig(max_batch_size=16, preferred_batch_sizes=(8,))
+    repo.close()

@@ -78,6 +78,9 @@ import numpy as np
 # No usage telemetry from MLflow (here or in the server it starts): no internet here, and its
 # background sender would only add noise to both sides of the comparison.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# The CPU path, for mlplat as for the peers (which run ONNX Runtime on CPU); a GPU machine's
+# CUDA provider is scripts/gpu-check.py's to measure. Set it to measure something else.
+os.environ.setdefault("MLPLAT_PROVIDERS", "CPUExecutionProvider")
 REPO = Path(__file__).resolve().parents[1]
 PEERS = REPO / "bench" / "peers"
 sys.path.insert(0, str(REPO / "runtime"))
@@ -383,8 +386,7 @@ def start_mlplat(
     ]
     if grpc_port:
         cmd += ["--grpc-port", str(grpc_port)]
-    env = {**os.environ, "MLPLAT_PROVIDERS": "CPUExecutionProvider"}
-    proc = spawn(cmd, work / f"{name}.log", env)
+    proc = spawn(cmd, work / f"{name}.log", dict(os.environ))
     ready = wait_ready(proc, model_ready(port, model), 120, name)
     return Server(name, proc, port, grpc_port, admin, token_file.read_text().strip(), ready)
 
@@ -724,8 +726,9 @@ def main() -> int:
     load_after = os.getloadavg()
     gen = "wrk (1 thread)" if L.have_wrk() else "asyncio keep-alive client (no wrk installed)"
     print(
-        f"\nHTTP load: {gen}; gRPC load: 2 grpc.aio client processes; {args.repeats} x {args.duration} s per"
-        f" point, round-robin, medians [min–max]; {os.cpu_count()} CPUs"
+        f"\nHTTP load: {gen}; gRPC load: {L.grpc_processes()} grpc.aio client processes;"
+        f" {args.repeats} x {args.duration} s per point, round-robin, medians [min–max];"
+        f" {os.cpu_count()} CPUs"
     )
     print(
         f"load average at start {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "

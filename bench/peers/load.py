@@ -221,8 +221,14 @@ def _grpc_worker(
     out.put(asyncio.run(main()))  # type: ignore[attr-defined]
 
 
-def grpc_point(port: int, request: bytes, conns: int, duration: float, processes: int = 2) -> Point:
+def grpc_processes() -> int:
+    """Client processes for gRPC load: 2 on a small machine, a quarter of the cores on a big one."""
+    return max(2, min(8, (os.cpu_count() or 2) // 4))
+
+
+def grpc_point(port: int, request: bytes, conns: int, duration: float, processes: int = 0) -> Point:
     """``conns`` requests in flight, spread over ``processes`` client processes (one channel each)."""
+    processes = processes or grpc_processes()
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: grpc must not be forked
     processes = max(1, min(processes, conns))
     shares = [conns // processes + (1 if i < conns % processes else 0) for i in range(processes)]

@@ -875,6 +875,8 @@ def main() -> int:
             print(f"2 workers vs 1 at {c} connections: {w2p.med('rps') / w1p.med('rps'):.2f}x req/s")
     else:
         print("\n2 workers vs 1: not available (this serving has no --workers)")
+    wrong = [k for k, v in agree.items() if v < 1.0]
+    checks.append(("every server's answers equal the source model's", not wrong, ", ".join(wrong) or "all"))
     checks.append(("time to ready <= 0.5 s", ready <= TARGETS["ready_s"], f"{ready:.3f} s"))
     checks.append(("swap <= 50 ms (median round trip)", swap <= TARGETS["swap_ms"], f"{swap:.1f} ms"))
     errors = sum(s.errors for s in specs if s.server.name.startswith("mlplat"))

@@ -83,6 +83,13 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         help="also serve OIP v2 gRPC on this port, on --host (default: off; 0 = any; needs the grpc extra)",
     )
     p.add_argument(
+        "--admin-grpc-port",
+        type=int,
+        default=None,
+        help="also serve the gRPC repository extension (load, unload, index; the admin token as"
+        " 'authorization: Bearer' metadata) on this port, on --admin-host (default: off; 0 = any)",
+    )
+    p.add_argument(
         "--workers",
         default="1",
         help="serving processes sharing the ports, each with its own copy of the models (default 1:"
@@ -129,6 +136,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         identity=identity_from_args(a, "serving", p),
         batching=batching,
         grpc_port=a.grpc_port,
+        admin_grpc_port=a.admin_grpc_port,
         workers=workers,
         drain_delay_s=a.drain_delay_s,
         grace_s=a.grace_s,

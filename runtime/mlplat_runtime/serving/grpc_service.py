@@ -30,7 +30,6 @@ Must not import textual, mlflow, docker or mlplat_tui.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import time
@@ -44,6 +43,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from mlplat_runtime.errors import AuthError, MlplatError, RequestError, ServiceError
 from mlplat_runtime.serving import protocol
+from mlplat_runtime.serving.admin import LocalControl, ModelControl
 from mlplat_runtime.serving.app import SERVER_METADATA, InferenceHandler, model_config_of
 from mlplat_runtime.serving.batching import BatchingConfig
 from mlplat_runtime.serving.http import MAX_BODY
@@ -188,10 +188,11 @@ class RepositoryServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type
     """The admin side's gRPC face: the repository extension over ``Repository``, with the
     admin bearer token. Every other method answers UNIMPLEMENTED (the base class)."""
 
-    def __init__(self, repo: Repository, token: str) -> None:
+    def __init__(self, control: Repository | ModelControl, token: str) -> None:
         if not token:
             raise ServiceError("the admin token is empty")
-        self.repo = repo
+        # this process's repository, or (--workers N) the supervisor's pool of workers
+        self.control: ModelControl = LocalControl(control) if isinstance(control, Repository) else control
         self._expected = f"Bearer {token}".encode()
 
     async def _check(self, context: Any) -> None:
@@ -212,7 +213,7 @@ class RepositoryServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type
         index = service_pb2.RepositoryIndexResponse
         models = [
             index.ModelIndex(name=e.name, version=e.version, state=str(e.state), reason=e.reason)
-            for e in self.repo.index()
+            for e in await self.control.index()
             if not request.ready or str(e.state) == "READY"
         ]
         return index(models=models)
@@ -221,13 +222,10 @@ class RepositoryServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type
         await self._check(context)
         try:
             bundle, allow, batching = load_parameters(request.parameters)
-            # in a worker thread, as on the REST admin port: the loop keeps serving meanwhile
-            await asyncio.to_thread(
-                self.repo.load,
-                bundle,
-                name=request.model_name,
-                allow_signature_change=allow,
-                batching=batching,
+            # as on the REST admin port (a worker thread, or the workers' two-phase swap): the
+            # loop keeps serving meanwhile
+            await self.control.load(
+                bundle, name=request.model_name, allow_signature_change=allow, batching=batching
             )
         except MlplatError as exc:
             await _abort(context, exc)
@@ -236,7 +234,7 @@ class RepositoryServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         await self._check(context)
         try:
-            await asyncio.to_thread(self.repo.unload, request.model_name)
+            await self.control.unload(request.model_name)
         except MlplatError as exc:
             await _abort(context, exc)
         return service_pb2.RepositoryModelUnloadResponse()
@@ -316,7 +314,9 @@ def _from_triton_config(text: str, bundle: str | None) -> tuple[str | None, Batc
     return bundle, BatchingConfig.parse(raw)
 
 
-async def start_admin_grpc(repo: Repository, token: str, host: str, port: int) -> tuple[Any, int]:
+async def start_admin_grpc(
+    control: Repository | ModelControl, token: str, host: str, port: int
+) -> tuple[Any, int]:
     """Start the admin side's gRPC server (the repository extension) on this event loop;
     (server, the port it listens on). Bind it like the REST admin port (loopback by default)."""
     options = [
@@ -325,7 +325,7 @@ async def start_admin_grpc(repo: Repository, token: str, host: str, port: int) -
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(RepositoryServicer(repo, token), server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(RepositoryServicer(control, token), server)
     return server, await _listen(server, host, port, "admin gRPC API")
 
 

@@ -88,6 +88,8 @@ class ServerConfig:
     identity: StackIdentity | None = None  # the project it serves, for ``GET /identity``
     batching: BatchingConfig | None = None  # dynamic batching for models that can (opt-in)
     grpc_port: int | None = None  # OIP v2 gRPC on this port (on ``host``), opt-in; 0 = any
+    # the gRPC repository extension (admin token) on this port, on ``admin_host``; opt-in; 0 = any
+    admin_grpc_port: int | None = None
     workers: int = 1  # serving processes sharing the ports (>1: a supervisor, workers.py)
     drain_delay_s: float = DEFAULT_DRAIN_DELAY_S
     grace_s: float = DEFAULT_GRACE_S
@@ -183,7 +185,7 @@ async def serve(
     supervisor has it), no check process (the supervisor checks each bundle once), the
     supervisor's models loaded before the port opens, the port shared with SO_REUSEPORT.
     """
-    if config.grpc_port is not None:
+    if config.grpc_port is not None or (config.admin_grpc_port is not None and link is None):
         why = grpc_missing()
         if why is not None:
             raise ServiceError(f"the gRPC API cannot start: {why}")
@@ -211,7 +213,7 @@ async def serve(
     )
     decoder = DecoderProcess()
     stop = stop or asyncio.Event()
-    grpc_server = None
+    grpc_server = admin_grpc = None
     try:
         inference = InferenceHandler(
             repo,
@@ -233,6 +235,12 @@ async def serve(
                 grpc_server, grpc_port = await start_grpc(inference, config.host, config.grpc_port)
                 host = f"[{config.host}]" if ":" in config.host else config.host
                 echo(f"mlplat serving grpc={host}:{grpc_port}")
+        if config.admin_grpc_port is not None and link is None:  # workers: the supervisor's
+            from mlplat_runtime.serving.grpc_service import start_admin_grpc
+
+            admin_grpc, port = await start_admin_grpc(repo, token, config.admin_host, config.admin_grpc_port)
+            host = f"[{config.admin_host}]" if ":" in config.admin_host else config.admin_host
+            echo(f"mlplat serving admin_grpc={host}:{port}")
         if config.bundle is not None:
             await asyncio.to_thread(_startup_load, repo, config.bundle, warmup_budget)
         if link is not None:
@@ -292,8 +300,9 @@ async def serve(
             if isinstance(result, BaseException):
                 raise ServiceError(f"serving stopped: {result}") from result
     finally:
-        if grpc_server is not None:
-            await grpc_server.stop(grace=2.0)
+        for server in (grpc_server, admin_grpc):
+            if server is not None:
+                await server.stop(grace=2.0)
         if checker is not None:
             checker.close()
         repo.close()

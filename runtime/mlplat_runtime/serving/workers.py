@@ -894,6 +894,8 @@ async def supervise(
     """The supervisor: hold the ports, start the workers, serve the admin API, restart the dead."""
     if not 2 <= config.workers <= MAX_WORKERS:
         raise ServiceError(f"workers must be 2..{MAX_WORKERS} for a supervisor, got {config.workers}")
+    if config.admin_grpc_port is not None and (why := grpc_missing()) is not None:
+        raise ServiceError(f"the admin gRPC API cannot start: {why}")
     if config.grpc_port is not None:
         why = grpc_missing()
         if why is None and not _grpc_shares_port():
@@ -926,10 +928,17 @@ async def supervise(
                 timeout = config.grace_s + 5.0
             stopping.append(asyncio.ensure_future(_stop_then(pool, timeout, stop)))
 
+    admin_grpc = None
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, on_signal, sig)
+        if config.admin_grpc_port is not None:  # the repository extension over gRPC, on the pool
+            from mlplat_runtime.serving.grpc_service import start_admin_grpc
+
+            admin_grpc, bound = await start_admin_grpc(pool, token, config.admin_host, config.admin_grpc_port)
+            admin_host = f"[{config.admin_host}]" if ":" in config.admin_host else config.admin_host
+            echo(f"mlplat serving admin_grpc={admin_host}:{bound}")
         if config.bundle is not None:
             await asyncio.to_thread(pool.adopt, config.bundle)
         host = f"[{config.host}]" if ":" in config.host else config.host
@@ -951,6 +960,8 @@ async def supervise(
         )
         await serve_http(AdminHandler(pool, token), admin_sock, stop=stop, limits=admin_limits)
     finally:
+        if admin_grpc is not None:
+            await admin_grpc.stop(grace=2.0)
         if not pool.stopping:
             await pool.stop(config.grace_s + 5.0)
         for task in stopping:

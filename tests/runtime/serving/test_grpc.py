@@ -243,3 +243,72 @@ def test_load_parameters_name_what_is_wrong() -> None:
     ):
         with pytest.raises(RequestError, match=why):
             load_parameters(bad)
+
+
+def _start_with_admin_grpc(tmp_path: Path, bundle: Path, *extra: str) -> tuple[Any, dict[str, str], str]:
+    """A serving process with --grpc-port and --admin-grpc-port: (process, addresses, token)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.runtime.serving.conftest import ROOT
+
+    token_file = tmp_path / "state" / "admin.token"
+    ports = ["--port", "0", "--admin-port", "0", "--grpc-port", "0", "--admin-grpc-port", "0"]
+    args = [sys.executable, "-m", "mlplat_runtime.serving", str(bundle), *ports]
+    args += ["--admin-token-file", str(token_file), *extra]
+    log = (tmp_path / "serving.log").open("w")
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
+                            env={**os.environ, "MLPLAT_PROVIDERS": "CPUExecutionProvider"})  # fmt: skip
+    assert proc.stdout is not None
+    found: dict[str, str] = {}
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline().strip()
+        if not line:
+            break
+        for key in ("grpc", "admin_grpc"):
+            if line.startswith(f"mlplat serving {key}="):
+                found[key] = line.split("=", 1)[1]
+        if line.startswith("mlplat serving url="):
+            return proc, found, token_file.read_text().strip()
+    proc.kill()
+    proc.wait()
+    raise AssertionError((tmp_path / "serving.log").read_text()[-2000:])
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_serving_process_serves_the_repository_extension_on_its_admin_grpc_port(
+    tmp_path: Path, workers: str
+) -> None:
+    import json
+    import signal
+
+    proc, found, token = _start_with_admin_grpc(
+        tmp_path, build_version(tmp_path, "1", seed=1), "--workers", workers
+    )
+    auth = {"authorization": f"Bearer {token}"}
+    admin = tgrpc.InferenceServerClient(url=found["admin_grpc"])
+    infer = tgrpc.InferenceServerClient(url=found["grpc"])
+    x = np.random.default_rng(2).normal(size=(3, 4)).astype(np.float32)
+    inp = tgrpc.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    try:
+        assert found["admin_grpc"].startswith("127.0.0.1:")  # bound like the admin port: loopback
+        with pytest.raises(tgrpc.InferenceServerException, match="admin token"):
+            admin.get_model_repository_index()
+        assert admin.get_model_repository_index(headers=auth, as_json=True)["models"][0]["version"] == "1"
+        v2 = build_version(tmp_path, "2", seed=2)
+        admin.load_model(
+            "m", headers=auth, config=json.dumps({"parameters": {"bundle": {"string_value": str(v2)}}})
+        )
+        for _ in range(int(workers) * 4):  # every worker serves v2 once the load is acknowledged
+            result = infer.infer("m", [inp])
+            assert result.get_response().model_version == "2"
+            assert np.array_equal(result.as_numpy("label"), logreg_expected(x, 2)[0])
+    finally:
+        admin.close()
+        infer.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -239,12 +239,14 @@ class ServerState:
 
     def close_idle(self) -> None:
         for conn in list(self.connections):
-            if not conn.busy:
+            if not conn.in_request:
                 conn.close()
 
     @property
     def busy(self) -> bool:
-        return any(c.busy for c in self.connections)
+        """A connection is in a request: its body still arriving, queued, or being answered
+        (a graceful stop waits for them, up to its grace)."""
+        return any(c.in_request for c in self.connections)
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -279,6 +281,11 @@ class HttpProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._burst = 0  # requests answered inline during the current read
         self._drain_scheduled = False
+
+    @property
+    def in_request(self) -> bool:
+        """Answering, with requests queued, or between a request's headers and its last body byte."""
+        return self.busy or bool(self.queue) or (self.body_started is not None and not self.discarding)
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

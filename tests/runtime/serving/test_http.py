@@ -161,6 +161,22 @@ async def test_graceful_stop_lets_an_in_flight_request_finish(server: Any) -> No
     writer.close()
 
 
+async def test_graceful_stop_lets_an_upload_in_progress_finish(server: Any) -> None:
+    port, _, stop = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    whole = post("/upload", b"a" * 600)
+    writer.write(whole[:-300])  # the headers and half the body
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    stop.set()  # stop while the body is still arriving: the upload is not cut
+    await asyncio.sleep(0.2)
+    writer.write(whole[-300:])
+    await writer.drain()
+    out = await asyncio.wait_for(reader.read(), 10)
+    assert out.startswith(b"HTTP/1.1 200 OK") and b"POST /upload 600" in out
+    writer.close()
+
+
 async def test_idle_keep_alive_connections_are_closed() -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

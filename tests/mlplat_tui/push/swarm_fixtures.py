@@ -120,8 +120,10 @@ def remove_pushed(client: docker.DockerClient, refs: list[ImageRef]) -> None:
     import docker
 
     for ref in refs:
-        with contextlib.suppress(docker.errors.DockerException):
-            client.images.remove(f"{ref.repository}:{ref.tag}", force=True)
+        # By id: removing the tag alone leaves the image behind, still named by its digest.
+        for name in (f"{ref.repository}:{ref.tag}", ref.pinned):
+            with contextlib.suppress(docker.errors.DockerException):
+                client.images.remove(client.images.get(name).id, force=True)
 
 
 def creds(user: str, password: str) -> Credentials:

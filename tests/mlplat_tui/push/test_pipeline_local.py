@@ -1,0 +1,222 @@
+"""The push pipeline end to end on a ``local`` target: a real second stack (mlflow tracker as the
+registry, metadata, serving), the real local metadata store, real bundles.
+
+One target stack serves the whole module (starting mlflow is the slow part); each test states
+what it expects relative to what serves when it starts.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mlplat_tui.clients.metadata import MetadataClient
+from mlplat_tui.events import Event
+from mlplat_tui.project.config import Project, load_project
+from mlplat_tui.push.local import LocalEngine
+from mlplat_tui.push.pipeline import PushOptions, PushOutcome, PushResult, push
+from mlplat_tui.push.receipt import read_receipt
+from mlplat_tui.push.registry import DIGEST_TAG, TargetRegistry
+from tests.helpers.metadata import RunningMetadata, start_metadata
+from tests.mlplat_tui.push.push_helpers import (
+    MODEL,
+    batch_dependent_bundle,
+    bundle,
+    local_target,
+    write_project,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@dataclass
+class World:
+    root: Path
+    project: Project
+    metadata: MetadataClient
+    service: RunningMetadata
+    engine: LocalEngine
+
+    def push(self, bundle_path: Path, target: str = "staging", **kw: object) -> PushResult:
+        lines: list[str] = []
+        events: list[Event] = []
+        result = push(
+            self.project,
+            target,
+            bundle_path,
+            metadata=self.metadata,
+            options=PushOptions(**kw),  # type: ignore[arg-type]
+            progress=lines.append,
+            emit=events.append,
+        )
+        self.lines, self.events = lines, events
+        return result
+
+    def registry(self) -> TargetRegistry:
+        return TargetRegistry(self.engine.tracker_uri, MODEL, None)
+
+    def serving_version(self) -> str | None:
+        resp = httpx.get(f"{self.engine.endpoint(MODEL)}/v2/models/{MODEL}", timeout=10)
+        return resp.json()["versions"][0] if resp.status_code == 200 else None
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("pushproj") / "shop"
+    targets = local_target("staging", extra='gates = { "metrics.roc_auc" = ">= 0.85" }')
+    targets += local_target("prod", extra='requires = "staging"')
+    write_project(root, targets=targets)
+    project = load_project(root)
+    service = start_metadata(root / ".mlplat" / "store" / "metadata.duckdb")
+    metadata = MetadataClient(service.url)
+    engine = LocalEngine(project, "staging", project.config.targets["staging"])  # type: ignore[arg-type]
+    try:
+        yield World(root, project, metadata, service, engine)
+    finally:
+        metadata.close()
+        service.stop()
+        for name in ("staging", "prod"):
+            e = LocalEngine(project, name, project.config.targets[name])  # type: ignore[arg-type]
+            e.backend.down()
+
+
+def test_good_push_completes_with_receipt_alias_and_tags(world: World) -> None:
+    v1 = bundle(world.root, "1", auc=0.90, seed=1)
+    first = world.push(v1)
+    assert first.outcome is PushOutcome.COMPLETED, first.reason
+    assert first.exit_code == 0 and first.rolled_out
+    v2 = bundle(world.root, "2", auc=0.91, seed=2)
+    result = world.push(v2)
+    assert result.outcome is PushOutcome.COMPLETED, result.reason
+    assert result.previous_version == "1" and result.serving_version == "2"
+    assert world.serving_version() == "2"
+    # every step was a progress line and an event, recorded in the local store
+    steps = [e.data["step"] for e in world.events]
+    assert steps == ["verify", "gates", "register", "image", "rollout", "smoke", "alias"]
+    recorded = [e for e in world.metadata.latest_events(200) if e.kind == "push" and e.version == "2"]
+    assert [e.payload["data"]["step"] for e in recorded][-7:] == steps
+    # the receipt holds the transitions, the evidence and the outcome
+    assert result.receipt is not None
+    receipt = read_receipt(Path(result.receipt))
+    assert receipt.outcome == "completed" and receipt.bundle_id == result.bundle_id
+    assert receipt.previous is not None and receipt.previous["version"] == "1"
+    states = [t.state for t in receipt.transitions]
+    assert "loading" in states and "serving" in states
+    assert receipt.smoke is not None and receipt.smoke["passed"] and receipt.smoke["requests"] >= 2
+    assert receipt.evidence["both_on_samples"]["compared"] is True
+    assert {g["name"] for g in receipt.gates} >= {"metrics.roc_auc", "no_regression", "signature"}
+    # the registry: alias = stage on this version, digest / lineage / gate tags, the receipt attached
+    registry = world.registry()
+    assert registry.alias("staging") == result.registry_version
+    tags = registry.version_tags(str(result.registry_version))
+    assert tags[DIGEST_TAG] == result.bundle_id
+    assert tags["mlplat.gate.metrics.roc_auc"].startswith("passed")
+    assert json.loads(tags["mlplat.receipt"])["outcome"] == "completed"
+    # the local store: a deployment on the target with who pushed, the registry version, the receipt
+    current = world.metadata.current_deployment(MODEL, target="staging")
+    assert current is not None and current.version == "2"
+    assert current.registry_version == result.registry_version and current.receipt_path == result.receipt
+    assert "@" in current.pushed_by
+
+
+def test_same_bundle_twice_and_two_pushes_at_once_give_one_version_and_one_rollout(world: World) -> None:
+    v2 = world.root / ".mlplat" / "bundles" / f"{MODEL}-v2"
+    again = world.push(v2)
+    assert again.outcome is PushOutcome.COMPLETED and not again.rolled_out
+    assert again.reason == "already serving: no rollout"
+    v3 = bundle(world.root, "3", auc=0.92, seed=3)
+    results: list[PushResult] = []
+
+    def one() -> None:
+        results.append(push(world.project, "staging", v3, metadata=MetadataClient(world.service.url)))
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert [r.outcome for r in results] == [PushOutcome.COMPLETED, PushOutcome.COMPLETED], [
+        r.reason for r in results
+    ]
+    assert len({r.registry_version for r in results}) == 1
+    assert sorted(r.rolled_out for r in results) == [False, True]
+    bundle_id = results[0].bundle_id
+    from mlflow import MlflowClient
+
+    versions = MlflowClient(world.engine.tracker_uri).search_model_versions(f"name = '{MODEL}'")
+    assert [v.version for v in versions if v.tags.get(DIGEST_TAG) == bundle_id] == [
+        results[0].registry_version
+    ]
+    assert world.serving_version() == "3"
+
+
+def test_failing_the_targets_gates_is_rejected_and_changes_nothing(world: World) -> None:
+    before = world.engine.current(MODEL)
+    alias = world.registry().alias("staging")
+    weak = bundle(world.root, "4", auc=0.82, seed=4)  # passes the project's 0.8, not staging's 0.85
+    result = world.push(weak)
+    assert result.outcome is PushOutcome.REJECTED and result.exit_code == 3
+    assert "metrics.roc_auc" in result.reason
+    assert world.engine.current(MODEL) == before and world.serving_version() == before.version  # type: ignore[union-attr]
+    assert world.registry().find(result.bundle_id) is None
+    assert world.registry().alias("staging") == alias
+    dry = world.push(bundle(world.root, "5", auc=0.93, seed=5), dry_run=True)
+    assert dry.dry_run and dry.outcome is PushOutcome.COMPLETED
+    assert any("roll out v5" in c for c in dry.changes)
+    assert world.registry().find(dry.bundle_id) is None and world.serving_version() == before.version  # type: ignore[union-attr]
+
+
+def test_requires_unmet_is_rejected(world: World) -> None:
+    fresh = bundle(world.root, "6", auc=0.93, seed=6)  # never pushed to staging
+    result = world.push(fresh, target="prod")
+    assert result.outcome is PushOutcome.REJECTED
+    assert "requires" in result.reason and "staging" in result.reason
+    prod = LocalEngine(world.project, "prod", world.project.config.targets["prod"])  # type: ignore[arg-type]
+    assert prod.current(MODEL) is None and not prod.backend.status().up  # nothing started, nothing served
+
+
+def test_a_wrong_answer_in_the_smoke_test_rolls_back_and_leaves_the_alias(world: World) -> None:
+    before = world.engine.current(MODEL)
+    assert before is not None
+    alias = world.registry().alias("staging")
+    batchy = batch_dependent_bundle(world.root, "7", auc=0.95)
+    result = world.push(batchy)
+    assert result.outcome in (PushOutcome.ROLLED_BACK, PushOutcome.REJECTED), result.reason
+    if result.outcome is PushOutcome.REJECTED:
+        pytest.fail(
+            f"the batch-dependent bundle must pass the gates to reach the smoke test: {result.reason}"
+        )
+    assert result.exit_code == 4 and "smoke test failed" in result.reason and "alone" in result.reason
+    assert world.serving_version() == before.version
+    assert world.registry().alias("staging") == alias
+    receipt = read_receipt(Path(str(result.receipt)))
+    assert receipt.outcome == "rolled_back" and receipt.smoke is not None and not receipt.smoke["passed"]
+    current = world.metadata.current_deployment(MODEL, target="staging")
+    assert current is not None and current.version == before.version
+    failed = world.metadata.deployments(MODEL, target="staging", limit=5)
+    assert failed[0].status == "failed" and failed[0].version == "7"
+
+
+def test_rollback_to_two_pushes_back_and_status_at_a_time_between(world: World) -> None:
+    from mlplat_tui.push.history import served_at
+    from mlplat_tui.push.rollback import rollback_target
+
+    served = [d for d in world.metadata.deployments(MODEL, target="staging", limit=50) if d.status == "ok"]
+    assert [d.version for d in served][:3] == ["3", "2", "1"]
+    between = datetime.fromtimestamp((served[1].ts.timestamp() + served[0].ts.timestamp()) / 2, UTC)
+    at = served_at(world.metadata, MODEL, "staging", between)
+    assert at is not None and at.version == "2"
+    result = rollback_target(world.project, "staging", "1", metadata=world.metadata)
+    assert result.outcome is PushOutcome.COMPLETED, result.reason
+    assert result.action == "rollback" and world.serving_version() == "1"
+    first = world.registry().find(served[2].bundle_id)
+    assert first is not None and world.registry().alias("staging") == first.version
+    now = world.metadata.current_deployment(MODEL, target="staging")
+    assert now is not None and now.version == "1" and now.action == "rollback"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlplat_runtime.errors import MlplatError, NotFoundError, UsageError
 from mlplat_tui.events import EventSink, null_sink
@@ -95,7 +95,7 @@ def rollback_target(
             f"v{chosen.version} ({chosen.bundle_id[:19]}) is not in the local store"
         ) from None
     problems = verify_bundle(path) if path.exists() else [f"{path} is gone"]
-    base = {
+    base: dict[str, Any] = {
         "target": target_name,
         "model_name": model,
         "version": chosen.version,

@@ -144,6 +144,11 @@ class _Pending:
 # An inline batch call that takes more CPU time than this moves the model's later batches to worker threads:
 # the event loop (health checks, other models) must not stall behind a big batch.
 INLINE_BATCH_S = 0.005
+# With no max_queue_delay_us, a free runner waits for the last batch's clients at most this
+# share of that batch's call, capped; below the floor it does not wait (see Batcher._delay_s).
+AUTO_DELAY_SHARE = 0.25
+AUTO_DELAY_MAX_S = 0.002
+AUTO_DELAY_MIN_S = 0.0002
 
 
 class Batcher:
@@ -174,6 +179,7 @@ class Batcher:
         self._rows = 0
         self._busy = 0
         self._expected = 0  # rows answered by the last batch: about as many come back soon
+        self._last_s = 0.0  # how long the last batch's call took
         self._scheduled = False
         self._solo_turn = False  # a lone request ran at once in this turn of the loop
         self._timer: asyncio.TimerHandle | None = None  # a free runner waiting for company
@@ -249,17 +255,31 @@ class Batcher:
         (those clients are sending their next requests), whichever is less."""
         return min(self._min_preferred, self._expected) if not self._busy else self._min_preferred
 
+    def _delay_s(self) -> float:
+        """How long a free runner may hold the queue for company: ``max_queue_delay_us`` when
+        set; else, with no call in flight, a share of the last batch's call (at most
+        ``AUTO_DELAY_MAX_S``, nothing under ``AUTO_DELAY_MIN_S``). That batch's clients are
+        sending their next requests; a model whose call costs about the same for 1 row as for
+        32 (memory-bound: an MLP's weights read once per call) would otherwise run the first
+        one alone and the rest after it. A model that runs in microseconds never waits."""
+        if self.config.max_queue_delay_us:
+            return self.config.max_queue_delay_us / 1e6
+        if self._busy:
+            return 0.0
+        auto = min(self._last_s * AUTO_DELAY_SHARE, AUTO_DELAY_MAX_S)
+        return auto if auto >= AUTO_DELAY_MIN_S else 0.0
+
     def _dispatch(self) -> None:
         self._scheduled = False
         self._timer = None
         loop = asyncio.get_running_loop()
         while self._queue and self._busy < self.config.instances:
-            delay = self.config.max_queue_delay_us
+            delay = self._delay_s()
             if delay and self._rows < self._wanted():
                 # a call is in flight, or the last batch's clients are on their way back: wait
                 # for company, but never past the oldest request's delay. A lone client (last
                 # batch: its own row) never waits.
-                wait = self._queue[0].queued_at + delay / 1e6 - time.perf_counter()
+                wait = self._queue[0].queued_at + delay - time.perf_counter()
                 if wait > 0:
                     self._scheduled = True
                     self._timer = loop.call_later(wait, self._dispatch)
@@ -370,6 +390,7 @@ class Batcher:
         rows = sum(p.rows for p in batch)
         self._expected = rows
         if seconds is not None:
+            self._last_s = seconds
             model = self.model
             self.metrics.observe_inference(model.name, model.version, seconds)
             self.metrics.observe_batch(model.name, model.version, rows, queued)

@@ -347,3 +347,30 @@ def test_serving_batching_in_mlplat_toml_reaches_the_bundle_built_by_the_cycle(t
     repo.load(result.bundle_path)
     assert repo.models()[0].batching == BatchingConfig(max_batch_size=16, preferred_batch_sizes=(8,))
     repo.close()
+
+
+async def test_after_a_big_batch_a_free_runner_waits_briefly_for_its_clients_not_for_a_lone_one(
+    tmp_path: Path, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlplat_runtime.serving.batching as batching
+
+    monkeypatch.setattr(batching, "AUTO_DELAY_MAX_S", 30.0)  # no deadline can pass during the test
+    repo, model = load(tmp_path, BatchingConfig(max_batch_size=32))
+    batcher = Batcher(model, model.batching, pool, ServingMetrics())  # type: ignore[arg-type]
+    batcher._last_s = 40.0  # as if the last call were slow (a memory-bound model)
+    first = await asyncio.gather(*(batcher.submit({"input": x}, NAMES) for x in rows(8)))
+    assert len(first) == 8 and batcher.calls == 1
+    batcher._last_s = 40.0
+    # 3 of the 8 clients are back: the runner holds them (a share of that call) for the rest
+    early = [batcher.submit({"input": x}, NAMES) for x in rows(3, seed=1)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert batcher.calls == 1
+    late = [batcher.submit({"input": x}, NAMES) for x in rows(5, seed=2)]  # all 8 back: fire now
+    await asyncio.gather(*early, *late)
+    assert batcher.calls == 2
+    # a fast model never waits: its calls cost less than the floor
+    batcher._last_s = 0.00005
+    batcher._expected = 8
+    assert batcher._delay_s() == 0.0
+    repo.close()

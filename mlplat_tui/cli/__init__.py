@@ -27,7 +27,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "show": ("mlplat_tui.cli.query", "show", "Show one run or bundle with gates and lineage."),
     "sql": ("mlplat_tui.cli.query", "sql", "Read-only SQL over the metadata store."),
     "targets": ("mlplat_tui.cli.targets", "targets", "List the push targets and what each serves."),
+    "push": (
+        "mlplat_tui.cli.push",
+        "push",
+        "Push a bundle to a target: gates, registry, rollout, smoke test.",
+    ),
     "rollback": ("mlplat_tui.cli.rollback", "rollback", "Serve an earlier run again, as a rollback."),
+    "fleet": ("mlplat_tui.cli.fleet", "fleet", "Every model of every project on every target you reach."),
     "bundle": ("mlplat_tui.cli.bundle", "bundle", "Build, verify and inspect model bundles."),
     "serve": ("mlplat_tui.cli.serve", "serve", "Serve a bundle over the Open Inference Protocol v2."),
     "images": ("mlplat_tui.cli.images", "images", "Build the runtime and tracker Docker images."),

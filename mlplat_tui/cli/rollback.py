@@ -22,19 +22,32 @@ EXIT_REFUSED = 3  # serving refused the bundle; what served before still serves
 
 @click.command()
 @click.option("--to", "to", default=None, metavar="VERSION|RUN", help="Version (3 or v3) or run id (prefix).")
+@click.option(
+    "--target", "target", default=None, metavar="NAME", help="A push target instead of the local stack."
+)
+@click.option("--insecure", is_flag=True, help="With --target: allow plain HTTP to a non-loopback registry.")
 @BACKEND_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the outcome.")
 @click.pass_context
-def rollback(ctx: click.Context, to: str | None, backend: str | None, as_json: bool) -> None:
+def rollback(
+    ctx: click.Context, to: str | None, target: str | None, insecure: bool, backend: str | None, as_json: bool
+) -> None:
     """Serve an earlier run on the local stack, recorded as a rollback.
 
     Without --to, serves the previous successful deployment (the newest one with another
     bundle than the one serving now). The run must have passed its gates and its bundle must
     still be on disk.
 
+    With --target NAME: any earlier version that push target served (--to VERSION), else the
+    newest other one; the engine rolls back, the smoke test runs, the alias = stage moves and a
+    receipt is written. Exit codes as `mlplat push`: 0 completed, 1 failed, 2 a wrong request.
+
     Exit code: 0 when the run serves now, 3 when serving refused it (the current version
     keeps serving), 1 when the stack is not up, 2 for a run that cannot be served.
     """
+    if target is not None:
+        _target_rollback(ctx, target, to, insecure, as_json)
+        return
     from mlplat_runtime.errors import MlplatError, ServiceError
     from mlplat_tui.clients.factory import Endpoints, connect_admin, connect_metadata
     from mlplat_tui.deploy.runs import rollback_run, serve_run
@@ -95,3 +108,22 @@ def rollback(ctx: click.Context, to: str | None, backend: str | None, as_json: b
     else:
         click.secho(f"error: {result.reason}", fg="red", err=True)
     sys.exit(EXIT_SERVED if result.served else EXIT_REFUSED)
+
+
+def _target_rollback(ctx: click.Context, target: str, to: str | None, insecure: bool, as_json: bool) -> None:
+    from mlplat_tui.cli.push import _metadata, _say, show_result
+    from mlplat_tui.project.config import load_project
+    from mlplat_tui.push.pipeline import PushOptions
+    from mlplat_tui.push.rollback import rollback_target
+
+    project = load_project(project_dir(ctx))
+    metadata = _metadata(project)
+    try:
+        result = rollback_target(
+            project, target, to, metadata=metadata, options=PushOptions(insecure=insecure), progress=_say
+        )
+    finally:
+        if metadata is not None:
+            metadata.close()
+    show_result(result, as_json)
+    sys.exit(result.exit_code)

@@ -145,13 +145,31 @@ def _print_status(status, served=None) -> None:  # type: ignore[no-untyped-def]
 @click.command()
 @BACKEND_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--target", "target", default=None, metavar="NAME", help="What serves on a push target instead."
+)
+@click.option(
+    "--at", "at", default=None, metavar="TIME", help="With --target: what served then (ISO 8601 or unix s)."
+)
 @click.pass_context
-def status(ctx: click.Context, backend: str | None, as_json: bool) -> None:
+def status(
+    ctx: click.Context, backend: str | None, as_json: bool, target: str | None, at: str | None
+) -> None:
     """Show each service's state, health, address, uptime, CPU and memory, and what serves
     (model, version, since when).
 
+    With --target NAME: what serves on that push target (version, bundle digest, since when,
+    pushed by whom, lineage back to run, data and commit); with --at TIME, what served then.
+
     Exit code 0 when every service is healthy, 3 otherwise (handy in scripts).
     """
+    if target is not None or at is not None:
+        from mlplat_tui.cli.push import target_status
+
+        if target is None:
+            raise click.UsageError("--at needs --target NAME")
+        target_status(ctx, target, at, as_json)
+        return
     stack = _backend(ctx, backend)
     st = stack.status()
     served = _served(stack) if st.up else None

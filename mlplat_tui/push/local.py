@@ -318,7 +318,7 @@ class LocalEngine:
     def rollback(self, request: RolloutRequest, progress: Progress) -> RolloutResult:
         return self._serve(request, progress, "rollback")
 
-    def unload(self, model_name: str, reason: str) -> Transition:
+    def remove(self, model_name: str) -> Transition:
         """Serve nothing (a first push that failed its smoke test: there is nothing to go back to)."""
         from mlplat_runtime.tokens import read_token_file
 
@@ -335,4 +335,4 @@ class LocalEngine:
         history = self._history()
         history.pop(model_name, None)
         (self.root / STATE_FILE).write_text(json.dumps(history, indent=2))
-        return Transition(_now(), "unloaded", reason, subject=model_name)
+        return Transition(_now(), "unloaded", f"{model_name} taken down", subject=model_name)

@@ -48,6 +48,7 @@ from mlplat_tui.push.engine import (
     RolloutOutcome,
     RolloutRequest,
     RolloutResult,
+    Transition,
 )
 from mlplat_tui.push.receipt import Receipt, TransitionOut, previous_of, write_receipt
 
@@ -843,31 +844,17 @@ class Push:
     ) -> PushResult:
         """Step 8: back to ``previous``; the alias stays where it was."""
         if previous is None:
-            unload = getattr(self.engine, "unload", None)
-            if unload is None:
-                return self._end_failed(
-                    receipt,
-                    step,
-                    base,
-                    "rollback",
-                    f"{reason}; nothing served before, and the new version could not be taken down",
-                    by,
-                    bundle_path,
-                    m,
-                )
+            remove = getattr(self.engine, "remove", None)
+            if remove is None:
+                why = f"{reason}; nothing served before, and the new version could not be taken down"
+                return self._end_failed(receipt, step, base, "rollback", why, by, bundle_path, m)
             try:
-                receipt.transitions.append(TransitionOut.of(unload(m.model_name, reason)))
+                taken = remove(m.model_name)
             except MlplatError as exc:
-                return self._end_failed(
-                    receipt,
-                    step,
-                    base,
-                    "rollback",
-                    f"{reason}; taking it down failed: {exc.message}",
-                    by,
-                    bundle_path,
-                    m,
-                )
+                why = f"{reason}; taking it down failed: {exc.message}"
+                return self._end_failed(receipt, step, base, "rollback", why, by, bundle_path, m)
+            if isinstance(taken, Transition):
+                receipt.transitions.append(TransitionOut.of(taken))
             step(
                 "rollback", f"nothing served before: v{m.version} taken down ({reason})", status="rolled_back"
             )
@@ -878,7 +865,7 @@ class Push:
             bundle_id=previous.bundle_id,
             bundle_path=Path(str(previous.spec.get("bundle_path") or bundle_path)),
             image=previous.image,
-            previous=None,
+            previous=previous,
             deadline_s=self.options.deadline_s,
             reason=reason,
         )

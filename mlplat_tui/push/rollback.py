@@ -13,13 +13,14 @@ Imports the pipeline's pieces; never the front ends.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlplat_runtime.errors import MlplatError, NotFoundError, UsageError
 from mlplat_tui.events import EventSink, null_sink
-from mlplat_tui.push.engine import Progress, RolloutOutcome, RolloutRequest, RolloutResult
+from mlplat_tui.push.engine import ImageRef, Progress, RolloutOutcome, RolloutRequest, RolloutResult
 from mlplat_tui.push.pipeline import (
     DEFAULT_DEADLINE_S,
     PushOptions,
@@ -148,13 +149,13 @@ def rollback_target(
             deadline_s=options.deadline_s,
             reason=reason,
         )
-        if engine.needs_image and chosen.image_digest:
-            from mlplat_tui.push.engine import ImageRef
-
-            repo = str(getattr(runner.target, "image_registry", "") or "")
-            request = RolloutRequest(
-                **{**request.__dict__, "image": ImageRef(f"{repo}/mlplat/{model}", chosen.image_digest)}
-            )
+        if engine.needs_image:
+            image = _image_of(chosen)
+            if image is None:
+                why = f"v{m.version}'s image is not known here (no receipt with its image): cannot roll back"
+                step("rollback", why, status="failed")
+                return PushResult(PushOutcome.FAILED, why, action="rollback", **base)
+            request = dataclasses.replace(request, image=image)
         try:
             result = engine.rollback(request, step.note)
         except MlplatError as exc:
@@ -226,3 +227,19 @@ def rollback_target(
         smoke=receipt.smoke,
         **base,
     )
+
+
+def _image_of(chosen: DeploymentRecord) -> ImageRef | None:
+    """The pinned image a deployment rolled out, from its receipt (``repository@digest``)."""
+    from mlplat_tui.push.receipt import read_receipt
+
+    if not chosen.receipt_path:
+        return None
+    try:
+        pinned = read_receipt(Path(chosen.receipt_path)).image
+    except (OSError, ValueError):
+        return None
+    if not pinned or "@" not in pinned:
+        return None
+    repository, digest = pinned.split("@", 1)
+    return ImageRef(repository, digest)

@@ -60,6 +60,7 @@ BACKLOG = 2048
 ROOM_SCAN = 64
 PIPELINE_BURST = 16  # pipelined requests answered per turn of the event loop
 KEEP_ALIVE_S = 15.0
+BIG_BODY = 256 * 1024  # a response body this large is written beside its head, not copied into it
 LINGER_S = 2.0
 JSON = b"application/json"
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
@@ -160,11 +161,15 @@ def inflate(body: bytes, encoding: bytes, limit: int, step: int = 1 << 20) -> by
     return parts[0] if len(parts) == 1 else b"".join(parts)  # no parts: an empty body
 
 
-def encode_response(resp: Response, keep_alive: bool, head_only: bool = False) -> bytes:
+def encode_response(
+    resp: Response, keep_alive: bool, head_only: bool = False, length: int | None = None
+) -> bytes:
+    """The response's bytes (only its head with ``head_only``; ``length``: the content-length
+    to announce when the body is written separately)."""
     reason = _REASONS.get(resp.status, b"Unknown")
     parts = [
         b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
-        % (resp.status, reason, resp.content_type, len(resp.body))
+        % (resp.status, reason, resp.content_type, len(resp.body) if length is None else length)
     ]
     for name, value in resp.headers:
         parts.append(b"%s: %s\r\n" % (name, value))
@@ -519,7 +524,12 @@ class HttpProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        transport.write(encode_response(resp, keep_alive, head_only))
+        if len(resp.body) < BIG_BODY or head_only:
+            transport.write(encode_response(resp, keep_alive, head_only))
+        else:  # the head and the body as they are: no copy of a big body into one buffer
+            transport.writelines(
+                (encode_response(resp._replace(body=b""), keep_alive, True, len(resp.body)), resp.body)
+            )
         if not keep_alive:
             transport.close()
 

@@ -353,14 +353,15 @@ def encode_infer_response(
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header length when binary tensors follow it (else None)."""
     outs: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
+    blobs: list[memoryview] = []
     for name, arr in zip(names, arrays, strict=True):
         datatype = _DTYPE_TO_OIP.get(arr.dtype)
         if datatype is None:
             raise RequestError(f"output '{name}' has dtype {arr.dtype}, which OIP cannot carry")
         flat = np.ascontiguousarray(arr).reshape(-1)
         if name in binary:
-            blob = flat.astype(flat.dtype.newbyteorder("<"), copy=False).tobytes()
+            # the array's own buffer (no tobytes copy): joined into the body once below
+            blob = memoryview(flat.astype(flat.dtype.newbyteorder("<"), copy=False)).cast("B")
             blobs.append(blob)
             outs.append(
                 {

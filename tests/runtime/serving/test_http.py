@@ -28,6 +28,8 @@ class Handler:
             return self._slow(body)
         if req.path == "/boom":
             raise RuntimeError("handler bug")
+        if req.path == "/big":  # over BIG_BODY: written beside its head
+            return Response(200, bytes(range(256)) * 1200, b"application/octet-stream")
         return Response(200, body, b"text/plain", ((b"x-test", b"1"),))
 
     async def _slow(self, body: bytes) -> Response:
@@ -175,6 +177,16 @@ async def test_graceful_stop_lets_an_upload_in_progress_finish(server: Any) -> N
     out = await asyncio.wait_for(reader.read(), 10)
     assert out.startswith(b"HTTP/1.1 200 OK") and b"POST /upload 600" in out
     writer.close()
+
+
+async def test_a_big_response_body_is_written_whole_beside_its_head(server: Any) -> None:
+    port, _, _ = server
+    request = b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n"
+    out = await exchange(port, request + b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n", responses=2)
+    head, _, rest = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"content-length: 307200" in head
+    assert rest[:307200] == bytes(range(256)) * 1200
+    assert rest[307200:].startswith(b"HTTP/1.1 200 OK")  # the next response follows in order
 
 
 async def test_idle_keep_alive_connections_are_closed() -> None:

@@ -12,6 +12,7 @@ Imports the standard library, the runtime's errors and ``project.targets`` only.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass, field
@@ -69,10 +70,15 @@ def _read_file(path: Path, shown: str, project_root: Path) -> str:
             hint=CREDENTIALS_HINT,
         )
     try:
-        fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise TargetError(f"the credentials file {shown} does not exist", hint=CREDENTIALS_HINT) from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(
+                f"the credentials file {shown} is a symbolic link",
+                hint="point the reference at the file itself",
+            ) from None
         raise TargetError(f"cannot open the credentials file {shown}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)

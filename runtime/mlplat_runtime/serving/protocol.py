@@ -361,7 +361,7 @@ def encode_infer_response(
         flat = np.ascontiguousarray(arr).reshape(-1)
         if name in binary:
             # the array's own buffer (no tobytes copy): joined into the body once below
-            blob = memoryview(flat.astype(flat.dtype.newbyteorder("<"), copy=False)).cast("B")
+            blob = memoryview(flat.astype(flat.dtype.newbyteorder("<"), copy=False).data).cast("B")
             blobs.append(blob)
             outs.append(
                 {

@@ -14,7 +14,8 @@ before its handler (``set-tag`` with an empty key) answers 403 for a read-only u
 the handler for a writer, so nothing is written either way. A model not created yet is checked at
 its first create.
 
-Credentials reach MLflow's client through ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` (or ``TOKEN``)
+MLflow's own prints go to stderr (``mlplat push --json`` owns stdout). Credentials reach
+MLflow's client through ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` (or ``TOKEN``)
 set only around each call, under one lock: they are process-wide. mlflow is imported inside the
 functions (``mlplat --help`` stays fast).
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -45,7 +47,12 @@ DIGEST_TAG = "mlplat.bundle_id"
 RECEIPT_TAG = "mlplat.receipt"
 TAG_VALUE_MAX = 4900  # MLflow caps a model version tag value at 5000 characters
 _ENV_LOCK = threading.RLock()
-_AUTH_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+_AUTH_ENV = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT",
+)
 
 
 @dataclass(frozen=True)
@@ -115,8 +122,11 @@ class TargetRegistry:
                 os.environ["MLFLOW_TRACKING_PASSWORD"] = c.secret
             elif c is not None:
                 os.environ["MLFLOW_TRACKING_TOKEN"] = c.secret
+            # MLflow writes "View run ... at" to stdout: `mlplat push --json` owns stdout
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
             try:
-                yield
+                with contextlib.redirect_stdout(sys.stderr):
+                    yield
             finally:
                 for k, v in saved.items():
                     if v is None:

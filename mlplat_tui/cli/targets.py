@@ -74,6 +74,39 @@ def _serves_text(record: DeploymentRecord | None, unknown: str | None) -> str:
     return f"v{record.version} {record.bundle_id[:19]} since {since}"
 
 
+def live_state(project: Project, name: str, target: Target) -> dict[str, Any] | None:
+    """What a ``local`` target's own stack serves now (a file and a loopback call: cheap); None for
+    the cluster kinds, whose engines ``mlplat fleet`` and ``mlplat status --target`` ask."""
+    from mlplat_runtime.errors import MlplatError
+    from mlplat_tui.project.targets import LocalTarget
+
+    if not isinstance(target, LocalTarget):
+        return None
+    from mlplat_tui.push.local import LocalEngine
+
+    try:
+        current = LocalEngine(project, name, target).current(project.config.model.name)
+    except MlplatError as exc:
+        return {"health": f"unreachable: {exc.message}"}
+    if current is None:
+        return {"health": "nothing"}
+    health = "healthy" if current.healthy >= current.replicas else "down"
+    return {
+        "version": current.version,
+        "replicas": current.replicas,
+        "healthy": current.healthy,
+        "health": health,
+    }
+
+
+def _live_text(live: dict[str, Any] | None) -> str:
+    if live is None:
+        return "-"
+    if "version" not in live:
+        return str(live["health"])
+    return f"v{live['version']} {live['healthy']}/{live['replicas']} {live['health']}"
+
+
 def target_rows(
     project: Project, client: MetadataApi | None, why: str = UNREACHABLE
 ) -> list[tuple[dict[str, Any], str]]:
@@ -97,6 +130,7 @@ def target_rows(
             "serves": None if record is None else record.model_dump(mode="json"),
             "serves_known": unknown is None,
             "unknown_reason": None if unknown is None else unknown.removeprefix("unknown: "),
+            "live": live_state(project, name, target),
         }
         rows.append((row, _serves_text(record, unknown)))
     return rows
@@ -115,6 +149,8 @@ def targets(ctx: click.Context, as_json: bool) -> None:
     REQUIRED BY  the targets that require this one
     SERVES       the version the local metadata store records as serving there now
                  ("unknown: ..." when the store cannot be asked, e.g. the stack is down)
+    LIVE         local targets: what their own stack serves now (version, replicas ready);
+                 the cluster kinds: see `mlplat fleet` or `mlplat status --target NAME`
 
     \b
     Example:
@@ -149,8 +185,9 @@ def targets(ctx: click.Context, as_json: bool) -> None:
             r["requires"] or "-",
             ", ".join(r["required_by"]) or "-",
             serves,
+            _live_text(r["live"]),
         )
         for r, serves in rows
     ]
-    headers = ("TARGET", "KIND", "STAGE", "ADDRESS", "REQUIRES", "REQUIRED BY", "SERVES")
+    headers = ("TARGET", "KIND", "STAGE", "ADDRESS", "REQUIRES", "REQUIRED BY", "SERVES", "LIVE")
     print_table(headers, table, title=f"targets of {project.name} (model {project.config.model.name})")

@@ -465,7 +465,7 @@ class Push:
             check_transport(uri, "target registry", self.options.insecure)
             check_transport(endpoint, "target endpoint", self.options.insecure)
         except UsageError as exc:
-            return self._failed_early(step, base_gates, "gates", str(exc.message))
+            return self._failed_early(step, base_gates, "gates", f"{exc.message}: {exc.hint}")
 
         if self.options.dry_run:
             changes = [

@@ -86,6 +86,9 @@ def test_push_status_at_rollback_and_fleet(two_projects: tuple[Path, Path]) -> N
     back = mlplat("rollback", "--target", "staging", "--to", "v1", "--json", cwd=shop, timeout=300)
     assert back.returncode == 0, back.stderr + back.stdout
     assert _json(back)["action"] == "rollback" and _json(back)["serving_version"] == "1"
+    listed = {r["name"]: r for r in _json(mlplat("targets", "--json", cwd=shop))}
+    assert listed["staging"]["serves"]["version"] == "1"
+    assert listed["staging"]["live"] == {"version": "1", "replicas": 1, "healthy": 1, "health": "healthy"}
     unknown = mlplat("rollback", "--target", "staging", "--to", "9", cwd=shop)
     assert unknown.returncode != 0 and "never served version 9" in unknown.stderr
 

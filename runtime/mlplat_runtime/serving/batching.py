@@ -143,7 +143,7 @@ class _Pending:
 
 # An inline batch call that takes more CPU time than this moves the model's later batches to worker threads:
 # the event loop (health checks, other models) must not stall behind a big batch.
-INLINE_BATCH_S = 0.005
+INLINE_BATCH_S = 0.002
 # With no max_queue_delay_us, a free runner waits for the last batch's clients at most this
 # share of that batch's call, capped; below the floor it does not wait (see Batcher._delay_s).
 AUTO_DELAY_SHARE = 0.25

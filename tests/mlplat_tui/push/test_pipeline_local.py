@@ -72,6 +72,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("pushproj") / "shop"
     targets = local_target("staging", extra='gates = { "metrics.roc_auc" = ">= 0.85" }')
     targets += local_target("prod", extra='requires = "staging"')
+    targets += local_target("canary")
     write_project(root, targets=targets)
     project = load_project(root)
     service = start_metadata(root / ".mlplat" / "store" / "metadata.duckdb")
@@ -82,7 +83,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     finally:
         metadata.close()
         service.stop()
-        for name in ("staging", "prod"):
+        for name in ("staging", "prod", "canary"):
             e = LocalEngine(project, name, project.config.targets[name])  # type: ignore[arg-type]
             e.backend.down()
 
@@ -220,3 +221,17 @@ def test_rollback_to_two_pushes_back_and_status_at_a_time_between(world: World) 
     assert first is not None and world.registry().alias("staging") == first.version
     now = world.metadata.current_deployment(MODEL, target="staging")
     assert now is not None and now.version == "1" and now.action == "rollback"
+
+
+def test_a_first_push_that_fails_its_smoke_test_is_taken_down(world: World) -> None:
+    canary = LocalEngine(world.project, "canary", world.project.config.targets["canary"])  # type: ignore[arg-type]
+    batchy = world.root / ".mlplat" / "bundles" / f"{MODEL}-v7"
+    result = world.push(batchy, target="canary")
+    assert result.outcome is PushOutcome.ROLLED_BACK and "smoke test failed" in result.reason, result.reason
+    assert canary.current(MODEL) is None
+    resp = httpx.get(f"{canary.endpoint(MODEL)}/v2/models/{MODEL}", timeout=10)
+    assert resp.status_code == 404  # nothing serves: the target is as it was
+    assert TargetRegistry(canary.tracker_uri, MODEL, None).alias("canary") is None
+    assert world.metadata.current_deployment(MODEL, target="canary") is None
+    steps = [e.data["step"] for e in world.events]
+    assert steps[-2:] == ["smoke", "rollback"]

@@ -214,6 +214,7 @@ async def serve(
     decoder = DecoderProcess()
     stop = stop or asyncio.Event()
     grpc_server = admin_grpc = None
+    admin_grpc_line = ""
     try:
         inference = InferenceHandler(
             repo,
@@ -240,7 +241,8 @@ async def serve(
 
             admin_grpc, port = await start_admin_grpc(repo, token, config.admin_host, config.admin_grpc_port)
             host = f"[{config.admin_host}]" if ":" in config.admin_host else config.admin_host
-            echo(f"mlplat serving admin_grpc={host}:{port}")
+            # said after the start-up line: a reader that selects on the pipe stops at that one
+            admin_grpc_line = f"mlplat serving admin_grpc={host}:{port}"
         if config.bundle is not None:
             await asyncio.to_thread(_startup_load, repo, config.bundle, warmup_budget)
         if link is not None:
@@ -270,6 +272,8 @@ async def serve(
                     return
                 assert admin_sock is not None and main_sock is not None and checker is not None
                 echo(startup_line(_url(main_sock), repo, _url(admin_sock), token_path))
+                if admin_grpc_line:
+                    echo(admin_grpc_line)
                 # the warm child for hot swaps: started a moment after we are ready, so its
                 # fork and imports do not compete with the first requests (or a ready probe)
                 loop.call_later(CHECKER_DELAY_S, checker.start)

@@ -929,6 +929,7 @@ async def supervise(
             stopping.append(asyncio.ensure_future(_stop_then(pool, timeout, stop)))
 
     admin_grpc = None
+    admin_grpc_line = ""
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -938,7 +939,7 @@ async def supervise(
 
             admin_grpc, bound = await start_admin_grpc(pool, token, config.admin_host, config.admin_grpc_port)
             admin_host = f"[{config.admin_host}]" if ":" in config.admin_host else config.admin_host
-            echo(f"mlplat serving admin_grpc={admin_host}:{bound}")
+            admin_grpc_line = f"mlplat serving admin_grpc={admin_host}:{bound}"  # said after start-up
         if config.bundle is not None:
             await asyncio.to_thread(pool.adopt, config.bundle)
         host = f"[{config.host}]" if ":" in config.host else config.host
@@ -958,6 +959,8 @@ async def supervise(
             f"mlplat serving url=http://{host}:{port} {what} admin={_url(admin_sock)}"
             f" admin_token={token_path}"
         )
+        if admin_grpc_line:
+            echo(admin_grpc_line)
         await serve_http(AdminHandler(pool, token), admin_sock, stop=stop, limits=admin_limits)
     finally:
         if admin_grpc is not None:

@@ -268,10 +268,12 @@ def _start_with_admin_grpc(tmp_path: Path, bundle: Path, *extra: str) -> tuple[A
         line = proc.stdout.readline().strip()
         if not line:
             break
-        for key in ("grpc", "admin_grpc"):
-            if line.startswith(f"mlplat serving {key}="):
-                found[key] = line.split("=", 1)[1]
-        if line.startswith("mlplat serving url="):
+        if line.startswith("mlplat serving grpc="):
+            found["grpc"] = line.split("=", 1)[1]
+        if line.startswith("mlplat serving url="):  # the admin gRPC line comes right after it
+            after = proc.stdout.readline().strip()
+            assert after.startswith("mlplat serving admin_grpc="), after
+            found["admin_grpc"] = after.split("=", 1)[1]
             return proc, found, token_file.read_text().strip()
     proc.kill()
     proc.wait()

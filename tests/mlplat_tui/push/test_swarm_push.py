@@ -162,3 +162,23 @@ def test_wrong_credentials_leave_both_registries_and_the_swarm_unchanged(
     now = engine.current(MODEL)
     assert (now.spec if now else None) == (service.spec if service else None)
     assert swarm_objects(engine.client, world.project.name) == objects
+
+
+def test_rollback_to_a_version_two_pushes_back(world: World) -> None:
+    engine = world.engine()
+    current = engine.current(MODEL)
+    assert current is not None and current.version == "2"  # left by the good push above
+    pushed = world.push(bundle(world.root, "4", auc=0.93, seed=4))
+    assert pushed.outcome is PushOutcome.COMPLETED, (pushed.reason, world.lines[-15:])
+    from mlplat_tui.push.rollback import rollback_target
+
+    lines: list[str] = []
+    result = rollback_target(
+        world.project, "prod", "1", metadata=world.metadata, options=PushOptions(deadline_s=300),
+        progress=lines.append,
+    )  # fmt: skip
+    assert result.outcome is PushOutcome.COMPLETED, (result.reason, lines[-15:])
+    now = engine.current(MODEL)
+    assert now is not None and now.version == "1" and now.healthy == 2
+    url = engine.endpoint(MODEL)
+    assert url is not None and _versions(url) == {"1"}

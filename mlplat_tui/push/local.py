@@ -188,11 +188,11 @@ class LocalEngine:
                 admin.close()
         return out
 
-    def _admin(self) -> ServingAdminApi:
+    def _admin(self, timeout: float = 60.0) -> ServingAdminApi:
         from mlplat_tui.clients.serving import ServingAdmin
 
         return ServingAdmin.from_token_file(
-            self.backend.ports.url("admin"), self.stack_project.paths.admin_token
+            self.backend.ports.url("admin"), self.stack_project.paths.admin_token, timeout=timeout
         )
 
     # -- what serves ------------------------------------------------------------------------
@@ -266,7 +266,7 @@ class LocalEngine:
             Transition(_now(), "loading", f"v{request.version} loading", subject=request.model_name)
         )
         progress(f"{self.name}: loading v{request.version}")
-        admin = self._admin()
+        admin = self._admin(timeout=request.deadline_s)  # mlplat's deadline bounds the load
         started = time.monotonic()
         try:
             result = serve_bundle(

@@ -235,3 +235,16 @@ def test_a_first_push_that_fails_its_smoke_test_is_taken_down(world: World) -> N
     assert world.metadata.current_deployment(MODEL, target="canary") is None
     steps = [e.data["step"] for e in world.events]
     assert steps[-2:] == ["smoke", "rollback"]
+
+
+def test_the_target_stack_started_again_serves_its_last_version(world: World) -> None:
+    last = world.engine.current(MODEL)
+    assert last is not None and last.healthy == 1
+    world.engine.backend.down()
+    down = world.engine.current(MODEL)
+    assert down is not None and down.version == last.version and down.healthy == 0
+    states = [t.state for t in world.engine.ensure_up(lambda _: None)]
+    assert states == ["stack_up", "restored"]
+    assert world.serving_version() == last.version
+    again = world.engine.current(MODEL)
+    assert again is not None and again.healthy == 1

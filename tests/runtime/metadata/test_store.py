@@ -387,7 +387,7 @@ def test_deployments_recorded_before_v4_read_as_local_ones(db_path: Path) -> Non
     )
     con.close()
     with MetadataStore(db_path) as new:
-        assert new.schema_version == SCHEMA_VERSION == 4
+        assert new.schema_version == SCHEMA_VERSION
         (old_row,) = new.deployments("m")
         assert (old_row.registry_version, old_row.image_digest, old_row.pushed_by, old_row.receipt_path) == (
             None,

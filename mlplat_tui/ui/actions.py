@@ -78,6 +78,33 @@ ACTIONS: tuple[UiAction, ...] = (
         short="bundle",
     ),
     UiAction(
+        "push_target",
+        "p",
+        "p",
+        "Push the selected run to the selected target",
+        "mlplat push: the target's gates, registry, rollout, smoke test and alias, with live "
+        "progress in the Targets panel; a failure rolls back.",
+        changes_serving=True,
+        footer=False,
+    ),
+    UiAction(
+        "rollback_target",
+        "z",
+        "z",
+        "Roll the selected target back",
+        "Serve any version the target served before (pick one), smoke-tested; the alias follows.",
+        changes_serving=True,
+        footer=False,
+    ),
+    UiAction(
+        "open_fleet",
+        "f",
+        "f",
+        "Open the fleet",
+        "Every model of every project on every target you pushed to: version, replicas, health.",
+        footer=False,
+    ),
+    UiAction(
         "open_logs('serving')", "l", "l", "Logs: serving", "Follow the serving runtime's log.", short="logs"
     ),
     UiAction("open_logs('metadata')", "", "", "Logs: metadata", "Follow the metadata service's log."),

@@ -28,6 +28,7 @@ from mlplat_tui.ui.messages import DevLoopDied, PlatformEvent, ServeRequested
 
 if TYPE_CHECKING:
     from mlplat_tui.events import Event
+    from mlplat_tui.ui.targets_data import TargetsSource
 
 TRACE_ENV = "MLPLAT_UI_TRACE"
 _STOP_TIMEOUT_S = 20.0
@@ -51,9 +52,15 @@ class DashboardApp(App[None]):
         dev_loop: DevLoopFactory | None = None,
         poll_s: float = 1.0,
         launched_at: float | None = None,
+        targets: TargetsSource | None = None,
     ) -> None:
         super().__init__()
         self.data = data
+        if targets is None:  # the real platform's push targets, when the data source is real
+            from mlplat_tui.ui.targets_data import targets_for
+
+            targets = targets_for(data)
+        self.targets = targets
         self.dev_loop_factory = dev_loop
         self.dev_loop: DevLoopHandle | None = None
         self.poll_s = poll_s
@@ -66,7 +73,9 @@ class DashboardApp(App[None]):
     @property
     def main_screen(self) -> MainScreen:
         if self._main is None:
-            self._main = MainScreen(self.data, dev=self.dev_loop_factory is not None, poll_s=self.poll_s)
+            self._main = MainScreen(
+                self.data, dev=self.dev_loop_factory is not None, poll_s=self.poll_s, targets=self.targets
+            )
         return self._main
 
     def on_mount(self) -> None:

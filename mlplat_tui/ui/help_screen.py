@@ -26,7 +26,12 @@ PANELS = (
         "point per second, figures over the last minute.",
     ),
     ("Dev loop", "what `mlplat dev` is doing, the last change, the current step and the training output."),
-    ("Events", "every step of training, the dev loop and the stack, as it happens."),
+    (
+        "Targets",
+        "each push target's kind and stage, the version serving there, health, replicas, and "
+        "its last push with the outcome; the row under the cursor is the one p and z act on.",
+    ),
+    ("Events", "every step of training, the dev loop, the stack and pushes, as it happens."),
     ("Runs", "newest first; gates ✓/✗, the bundle version and which one is serving."),
 )
 

@@ -1,4 +1,4 @@
-"""The main screen: Stack, Serving, Dev loop, Events and Runs at a glance, and every action.
+"""The main screen: Stack, Serving, Dev loop, Events, Targets and Runs at a glance, and every action.
 
 It owns the polling: a timer ticks every ``poll_s``; each tick starts at most one worker per
 source (stack, serving, events, runs), skipping a source whose last read is still running, so
@@ -18,7 +18,6 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.screen import Screen
 from textual.widgets import Footer, Header
 from textual.worker import Worker, WorkerState
 
@@ -41,10 +40,13 @@ from mlplat_tui.ui.runs_table import RunsTable
 from mlplat_tui.ui.serving_panel import ServingPanel
 from mlplat_tui.ui.snapshots import RunsQuery, short_id
 from mlplat_tui.ui.stack_panel import StackPanel
+from mlplat_tui.ui.targets_actions import TARGETS_EVERY_TICKS, TargetActions
+from mlplat_tui.ui.targets_panel import TargetsPanel
 
 if TYPE_CHECKING:
     from mlplat_tui.events import Event
     from mlplat_tui.ui.devhost import DevLoopHandle
+    from mlplat_tui.ui.targets_data import TargetsSource
 
 RUNS_EVERY_TICKS = 3  # runs change only when a cycle ends (an event refreshes them at once)
 _REFRESH_KINDS = ("bundled", "gated", "swapped", "rejected", "failed", "cancelled", "cycle")
@@ -58,7 +60,7 @@ def _event(kind: str, message: str, **fields: Any) -> Event:
     return Event(kind, message, **fields)
 
 
-class MainScreen(Screen[None]):
+class MainScreen(TargetActions):
     CSS_PATH = "main_screen.tcss"
     BINDINGS: ClassVar[list[Binding | tuple[str, str] | tuple[str, str, str]]] = [
         Binding(a.key, a.action, a.short or a.title, show=a.footer)
@@ -66,9 +68,17 @@ class MainScreen(Screen[None]):
         if a.key and not a.action.startswith("app.") and a.key != "enter"
     ]
 
-    def __init__(self, data: DataSource, *, dev: bool = False, poll_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        data: DataSource,
+        *,
+        dev: bool = False,
+        poll_s: float = 1.0,
+        targets: TargetsSource | None = None,
+    ) -> None:
         super().__init__()
         self.data = data
+        self.targets_source = targets  # push targets and the fleet (targets_actions.py)
         self.dev = dev
         self.poll_s = poll_s
         self.dev_loop: DevLoopHandle | None = None  # set by the app once the loop runs
@@ -89,6 +99,8 @@ class MainScreen(Screen[None]):
         with Horizontal(id="middle"):
             yield DevLoopPanel(id="devloop")
             yield EventsPanel(id="events")
+        if self.targets_source is not None and self.targets_source.names:
+            yield TargetsPanel(self.targets_source.names, id="targets")
         yield RunsTable(RunsQuery(), id="runs")
         yield Footer()
 
@@ -106,6 +118,7 @@ class MainScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.title = "mlplat"
+        self.set_class(self.has_targets, "-targets")
         self._show_backend()
         if self.dev:
             self.devloop.state = devstate.DevLoopState(phase="idle", watching=True)
@@ -132,6 +145,8 @@ class MainScreen(Screen[None]):
         self._poll("events")
         if self._ticks % RUNS_EVERY_TICKS == 0:
             self._poll("runs")
+        if self.has_targets and self._ticks % TARGETS_EVERY_TICKS == 0:
+            self._poll("targets")
         self._ticks += 1
 
     def _poll(self, name: str) -> None:
@@ -150,6 +165,8 @@ class MainScreen(Screen[None]):
             return lambda: post(StackUpdated(data.stack()))
         if name == "serving":
             return lambda: post(ServingUpdated(data.serving()))
+        if name == "targets":
+            return self.targets_reader()
         if name == "events":
             after = self._last_event_id
             return lambda: post(EventsLoaded(data.events_since(after)))

@@ -12,6 +12,8 @@ from textual.message import Message
 
 if TYPE_CHECKING:
     from mlplat_tui.events import Event
+    from mlplat_tui.push.pipeline import PushResult
+    from mlplat_tui.ui.targets_data import FleetSnapshot, TargetsSnapshot
 from mlplat_tui.ui.snapshots import (
     BundleView,
     EventsBatch,
@@ -92,3 +94,39 @@ class DevLoopDied(Message):
     def __init__(self, reason: str) -> None:
         super().__init__()
         self.reason = reason
+
+
+class TargetsUpdated(Message):
+    """What each push target serves, its health and its last push."""
+
+    def __init__(self, snapshot: TargetsSnapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+
+class TargetProgress(Message):
+    """One progress line of a push or rollback running on ``target``."""
+
+    def __init__(self, target: str, line: str) -> None:
+        super().__init__()
+        self.target = target
+        self.line = line
+
+
+class TargetActionDone(Message):
+    """A push or rollback ended: ``result`` is the pipeline's, ``error`` when it could not try."""
+
+    def __init__(
+        self, target: str, action: str, result: PushResult | None = None, error: str | None = None
+    ) -> None:
+        super().__init__()
+        self.target = target
+        self.action = action
+        self.result = result
+        self.error = error
+
+
+class FleetLoaded(Message):
+    def __init__(self, snapshot: FleetSnapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot

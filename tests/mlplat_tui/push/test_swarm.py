@@ -25,7 +25,7 @@ from mlplat_tui.push.image import build_and_push
 from mlplat_tui.push.swarm import HealthTiming, SwarmEngine
 from tests.helpers.load import InferenceLoad, infer_body
 from tests.helpers.registry import RunningRegistry
-from tests.helpers.swarm import swarm_objects
+from tests.helpers.swarm import remove_swarm_objects, swarm_objects
 from tests.mlplat_tui.push.swarm_fixtures import (  # noqa: F401 - fixtures
     RUNTIME_TEST_IMAGE,
     broken_copy,
@@ -98,6 +98,7 @@ def serving_v1(
     yield engine, project, images
     engine.remove("m")
     assert swarm_objects(engine.client, project.name)["services"] == []
+    remove_swarm_objects(engine.client, project.name)  # waits for the tasks' containers to go
     remove_pushed(engine.client, images)
 
 

@@ -34,7 +34,7 @@ def test_env_reference(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     got = resolve_credentials(CredentialRef(env="MLPLAT_T_TOKEN"), tmp_path)
     assert got is not None and got.username == "u" and got.source == "env MLPLAT_T_TOKEN"
     monkeypatch.delenv("MLPLAT_T_TOKEN")
-    with pytest.raises(TargetError, match="MLPLAT_T_TOKEN.*not set"):
+    with pytest.raises(TargetError, match=r"MLPLAT_T_TOKEN.*not set"):
         resolve_credentials(CredentialRef(env="MLPLAT_T_TOKEN"), tmp_path)
     assert resolve_credentials(None, tmp_path) is None
 

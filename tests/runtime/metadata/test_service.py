@@ -21,7 +21,7 @@ def test_routes_answer_json_and_errors_carry_status_and_type(db_path: Path) -> N
         metadata_service(db_path) as svc,
         httpx.Client(base_url=svc.url, timeout=10, headers=json_type) as http,
     ):
-        assert http.get("/health").json() == {"status": "ok", "schema_version": 3}
+        assert http.get("/health").json() == {"status": "ok", "schema_version": 4}
 
         created = http.post("/runs", content=b'{"run_id": "r/1", "model_name": "m", "metrics": {"l": NaN}}')
         assert created.status_code == 200 and created.json()["run_id"] == "r/1"

@@ -128,15 +128,15 @@ def test_migrations_upgrade_a_v1_file_and_keep_its_data(db_path: Path) -> None:
     con.close()
 
     with MetadataStore(db_path) as new:
-        assert new.schema_version == SCHEMA_VERSION == 3
+        assert new.schema_version == SCHEMA_VERSION == 4
         assert new.run("kept").project == "churn"
         indexes = new.sql("SELECT index_name FROM duckdb_indexes() ORDER BY index_name").rows
         assert ["runs_model_idx"] in indexes
         versions = new.sql("SELECT version FROM schema_version ORDER BY version").rows
-        assert versions == [[1], [2], [3]]
+        assert versions == [[1], [2], [3], [4]]
     # Reopening applies nothing twice.
     with MetadataStore(db_path) as again:
-        assert again.sql("SELECT count(*) FROM schema_version").rows == [[3]]
+        assert again.sql("SELECT count(*) FROM schema_version").rows == [[4]]
 
 
 def test_gate_fields_round_trip(store: MetadataStore) -> None:
@@ -188,7 +188,7 @@ def test_gates_recorded_before_v3_migrate_with_the_defaults(db_path: Path) -> No
     )
     con.close()
     with MetadataStore(db_path) as new:
-        assert new.schema_version == 3
+        assert new.schema_version == 4
         (gate,) = new.gates("sha256:b1")
         assert gate.to_result() == old_gate
         assert (gate.op, gate.bound, gate.evaluated, gate.policy_floor) == (None, None, True, False)

@@ -130,6 +130,9 @@ def command(spec: ServiceSpec, at: Placement) -> list[str]:
         args = ["--db", f"{data}/{METADATA_DB}", "--host", at.host, "--port", port]
         if at.metadata_token_file is not None:
             args += ["--token-file", at.metadata_token_file]
+        monitoring = at.data.get("monitoring")
+        if monitoring is not None:  # the prediction log serving writes: the monitor reads it
+            args += ["--monitor-dir", f"{monitoring}/predictions"]
     else:
         args = [
             "--host",

@@ -1,6 +1,7 @@
 """``python -m mlplat_runtime.serving [BUNDLE] --host H --port P --admin-port A --admin-token-file F
 [--max-connections N] [--memory-budget-mb M] [--project NAME --project-root DIR]
-[--max-batch-size N [--max-queue-delay-us US] [--preferred-batch-sizes 8,16] [--batch-instances K]]``
+[--max-batch-size N [--max-queue-delay-us US] [--preferred-batch-sizes 8,16] [--batch-instances K]]
+[--log-dir DIR [--log-budget N] [--log-retention-hours H] [--log-retention-mb MB] [--log-exclude a,b]]``
 
 The entry point the stack backends (local processes, the docker image) run. With no BUNDLE
 it starts empty and waits for admin loads. ``--project``/``--project-root`` say which project
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from mlplat_runtime.errors import MlplatError, UsageError
 from mlplat_runtime.identity import add_identity_arguments, identity_from_args
+from mlplat_runtime.monitoring.args import add_log_arguments, log_from_args
 from mlplat_runtime.serving.batching import BatchingConfig
 from mlplat_runtime.serving.server import (
     DEFAULT_ADMIN_PORT,
@@ -78,12 +80,14 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         help="also serve OIP v2 gRPC on this port, on --host (default: off; 0 = any; needs the grpc extra)",
     )
     add_batching_arguments(p)
+    add_log_arguments(p)
     add_identity_arguments(p)
     a = p.parse_args(argv)
     if a.max_connections < 2 or a.memory_budget_mb < 64:
         p.error("--max-connections must be at least 2 and --memory-budget-mb at least 64")
     try:
         batching = batching_from_args(a)
+        log = log_from_args(a)
     except MlplatError as exc:
         p.error(exc.message)
     return ServerConfig(
@@ -98,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         identity=identity_from_args(a, "serving", p),
         batching=batching,
         grpc_port=a.grpc_port,
+        log=log,
     )
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -97,6 +97,8 @@ class ServingMetrics:
         self.swaps: dict[str, int] = {}
         self.last_swap_seconds: dict[str, float] = {}
         self._lock = threading.Lock()
+        # more series rendered at the end (e.g. the prediction log's counters), each a list of lines
+        self.collectors: list[Callable[[], list[str]]] = []
 
     # -- hot path (event loop thread) ------------------------------------------------------
     def observe_request(self, model: str, version: str, endpoint: str, code: int, seconds: float) -> None:
@@ -196,4 +198,6 @@ class ServingMetrics:
         family("mlplat_model_last_swap_seconds", "gauge", "Duration of the last successful load")
         for model, seconds in last.items():
             out.append(f"mlplat_model_last_swap_seconds{_labels(('model',), (model,))} {_num(seconds)}")
+        for collect in self.collectors:
+            out.extend(collect())
         return ("\n".join(out) + "\n").encode()

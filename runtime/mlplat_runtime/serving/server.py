@@ -39,6 +39,7 @@ from pathlib import Path
 
 from mlplat_runtime.errors import ServiceError
 from mlplat_runtime.identity import StackIdentity
+from mlplat_runtime.monitoring.predlog import LogConfig, PredictionLog
 from mlplat_runtime.serving.admin import AdminHandler, ensure_admin_token
 from mlplat_runtime.serving.app import InferenceHandler
 from mlplat_runtime.serving.batching import BatchingConfig
@@ -74,6 +75,7 @@ class ServerConfig:
     identity: StackIdentity | None = None  # the project it serves, for ``GET /identity``
     batching: BatchingConfig | None = None  # dynamic batching for models that can (opt-in)
     grpc_port: int | None = None  # OIP v2 gRPC on this port (on ``host``), opt-in; 0 = any
+    log: LogConfig | None = None  # the prediction log (``--log-dir``); None = off
 
 
 def raise_fd_limit() -> int:
@@ -157,6 +159,9 @@ async def serve(
         main_sock.close()
         raise
     metrics = ServingMetrics()
+    predlog = PredictionLog(config.log) if config.log is not None else None
+    if predlog is not None:
+        metrics.collectors.append(predlog.metric_lines)
     warmup_budget = warmup_budget_bytes(config)
     checker = Checker(providers=config.providers, max_bytes=warmup_budget)
     repo = Repository(checker=checker, metrics=metrics, providers=config.providers, batching=config.batching)
@@ -175,6 +180,7 @@ async def serve(
             decode_executor=decode_pool,
             decoder=decoder,
             identity=config.identity,
+            predlog=predlog,
         )
         # gRPC starts before any thread of ours exists (the start-up load runs on one): started
         # after it, grpc.aio's ``server.start()`` never returned in 5 of 25 starts on a loaded
@@ -185,6 +191,8 @@ async def serve(
             grpc_server, grpc_port = await start_grpc(inference, config.host, config.grpc_port)
             host = f"[{config.host}]" if ":" in config.host else config.host
             echo(f"mlplat serving grpc={host}:{grpc_port}")
+        if predlog is not None:
+            predlog.start()  # after gRPC: see above
         if config.bundle is not None:
             await asyncio.to_thread(_startup_load, repo, config.bundle, warmup_budget)
         # Everything alive now (modules, the model) lives as long as the process: keep it out
@@ -229,6 +237,8 @@ async def serve(
     finally:
         if grpc_server is not None:
             await grpc_server.stop(grace=2.0)
+        if predlog is not None:
+            await asyncio.to_thread(predlog.close)  # what is queued becomes closed segments
         checker.close()
         repo.close()
         executor.shutdown(wait=False, cancel_futures=True)

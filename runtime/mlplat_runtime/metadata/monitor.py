@@ -151,23 +151,36 @@ class SegmentReader:
                 cur.close()
         return {name: _column(table.column(name)) for name in table.column_names}
 
+    def rows(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The monitor's own query over the views (not user SQL)."""
+        with self._lock:
+            cur = self._con.cursor()
+        try:
+            self._views(cur)
+            return cur.execute(statement, list(params)).fetchall()
+        finally:
+            cur.close()
+
+    def _views(self, cur: duckdb.DuckDBPyConnection) -> None:
+        for table in READER_TABLES:
+            files = self.closed(table)
+            if files:
+                listed = ", ".join(f"'{self._quoted(str(p))}'" for p in files)
+                cur.execute(
+                    f"CREATE OR REPLACE TEMP VIEW {table} AS"
+                    f" SELECT * FROM read_parquet([{listed}], union_by_name = true)"
+                )
+            else:
+                cur.execute(
+                    f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT NULL AS no_segments_yet WHERE false"
+                )
+
     def sql(self, statement: str, control: QueryControl, caps: SqlCaps) -> SqlResult:
         """A read-only query over ``predictions`` / ``feedback`` (views over the closed segments)."""
         with self._lock:
             cur = self._con.cursor()
         try:
-            for table in READER_TABLES:
-                files = self.closed(table)
-                if files:
-                    listed = ", ".join(f"'{self._quoted(str(p))}'" for p in files)
-                    cur.execute(
-                        f"CREATE OR REPLACE TEMP VIEW {table} AS"
-                        f" SELECT * FROM read_parquet([{listed}], union_by_name = true)"
-                    )
-                else:
-                    cur.execute(
-                        f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT NULL AS no_segments_yet WHERE false"
-                    )
+            self._views(cur)
             control.attach(cur)
             try:
                 return run_capped(cur, statement, caps)
@@ -713,10 +726,74 @@ class Monitor:
                 }
             )
         alerts = self.alerts(open_only=True, model=model)
+        feedback = self.feedback_windows(window_s, {(v["model"], v["bundle_id"]) for v in versions})
         swaps = [
             {"model": v["model"], "version": v["version"], "at": v["first"]} for v in versions[1:]
         ]  # a new version in the window: its first row marks the swap
-        return {"window_s": window_s, "versions": versions, "alerts": alerts, "swaps": swaps}
+        return {
+            "window_s": window_s,
+            "versions": versions,
+            "alerts": alerts,
+            "swaps": swaps,
+            "feedback": feedback,
+        }
+
+    def feedback_windows(self, window_s: int, bundles: set[tuple[str, str]]) -> list[dict[str, Any]]:
+        """Realised accuracy (labels) or MAE (values) per prediction-time window (``window_s``
+        of the config), with label coverage: feedback joined on (model, request id, row)."""
+        if not self.reader.closed("feedback"):
+            return []
+        since = _utc(self.clock() - window_s)
+        bucket = max(int(self.config.window_s), 1)
+        out: list[dict[str, Any]] = []
+        for model, bundle_id in sorted(bundles):
+            ref = self.reference(bundle_id) if bundle_id else None
+            if ref is None or not ref.outputs:
+                continue
+            name, oref = next(iter(ref.outputs.items()))
+            column = '"' + (self.reader.layout.output_prefix + name).replace('"', '""') + '"'
+            if oref.kind == "probabilities":
+                predicted, numeric = (
+                    f"CAST(list_position({column}, list_max({column})) - 1 AS VARCHAR)",
+                    False,
+                )
+            elif oref.kind == "label":
+                predicted, numeric = f"CAST({column} AS VARCHAR)", False
+            else:
+                predicted, numeric = f"CAST({column} AS DOUBLE)", True
+            quality = (
+                "avg(abs(f.value - p.predicted))"
+                if numeric
+                else "avg(CAST(f.label = p.predicted AS INTEGER))"
+            )
+            try:
+                rows = self.reader.rows(
+                    f"WITH p AS (SELECT model, version, request_id, row, time, {predicted} AS predicted"
+                    " FROM predictions WHERE model = ? AND bundle_id = ? AND time >= ? AND status < 400),"
+                    " f AS (SELECT model, request_id, row, any_value(label) AS label,"
+                    " any_value(value) AS value FROM feedback WHERE model = ? GROUP BY ALL)"
+                    f" SELECT p.version, time_bucket(INTERVAL '{bucket} seconds', p.time) AS ws, count(*),"
+                    f" count(f.request_id), {quality} FROM p LEFT JOIN f USING (model, request_id, row)"
+                    " GROUP BY ALL ORDER BY ws",
+                    [model, bundle_id, since, model],
+                )
+            except duckdb.Error as exc:  # a log without the output column, an old segment
+                log.warning("feedback metrics of %s: %s", model, exc)
+                continue
+            for version, ws, predictions, labelled, quality_value in rows:
+                out.append(
+                    {
+                        "model": model,
+                        "version": version,
+                        "window_start": ws.isoformat() + "Z",
+                        "predictions": int(predictions),
+                        "labelled": int(labelled),
+                        "coverage": int(labelled) / int(predictions) if predictions else 0.0,
+                        "accuracy": None if numeric or not labelled else float(quality_value),
+                        "mae": float(quality_value) if numeric and labelled else None,
+                    }
+                )
+        return out
 
     def _test_accuracy(self, bundle_id: str) -> float | None:
         rows = self.store.read(

@@ -241,3 +241,30 @@ def test_durations() -> None:
     assert [parse_duration(t) for t in ("15m", "90s", "1h", "600")] == [900, 90, 3600, 600]
     with pytest.raises(Exception, match="duration"):
         parse_duration("soon")
+
+
+def test_feedback_gives_realised_accuracy_and_label_coverage(monitor: Monitor) -> None:
+    probs = np.tile([0.9, 0.1], (1000, 1))  # every prediction is class 0
+    write_segment(monitor.reader.root, training(1000, 14), probs=probs)
+    folder = monitor.reader.root / "_feedback"
+    folder.mkdir()
+    # 400 of the 1000 predictions get a label: 300 right ("0"), 100 wrong ("1")
+    labels = ["0"] * 300 + ["1"] * 100
+    table = pa.table(
+        {
+            "time": pa.array(np.full(400, 1_700_000_100_000_000).astype("datetime64[us]")),
+            "model": pa.array(["m"] * 400),
+            "request_id": pa.array([f"r{i}" for i in range(400)]),
+            "row": pa.array(np.zeros(400, dtype=np.int32)),
+            "label": pa.array(labels),
+            "value": pa.array([None] * 400, type=pa.float64()),
+        }
+    )
+    pq.write_table(table, folder / "f-1.parquet")
+    monitor.process(cut=True)
+    report = monitor.report(window_s=10**9)
+    (window,) = report["feedback"]
+    assert window["predictions"] == 1000 and window["labelled"] == 400
+    assert window["coverage"] == pytest.approx(0.4)
+    assert window["accuracy"] == pytest.approx(0.75)
+    assert monitor.store.sql("SELECT count(*) FROM feedback").rows == [[400]]

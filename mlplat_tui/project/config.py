@@ -26,6 +26,7 @@ from mlplat_tui.project.targets import Target, check_targets, parse_targets
 __all__ = [
     "CONFIG_NAME",
     "GatesSection",
+    "MonitorSection",
     "NoRegression",
     "Project",
     "ProjectConfig",
@@ -106,6 +107,36 @@ class StackSection(_Section):
     tracker_image: str = "mlplat-tracker:latest"
 
 
+class MonitorSection(_Section):
+    """``[monitor]``: the prediction log serving writes, and the features' kinds for the reference.
+
+    ``features`` is read by ``mlplat_runtime.monitoring.compute_reference`` (from train.py) as
+    well; the log keys become serving's ``--log-*`` flags (``serving_log_flags``).
+    """
+
+    log: bool = True  # serving logs predictions (off: no --log-dir)
+    budget: int = Field(default=1000, ge=0)  # rows per second per model logged in full
+    segment_seconds: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
+    retention_hours: float = Field(default=168.0, gt=0, allow_inf_nan=False)
+    retention_mb: int = Field(default=1024, ge=1)
+    exclude: tuple[str, ...] = ()  # feature or output names never logged (personal data)
+    features: dict[str, Literal["numeric", "categorical"]] = Field(default_factory=dict)
+
+    def serving_log_flags(self) -> tuple[str, ...] | None:
+        """The flags after ``--log-dir DIR`` (None when the log is off)."""
+        if not self.log:
+            return None
+        flags = [
+            "--log-budget", str(self.budget),
+            "--log-segment-seconds", repr(self.segment_seconds),
+            "--log-retention-hours", repr(self.retention_hours),
+            "--log-retention-mb", str(self.retention_mb),
+        ]  # fmt: skip
+        if self.exclude:
+            flags += ["--log-exclude", ",".join(self.exclude)]
+        return tuple(flags)
+
+
 class ProjectConfig(_Section):
     project: ProjectSection
     train: TrainSection = Field(default_factory=TrainSection)
@@ -113,6 +144,7 @@ class ProjectConfig(_Section):
     model: ModelSection
     gates: GatesSection = Field(default_factory=GatesSection)
     stack: StackSection = Field(default_factory=StackSection)
+    monitor: MonitorSection = Field(default_factory=MonitorSection)
     targets: dict[str, Target] = Field(default_factory=dict)  # parsed by project/targets.py
     policy: str | None = None  # path to a platform policy file (or MLPLAT_POLICY)
 

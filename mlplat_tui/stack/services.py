@@ -104,6 +104,8 @@ class Placement:
     metadata_token_file: str | None = None
     project: str | None = None  # None: no --project (an image's default CMD)
     project_root: str | None = None
+    # serving's prediction log: the flags after ``--log-dir`` ([monitor]); None = log off
+    serving_log_flags: tuple[str, ...] | None = None
 
 
 def command(spec: ServiceSpec, at: Placement) -> list[str]:
@@ -146,6 +148,9 @@ def command(spec: ServiceSpec, at: Placement) -> list[str]:
             "--admin-token-file",
             at.admin_token_file,
         ]
+        monitoring = at.data.get("monitoring")
+        if monitoring is not None and at.serving_log_flags is not None:  # the folder the monitor reads
+            args += ["--log-dir", f"{monitoring}/predictions", *at.serving_log_flags]
     if spec.identity and at.project is not None and at.project_root is not None:
         args += ["--project", at.project, "--project-root", at.project_root]
     return head + args

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sql": ("mlplat_tui.cli.query", "sql", "Read-only SQL over the metadata store."),
     "targets": ("mlplat_tui.cli.targets", "targets", "List the push targets and what each serves."),
     "rollback": ("mlplat_tui.cli.rollback", "rollback", "Serve an earlier run again, as a rollback."),
+    "replay": ("mlplat_tui.cli.replay", "replay", "Compare a candidate with the champion on live traffic."),
     "bundle": ("mlplat_tui.cli.bundle", "bundle", "Build, verify and inspect model bundles."),
     "serve": ("mlplat_tui.cli.serve", "serve", "Serve a bundle over the Open Inference Protocol v2."),
     "images": ("mlplat_tui.cli.images", "images", "Build the runtime and tracker Docker images."),

@@ -346,11 +346,11 @@ class ShadowKind(ThresholdKind, ShadowSpec):
         if figures.failed is not None:
             return [plain(k, False, f"{NOT_EVALUATED}: {figures.failed}", evaluated=False) for k in keys]
         if figures.rows == 0:
+            about = figures.about
+            none = about if about.startswith(NO_TRAFFIC) else f"{NO_TRAFFIC}: {about}"
             if require:
-                return [
-                    plain(k, False, f"{NO_TRAFFIC}: {figures.about} (shadow.require_traffic)") for k in keys
-                ]
-            return [plain(k, True, f"{NO_TRAFFIC}: {figures.about}; not compared (warning)") for k in keys]
+                return [plain(k, False, f"{none} (shadow.require_traffic)") for k in keys]
+            return [plain(k, True, f"{none}; not compared (warning)") for k in keys]
         out = []
         for key in keys:
             spec = specs.get(key)

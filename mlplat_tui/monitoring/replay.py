@@ -83,7 +83,7 @@ def parse_since(text: str) -> timedelta:
 def _span_text(span: timedelta) -> str:
     s = span.total_seconds()
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size and s % size == 0:
+        if s >= size * (2 if unit == "d" else 1) and s % size == 0:  # 24h, not 1d
             return f"{int(s // size)}{unit}"
     return f"{s:g}s"
 

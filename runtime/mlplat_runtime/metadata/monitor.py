@@ -883,13 +883,29 @@ class Monitor:
             "errors",
             "rows",
         )
-        return [
+        points = [
             {
                 k: (v.isoformat() + "Z" if isinstance(v, datetime) else v)
                 for k, v in zip(names, r, strict=True)
             }
             for r in rows
         ]
+        ids = sorted({int(p["window_id"]) for p in points})
+        p99: dict[int, float | None] = {}
+        if ids:
+            marks = ", ".join("?" for _ in ids)
+            latency: dict[int, np.ndarray] = {}
+            for window_id, counts in self.store.read(
+                f"SELECT window_id, counts FROM profiles WHERE feature = '{LATENCY}'"
+                f" AND window_id IN ({marks})",
+                ids,
+            ):
+                arr = np.asarray(counts, dtype=np.int64)
+                latency[window_id] = latency[window_id] + arr if window_id in latency else arr
+            p99 = {w: latency_quantile(c, 0.99) for w, c in latency.items()}
+        for point in points:
+            point["latency_p99_ms"] = p99.get(int(point["window_id"]))
+        return points
 
     def histogram(self, model: str, version: str, feature: str, window_s: int) -> dict[str, Any]:
         """Training vs live shares in the feature's slots over the last ``window_s`` (the screen)."""

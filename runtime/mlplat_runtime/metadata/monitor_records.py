@@ -98,6 +98,7 @@ class WindowPoint(_Answer):
     requests: int | None = None
     errors: int | None = None
     rows: int
+    latency_p99_ms: float | None = None
 
 
 class Histogram(_Answer):

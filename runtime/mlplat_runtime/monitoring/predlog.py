@@ -25,6 +25,7 @@ Data plane: numpy, duckdb (imported on the writer thread), orjson, pydantic.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import secrets
@@ -44,12 +45,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from mlplat_runtime.errors import RequestError, ServiceError
 from mlplat_runtime.monitoring import logschema
-from mlplat_runtime.monitoring.segments import Captured, Layout, layout_of, prediction_columns, write_segment
+from mlplat_runtime.monitoring.segments import Layout, layout_of, prediction_columns, write_segment
 
 log = logging.getLogger("mlplat.serving.predlog")
 
 MAX_FEEDBACK_ITEMS = 10_000  # per request
 _HASH_SPACE = 1 << 32
+_perf_counter = time.perf_counter
 
 
 @dataclass(frozen=True)
@@ -114,12 +116,15 @@ class PredictionLog:
         self.written = 0  # rows in closed segments (writer thread only)
         self.segments = 0
         self.write_errors = 0
-        self._seq = 0
-        self._queue: deque[Captured] = deque()
+        self._ids = itertools.count(1)
+        self._queue: deque[tuple[Any, ...]] = deque()  # Captured's fields, as plain tuples
         self._feedback: deque[tuple[float, FeedbackItem]] = deque()
         self._queued_bytes = 0  # added by the loop thread ...
         self._done_bytes = 0  # ... and by the writer thread: each counter has one writer
         self._max_bytes = config.queue_mb * 1024 * 1024
+        self._max_items = config.queue_requests
+        self._budget = config.budget
+        self._append = self._queue.append
         self._windows: dict[str, list[float]] = {}  # model -> [second, rows seen, rate]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -127,8 +132,7 @@ class PredictionLog:
 
     # -- hot path (event loop thread) ------------------------------------------------------
     def next_id(self) -> str:
-        self._seq += 1
-        return f"{self.boot}-{self._seq}"
+        return f"{self.boot}-{next(self._ids)}"
 
     def capture(
         self,
@@ -139,35 +143,35 @@ class PredictionLog:
         arrays: Sequence[np.ndarray],
         t0: float,
     ) -> str:
-        """Queue a served request (or count it dropped); returns its request id."""
-        latency = time.perf_counter() - t0
-        rid = request_id if request_id is not None else self.next_id()
+        """Queue a served request (or count it dropped); returns its request id.
+
+        Every attribute read here is paid on each request: the body stays short and flat, and
+        the queued item is a plain tuple in ``segments.Captured``'s field order.
+        """
+        latency = _perf_counter() - t0
+        rid = request_id if request_id is not None else f"{self.boot}-{next(self._ids)}"
         wall = self.clock()
         rows = 1
+        nbytes = 0
         for arr in inputs.values():
             rows = arr.shape[0] if arr.ndim else 1
-            break
+            nbytes += arr.nbytes
         window = self._windows.get(model.name)
-        second = int(wall)
-        if window is None or window[0] != second:
-            window = self._roll(model.name, second, window)
+        if window is None or window[0] != int(wall):
+            window = self._roll(model.name, int(wall), window)
         window[1] += rows
         rate = 1.0
-        if window[1] > self.config.budget:
+        if window[1] > self._budget:
             # the lower of what the last second saw and what this one has seen so far
-            rate = min(window[2], self.config.budget / window[1])
+            rate = min(window[2], self._budget / window[1])
             if zlib.crc32(rid.encode()) >= rate * _HASH_SPACE:
                 self.sampled_out += rows
                 return rid
-        queue = self._queue
-        if (
-            len(queue) >= self.config.queue_requests
-            or self._queued_bytes - self._done_bytes > self._max_bytes
-        ):
+        if len(self._queue) >= self._max_items or self._queued_bytes - self._done_bytes > self._max_bytes:
             self.dropped += rows
             return rid
-        self._queued_bytes += sum(a.nbytes for a in inputs.values())
-        queue.append(Captured(wall, model, rid, inputs, names, arrays, 200, None, latency, rate))
+        self._queued_bytes += nbytes
+        self._append((wall, model, rid, inputs, names, arrays, 200, None, latency, rate, rows))
         self.captured += rows
         return rid
 
@@ -182,18 +186,18 @@ class PredictionLog:
     ) -> str:
         """Queue a failed request (status and error, no outputs); failures are not sampled."""
         rid = request_id if request_id is not None else self.next_id()
-        queue = self._queue
-        if (
-            len(queue) >= self.config.queue_requests
-            or self._queued_bytes - self._done_bytes > self._max_bytes
-        ):
-            self.dropped += 1
+        rows = 1
+        nbytes = 0
+        for arr in (inputs or {}).values():
+            rows = arr.shape[0] if arr.ndim else 1
+            nbytes += arr.nbytes
+        if len(self._queue) >= self._max_items or self._queued_bytes - self._done_bytes > self._max_bytes:
+            self.dropped += rows
             return rid
-        if inputs:
-            self._queued_bytes += sum(a.nbytes for a in inputs.values())
-        latency = time.perf_counter() - t0
-        queue.append(Captured(self.clock(), model, rid, inputs, (), (), status, error[:1000], latency, 1.0))
-        self.captured += 1
+        self._queued_bytes += nbytes
+        latency = _perf_counter() - t0
+        self._append((self.clock(), model, rid, inputs, (), (), status, error[:1000], latency, 1.0, rows))
+        self.captured += rows
         return rid
 
     def _roll(self, model: str, second: int, old: list[float] | None) -> list[float]:
@@ -321,14 +325,15 @@ class PredictionLog:
         done = 0
         while queue:
             item = queue.popleft()
-            if item.inputs:
-                done += sum(a.nbytes for a in item.inputs.values())
-            key = (item.model.name, item.model.bundle_id)
+            if item[3]:
+                done += sum(a.nbytes for a in item[3].values())
+            model = item[1]
+            key = (model.name, model.bundle_id)
             seg = open_segments.get(key)
             if seg is None:
                 seg = open_segments[key] = _Segment(now)
             seg.items.append(item)
-            seg.rows += 1
+            seg.rows += item[10]
         self._done_bytes += done
 
     def _final_path(self, folder: str, opened: float) -> Path:
@@ -339,7 +344,7 @@ class PredictionLog:
     def _close_predictions(
         self, con: Any, key: tuple[str, str], seg: _Segment, layouts: dict[tuple[str, str], Layout]
     ) -> None:
-        model = seg.items[0].model
+        model = seg.items[0][1]
         try:
             layout = layouts.get(key)
             if layout is None:

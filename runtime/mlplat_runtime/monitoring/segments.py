@@ -26,7 +26,11 @@ MAX_LIST_COLUMNS = 64
 
 
 class Captured(NamedTuple):
-    """One request as the hot path queued it (no copies; the arrays are the request's own)."""
+    """One request as the hot path queued it (no copies; the arrays are the request's own).
+
+    The hot path queues plain tuples in this field order (a NamedTuple costs more to build);
+    this class names the fields.
+    """
 
     wall: float  # time.time() when answered
     model: Any  # LoadedModel: name, version, bundle_id, inputs, outputs, keep (the Bundle)
@@ -38,6 +42,7 @@ class Captured(NamedTuple):
     error: str | None
     latency_s: float
     rate: float  # sample rate in force
+    rows: int  # input rows (1 for a failure without inputs)
 
 
 @dataclass(frozen=True)
@@ -110,61 +115,79 @@ def layout_of(model: Any, exclude: frozenset[str] = frozenset()) -> Layout:
     return Layout(tuple(inputs), tuple(outputs))
 
 
-def _rows(item: Captured) -> int:
-    if item.inputs:
-        for arr in item.inputs.values():
-            return int(arr.shape[0]) if arr.ndim else 1
-    return 1
+def prediction_columns(items: Sequence[Any], layout: Layout) -> tuple[dict[str, np.ndarray], str]:
+    """The arrays of one segment and the SELECT list that turns them into its columns.
 
-
-def prediction_columns(items: Sequence[Captured], layout: Layout) -> tuple[dict[str, np.ndarray], str]:
-    """The arrays of one segment and the SELECT list that turns them into its columns."""
-    counts = np.fromiter((_rows(it) for it in items), dtype=np.int64, count=len(items))
+    Fields are transposed once (``zip(*items)``) and every column is built by numpy; the
+    common case (every request succeeded and asked for every output) concatenates the
+    requests' own arrays without a per-request branch.
+    """
+    walls, models, rids, inputs, names, arrays, statuses, errors, latencies, rates, rows = zip(
+        *items, strict=True
+    )
+    counts = np.asarray(rows, dtype=np.int64)
     n = int(counts.sum())
-    first = items[0].model
+    single = n == len(items)  # one row per request: nothing to repeat
 
-    def per_request(values: list[Any], dtype: Any) -> np.ndarray:
-        return np.repeat(np.array(values, dtype=dtype), counts)
+    def per_request(values: Any, dtype: Any) -> np.ndarray:
+        arr = np.asarray(values, dtype=dtype)
+        return arr if single else np.repeat(arr, counts)
 
-    walls = np.array([it.wall for it in items], dtype=np.float64)
+    first = models[0]
+    starts = np.cumsum(counts) - counts
     cols: dict[str, np.ndarray] = {
-        "time": np.repeat((walls * 1e6).astype("datetime64[us]"), counts),
+        "time": per_request(
+            (np.asarray(walls, dtype=np.float64) * 1e6).astype("datetime64[us]"), "datetime64[us]"
+        ),
         "model": np.full(n, first.name, dtype=object),
         "version": np.full(n, first.version, dtype=object),
         "bundle_id": np.full(n, first.bundle_id, dtype=object),
-        "request_id": per_request([it.request_id for it in items], object),
-        "row": np.concatenate([np.arange(c, dtype=np.int32) for c in counts]),
-        "status": per_request([it.status for it in items], np.int32),
-        "error": per_request([it.error for it in items], object),
-        "latency_ms": per_request([it.latency_s * 1000.0 for it in items], np.float64),
-        "sample_rate": per_request([it.rate for it in items], np.float64),
+        "request_id": per_request(rids, object),
+        "row": np.zeros(n, dtype=np.int32)
+        if single
+        else (np.arange(n) - np.repeat(starts, counts)).astype(np.int32),
+        "status": per_request(statuses, np.int32),
+        "error": per_request(errors, object),
+        "latency_ms": per_request(latencies, np.float64) * 1000.0,
+        "sample_rate": per_request(rates, np.float64),
     }
     select = [quote(c) for c in cols]
+    all_ok = statuses.count(200) == len(statuses)
+    all_outputs = all_ok and names.count(first.output_names) == len(names)
     by_tensor: dict[str, list[InputColumn]] = {}
     for col in layout.inputs:
         by_tensor.setdefault(col.tensor, []).append(col)
     for t, (tensor, columns) in enumerate(by_tensor.items()):
-        ok, block = _stack(
-            items, counts, lambda it, tensor=tensor: (it.inputs or {}).get(tensor), columns[0].dtype
-        )
+        if all_ok:
+            ok, block = None, _concat([inp[tensor] for inp in inputs], columns[0].dtype)
+        else:
+            ok, block = _stack([(inp or {}).get(tensor) for inp in inputs], counts, columns[0].dtype)
         valid = f"_in{t}"
-        cols[valid] = ok
+        if ok is not None:
+            cols[valid] = ok
         for col in columns:
             values = block if col.column is None else block[:, col.column]
             key = f"_c{len(cols)}"
             cols[key] = np.ascontiguousarray(values.reshape(n))
-            select.append(f"CASE WHEN {valid} THEN {key} END AS {quote(col.name)}")
+            select.append(
+                f"CASE WHEN {valid} THEN {key} END AS {quote(col.name)}"
+                if ok is not None
+                else f"{key} AS {quote(col.name)}"
+            )
+    positions = {name: i for i, name in enumerate(first.output_names)}
     for o, out in enumerate(layout.outputs):
-
-        def get(it: Captured, name: str = out.output) -> np.ndarray | None:
-            for got, arr in zip(it.names, it.arrays, strict=False):
-                if got == name:
-                    return arr
-            return None
-
-        ok, block = _stack(items, counts, get, out.dtype)
+        if all_outputs:
+            i = positions[out.output]
+            ok, block = None, _concat([a[i] for a in arrays], out.dtype)
+        else:
+            got = []
+            for nm, arrs in zip(names, arrays, strict=True):
+                j = nm.index(out.output) if out.output in nm else -1
+                got.append(arrs[j] if j >= 0 else None)
+            ok, block = _stack(got, counts, out.dtype)
         valid = f"_out{o}"
-        cols[valid] = ok
+        if ok is not None:
+            cols[valid] = ok
         if out.width is None:
             key = f"_c{len(cols)}"
             cols[key] = np.ascontiguousarray(block.reshape(n))
@@ -178,38 +201,45 @@ def prediction_columns(items: Sequence[Captured], layout: Layout) -> tuple[dict[
             expr = f"list_value({', '.join(keys)})"
         else:
             key = f"_c{len(cols)}"
-            rows = np.empty(n, dtype=object)
-            rows[:] = list(block)
-            cols[key] = rows
+            objs = np.empty(n, dtype=object)
+            objs[:] = list(block)
+            cols[key] = objs
             expr = key
-        select.append(f"CASE WHEN {valid} THEN {expr} END AS {quote(out.name)}")
+        select.append(
+            f"CASE WHEN {valid} THEN {expr} END AS {quote(out.name)}"
+            if ok is not None
+            else f"{expr} AS {quote(out.name)}"
+        )
     return cols, ", ".join(select)
 
 
+def _concat(parts: list[np.ndarray], dtype: np.dtype[Any]) -> np.ndarray:
+    block = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return block if block.dtype == dtype else block.astype(dtype)
+
+
 def _stack(
-    items: Sequence[Captured], counts: np.ndarray, get: Any, dtype: np.dtype[Any]
+    got: Sequence[np.ndarray | None], counts: np.ndarray, dtype: np.dtype[Any]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(per-row validity, the rows of one tensor across requests; zeros where it is missing)."""
-    parts: list[np.ndarray] = []
-    valid: list[bool] = []
     width: int | None = None
-    for item, rows in zip(items, counts, strict=True):
-        arr = get(item)
+    usable: list[np.ndarray | None] = []
+    for arr, rows in zip(got, counts, strict=True):
         if arr is not None and arr.ndim in (1, 2) and arr.shape[0] == rows:
-            parts.append(arr.astype(dtype, copy=False))
-            valid.append(True)
+            usable.append(arr)
             if arr.ndim == 2:
                 width = arr.shape[1]
         else:
-            parts.append(None)  # type: ignore[arg-type]
-            valid.append(False)
-    shape_tail: tuple[int, ...] = () if width is None else (width,)
+            usable.append(None)
+    tail: tuple[int, ...] = () if width is None else (width,)
     filled = [
-        p if p is not None and p.shape[1:] == shape_tail else np.zeros((int(r), *shape_tail), dtype=dtype)
-        for p, r in zip(parts, counts, strict=True)
+        a.astype(dtype, copy=False)
+        if a is not None and a.shape[1:] == tail
+        else np.zeros((int(r), *tail), dtype=dtype)
+        for a, r in zip(usable, counts, strict=True)
     ]
-    ok = np.repeat(np.array(valid, dtype=bool), counts)
-    return ok, np.concatenate(filled) if filled else np.zeros((0, *shape_tail), dtype=dtype)
+    valid = np.array([a is not None and a.shape[1:] == tail for a in usable], dtype=bool)
+    return np.repeat(valid, counts), np.concatenate(filled)
 
 
 def write_segment(con: Any, data: dict[str, np.ndarray], select: str, final: Path) -> int:

@@ -104,6 +104,16 @@ def test_rows_ids_failures_and_typed_columns(tmp_path: Path, servers: list[Servi
         timeout=10,
     )
     assert bad.status_code == 400
+    only_label = httpx.post(
+        f"{s.url}/v2/models/m/infer",
+        json={
+            "id": "label-only",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 1, 1, 1]}],
+            "outputs": [{"name": "label"}],
+        },
+        timeout=10,
+    )
+    assert only_label.status_code == 200
     assert s.stop() == 0  # SIGTERM: what is queued is written
 
     assert not list(log_dir.rglob("*.tmp"))
@@ -123,6 +133,9 @@ def test_rows_ids_failures_and_typed_columns(tmp_path: Path, servers: list[Servi
     assert first["out_label"] == int(np.argmax(proba))
     assert failed["status"] == 400 and "shape" in str(failed["error"])
     assert failed["out_label"] is None and failed["in_age"] is None
+    partial = rows[4]  # asked for the label only: no probabilities recorded
+    assert partial["request_id"] == "label-only" and partial["out_probabilities"] is None
+    assert partial["out_label"] is not None and partial["in_score"] == 1.0
     con = duckdb.connect()
     types = dict(
         con.sql(f"DESCRIBE SELECT * FROM read_parquet('{log_dir / logschema.PREDICTIONS_GLOB}')").fetchall()[

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 DEFAULT_SINCE = timedelta(hours=24)
 MAX_ROWS = 200_000  # what `mlplat replay` reads at most (the newest rows)
 GATE_ROWS = 50_000  # what the cycle's shadow gates and swap message read (the newest rows)
-LATENCY_SAMPLES = 200  # single-row calls per session
+LATENCY_SAMPLES = 1000  # single-row calls per session (p99 of fewer is one outlier)
 BATCH_ROWS = 16_384
 SEGMENT_MIN_ROWS = 20  # segments with fewer rows are not shown
 _DTYPES = {

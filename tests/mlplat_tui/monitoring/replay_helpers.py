@@ -57,7 +57,9 @@ def capture(
     """Serve ``bundle`` with the prediction log on, send ``x`` in requests of ``batch`` rows
     (plus one request that fails), and stop serving so every segment is closed."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    s = start_serving(tmp_path, bundle, "--log-dir", str(log_dir), "--log-flush-ms", "20")
+    s = start_serving(
+        tmp_path, bundle, "--log-dir", str(log_dir), "--log-flush-ms", "20", "--log-budget", "1000000"
+    )
     try:
         with httpx.Client(timeout=10) as client:
             for start in range(0, len(x), batch):

@@ -121,6 +121,18 @@ class MonitorSection(_Section):
     retention_mb: int = Field(default=1024, ge=1)
     exclude: tuple[str, ...] = ()  # feature or output names never logged (personal data)
     features: dict[str, Literal["numeric", "categorical"]] = Field(default_factory=dict)
+    # The monitor's triggers and windows (read by the metadata service from this file, with
+    # tomllib, as ``mlplat_runtime.metadata.monitor.config_from_toml``; parsed here so a typo is
+    # an error that names the key). Each trigger is raised to the calibrated floor, never lowered.
+    psi: float = Field(default=0.1, gt=0, allow_inf_nan=False)  # numeric and categorical drift
+    ks: float = Field(default=0.1, gt=0, le=1, allow_inf_nan=False)  # numeric drift
+    js: float = Field(default=0.1, gt=0, le=1, allow_inf_nan=False)  # categorical drift
+    psi_severe: float = Field(default=0.25, gt=0, allow_inf_nan=False)
+    min_rows: int = Field(default=1000, ge=1)  # a window with fewer rows: "not enough data"
+    open_after: int = Field(default=3, ge=1)  # windows in a row over the trigger to open an alert
+    resolve_after: int = Field(default=3, ge=1)  # windows in a row under it to resolve one
+    window: str = Field(default="15m", pattern=r"^\d+(\.\d+)?[smhd]?$")  # drift window: 90s, 15m, 1h
+    bucket: str = Field(default="60s", pattern=r"^\d+(\.\d+)?[smhd]?$")  # profile bucket ("per minute")
 
     def serving_log_flags(self) -> tuple[str, ...] | None:
         """The flags after ``--log-dir DIR`` (None when the log is off)."""

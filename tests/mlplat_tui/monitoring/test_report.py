@@ -134,3 +134,16 @@ def test_feedback_csv(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="needs a request_id column"):
         (tmp_path / "x.csv").write_text("id,label\n")
         list(read_feedback(tmp_path / "x.csv", "m"))
+
+
+def test_the_monitor_keys_of_mlplat_toml_are_parsed(tmp_path: Path) -> None:
+    from mlplat_runtime.errors import ConfigError
+    from mlplat_tui.project.config import load_project
+
+    base = '[project]\nname = "p"\n[model]\nname = "m"\n[monitor]\n'
+    (tmp_path / "mlplat.toml").write_text(base + 'psi = 0.2\nresolve_after = 5\nwindow = "1h"\n')
+    monitor = load_project(tmp_path).config.monitor
+    assert (monitor.psi, monitor.ks, monitor.resolve_after, monitor.window) == (0.2, 0.1, 5, "1h")
+    (tmp_path / "mlplat.toml").write_text(base + "psi_treshold = 0.2\n")
+    with pytest.raises(ConfigError, match="psi_treshold"):
+        load_project(tmp_path)

@@ -268,3 +268,16 @@ def test_feedback_gives_realised_accuracy_and_label_coverage(monitor: Monitor) -
     assert window["coverage"] == pytest.approx(0.4)
     assert window["accuracy"] == pytest.approx(0.75)
     assert monitor.store.sql("SELECT count(*) FROM feedback").rows == [[400]]
+
+
+def test_config_from_the_projects_mlplat_toml(tmp_path: Path) -> None:
+    from mlplat_runtime.metadata.monitor import config_from_toml
+
+    (tmp_path / "mlplat.toml").write_text(
+        '[project]\nname = "p"\n[model]\nname = "m"\n'
+        '[monitor]\nbudget = 50\npsi = 0.2\nopen_after = 2\nwindow = "5m"\nbucket = "10s"\n'
+    )
+    config = config_from_toml(tmp_path, min_rows=10, window_s=None)
+    assert (config.window_s, config.bucket_s) == (300, 10)
+    assert (config.thresholds.psi, config.thresholds.open_after, config.thresholds.min_rows) == (0.2, 2, 10)
+    assert config.thresholds.ks == 0.1

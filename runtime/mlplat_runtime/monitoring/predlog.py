@@ -24,10 +24,8 @@ Data plane: numpy, duckdb (imported on the writer thread), orjson, pydantic.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
-import os
 import secrets
 import threading
 import time
@@ -171,7 +169,7 @@ class PredictionLog:
             self.dropped += rows
             return rid
         self._queued_bytes += nbytes
-        self._append((wall, model, rid, inputs, names, arrays, 200, None, latency, rate, rows))
+        self._append((wall, model, rid, inputs, names, arrays, 200, None, latency, rate, rows, nbytes))
         self.captured += rows
         return rid
 
@@ -196,7 +194,9 @@ class PredictionLog:
             return rid
         self._queued_bytes += nbytes
         latency = _perf_counter() - t0
-        self._append((self.clock(), model, rid, inputs, (), (), status, error[:1000], latency, 1.0, rows))
+        self._append(
+            (self.clock(), model, rid, inputs, (), (), status, error[:1000], latency, 1.0, rows, nbytes)
+        )
         self.captured += rows
         return rid
 
@@ -280,8 +280,8 @@ class PredictionLog:
     def _run(self) -> None:
         import duckdb
 
-        with contextlib.suppress(OSError, AttributeError):  # yield the CPU to the event loop
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        # Not niced: this thread holds the GIL while it builds columns, and a low-priority
+        # holder that the kernel does not schedule would stall the event loop (p99 spikes).
         con = duckdb.connect(":memory:", config={"threads": 1, "memory_limit": "512MB"})
         open_segments: dict[tuple[str, str], _Segment] = {}
         layouts: dict[tuple[str, str], Layout] = {}
@@ -325,8 +325,7 @@ class PredictionLog:
         done = 0
         while queue:
             item = queue.popleft()
-            if item[3]:
-                done += sum(a.nbytes for a in item[3].values())
+            done += item[11]
             model = item[1]
             key = (model.name, model.bundle_id)
             seg = open_segments.get(key)

@@ -43,6 +43,7 @@ class Captured(NamedTuple):
     latency_s: float
     rate: float  # sample rate in force
     rows: int  # input rows (1 for a failure without inputs)
+    nbytes: int  # input bytes held (the queue's byte bound)
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def prediction_columns(items: Sequence[Any], layout: Layout) -> tuple[dict[str, 
     common case (every request succeeded and asked for every output) concatenates the
     requests' own arrays without a per-request branch.
     """
-    walls, models, rids, inputs, names, arrays, statuses, errors, latencies, rates, rows = zip(
+    walls, models, rids, inputs, names, arrays, statuses, errors, latencies, rates, rows, _ = zip(
         *items, strict=True
     )
     counts = np.asarray(rows, dtype=np.int64)

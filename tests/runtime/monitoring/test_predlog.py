@@ -300,3 +300,23 @@ def test_retention_deletes_by_age_then_oldest_over_the_size_cap(tmp_path: Path) 
     assert not too_old.exists() and not stale.exists()
     assert not oldest_kept_by_age.exists()  # 3 MB over a 2 MB cap: the oldest goes
     assert middle.exists() and newest.exists()
+
+
+def test_requests_that_leave_the_loop_are_logged_too(
+    tmp_path: Path, servers: list[Serving], bundle: Path
+) -> None:
+    """Dynamic batching runs requests off the event loop (``_infer_via``): same rows, same ids."""
+    log_dir = tmp_path / "log"
+    s = serve(tmp_path, servers, bundle, log_dir, "--max-batch-size", "8")
+    ids = [infer(s, [[float(i), 0.0, 0.0, 0.0]]).json()["id"] for i in range(5)]
+    bad = httpx.post(
+        f"{s.url}/v2/models/m/infer",
+        json={"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]},
+        timeout=10,
+    )
+    assert bad.status_code == 400
+    s.stop()
+    rows = read(log_dir / logschema.PREDICTIONS_GLOB)
+    assert [r["request_id"] for r in rows if r["status"] == 200] == ids
+    assert [r["in_age"] for r in rows if r["status"] == 200] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert [r["status"] for r in rows].count(400) == 1

@@ -192,7 +192,12 @@ async def serve(
             host = f"[{config.host}]" if ":" in config.host else config.host
             echo(f"mlplat serving grpc={host}:{grpc_port}")
         if predlog is not None:
-            predlog.start()  # after gRPC: see above
+            try:
+                predlog.start()  # after gRPC: see above
+            except ServiceError as exc:  # the log must never keep the model from serving
+                log.error("serving without the prediction log: %s", exc)
+                metrics.collectors.remove(predlog.metric_lines)
+                inference.predlog = predlog = None
         if config.bundle is not None:
             await asyncio.to_thread(_startup_load, repo, config.bundle, warmup_budget)
         # Everything alive now (modules, the model) lives as long as the process: keep it out

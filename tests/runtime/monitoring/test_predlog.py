@@ -320,3 +320,15 @@ def test_requests_that_leave_the_loop_are_logged_too(
     assert [r["request_id"] for r in rows if r["status"] == 200] == ids
     assert [r["in_age"] for r in rows if r["status"] == 200] == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert [r["status"] for r in rows].count(400) == 1
+
+
+def test_a_log_folder_that_cannot_be_used_does_not_stop_serving(
+    tmp_path: Path, servers: list[Serving], bundle: Path
+) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    s = serve(tmp_path, servers, bundle, not_a_dir / "log")
+    assert infer(s, [[1.0, 2.0, 3.0, 4.0]]).status_code == 200
+    assert "mlplat_predlog" not in httpx.get(f"{s.url}/metrics", timeout=10).text
+    s.stop()
+    assert "serving without the prediction log" in (tmp_path / "serving.log").read_text()

@@ -136,24 +136,34 @@ def prediction_columns(items: Sequence[Any], layout: Layout) -> tuple[dict[str, 
 
     first = models[0]
     starts = np.cumsum(counts) - counts
+    all_ok = statuses.count(200) == len(statuses)
+    # Constant columns are SQL literals: a numpy object column costs DuckDB a Python string per row.
     cols: dict[str, np.ndarray] = {
         "time": per_request(
             (np.asarray(walls, dtype=np.float64) * 1e6).astype("datetime64[us]"), "datetime64[us]"
         ),
-        "model": np.full(n, first.name, dtype=object),
-        "version": np.full(n, first.version, dtype=object),
-        "bundle_id": np.full(n, first.bundle_id, dtype=object),
         "request_id": per_request(rids, object),
         "row": np.zeros(n, dtype=np.int32)
         if single
         else (np.arange(n) - np.repeat(starts, counts)).astype(np.int32),
         "status": per_request(statuses, np.int32),
-        "error": per_request(errors, object),
         "latency_ms": per_request(latencies, np.float64) * 1000.0,
         "sample_rate": per_request(rates, np.float64),
     }
-    select = [quote(c) for c in cols]
-    all_ok = statuses.count(200) == len(statuses)
+    if not all_ok:
+        cols["error"] = per_request(errors, object)
+    select = [
+        '"time"',
+        f"{literal(first.name)} AS model",
+        f"{literal(first.version)} AS version",
+        f"{literal(first.bundle_id)} AS bundle_id",
+        "request_id",
+        '"row"',
+        "status",
+        '"error"' if not all_ok else 'CAST(NULL AS VARCHAR) AS "error"',
+        "latency_ms",
+        "sample_rate",
+    ]
     all_outputs = all_ok and names.count(first.output_names) == len(names)
     by_tensor: dict[str, list[InputColumn]] = {}
     for col in layout.inputs:
@@ -212,6 +222,11 @@ def prediction_columns(items: Sequence[Any], layout: Layout) -> tuple[dict[str, 
             else f"{expr} AS {quote(out.name)}"
         )
     return cols, ", ".join(select)
+
+
+def literal(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + str(text).replace("'", "''") + "'"
 
 
 def _concat(parts: list[np.ndarray], dtype: np.dtype[Any]) -> np.ndarray:

@@ -152,19 +152,25 @@ def profile_rows(rows: Rows, reference: Reference, *, bucket_s: int = 60) -> lis
     classes = len(out[1].classes) if out else 0
     if rows.probabilities is not None and rows.probabilities.ndim == 2 and len(rows.probabilities) == n:
         probs = np.asarray(rows.probabilities, dtype=np.float64)
-        valid = ok & np.all(np.isfinite(probs), axis=1)
-        if probs.shape[1] >= 2:
-            top2 = np.sort(probs, axis=1)[:, -2:]
-            margin_low = valid & (top2[:, 1] - top2[:, 0] < UNCERTAIN_MARGIN)
+        k = probs.shape[1]
+        if k == 2:  # most classifiers: no sort, no partition
+            first, second = np.maximum(probs[:, 0], probs[:, 1]), np.minimum(probs[:, 0], probs[:, 1])
+            argmax = (probs[:, 1] > probs[:, 0]).astype(np.int64)
+        elif k > 2:
+            part = np.partition(probs, k - 2, axis=1)[:, -2:]
+            first, second = part.max(axis=1), part.min(axis=1)
+            argmax = probs.argmax(axis=1)
+        valid = ok & np.isfinite(probs).all(axis=1)
+        if k >= 2:
+            margin_low = valid & (first - second < UNCERTAIN_MARGIN)
             uncertain = np.bincount(bucket, weights=margin_low, minlength=nb).astype(np.int64)
             scored = np.bincount(bucket, weights=valid, minlength=nb).astype(np.int64)
-            top = np.where(valid, top2[:, 1], 0.0)
-            confidence = np.bincount(bucket, weights=top, minlength=nb)
-        if classes:
-            # class mix slots: the classes, then "other" (a class index the reference lacks), then missing
-            arg = np.where(valid, probs.argmax(axis=1), classes + 1)
-            arg = np.where(arg > classes + 1, classes, arg)
-            out_counts = _per_bucket(bucket, nb, arg, classes + 2)
+            confidence = np.bincount(bucket, weights=np.where(valid, first, 0.0), minlength=nb)
+            if classes:
+                # class mix slots: the classes, then "other" (a class the reference lacks), then missing
+                arg = np.where(valid, argmax, classes + 1)
+                arg = np.where(arg > classes + 1, classes, arg)
+                out_counts = _per_bucket(bucket, nb, arg, classes + 2)
     elif rows.labels is not None and out is not None and len(rows.labels) == n:
         index = {c: i for i, c in enumerate(out[1].classes)}
         labels = np.asarray(rows.labels)

@@ -719,7 +719,8 @@ class Monitor:
             params.append(model)
         traffic = self.store.read(
             "SELECT model_name, version, sum(requests), sum(errors), sum(uncertain), sum(scored),"
-            f" sum(confidence_sum), min(minute), max(minute), any_value(bundle_id) FROM traffic WHERE {where}"
+            f" sum(confidence_sum), min(minute), max(minute), any_value(bundle_id), sum(sampled_weight)"
+            f" FROM traffic WHERE {where}"
             " GROUP BY 1, 2 ORDER BY min(minute)",
             params,
         )
@@ -732,7 +733,7 @@ class Monitor:
             arr = np.asarray(counts, dtype=np.int64)
             lat[(m, v)] = lat[(m, v)] + arr if (m, v) in lat else arr
         versions = []
-        for m, v, requests, errors, uncertain, scored, conf, first, last, bundle_id in traffic:
+        for m, v, requests, errors, uncertain, scored, conf, first, last, bundle_id, weight in traffic:
             counts = lat.get((m, v))
             span = max(_epoch(last) + self.config.bucket_s - _epoch(first), 1.0)
             latest = self._latest_drift(m, v)
@@ -752,7 +753,8 @@ class Monitor:
                     "first": first.isoformat() + "Z",
                     "last": last.isoformat() + "Z",
                     "requests": int(requests),
-                    "request_rate": float(requests) / span,
+                    # rows per second served: a row kept at sample rate r stands for 1/r rows
+                    "request_rate": float(weight or requests) / span,
                     "error_rate": float(errors) / float(requests) if requests else 0.0,
                     "uncertain_share": float(uncertain) / float(scored) if scored else None,
                     "latency_p50_ms": None if counts is None else latency_quantile(counts, 0.5),

@@ -186,13 +186,15 @@ class SegmentReader:
             cur.close()
 
     def _views(self, cur: duckdb.DuckDBPyConnection) -> None:
+        # A glob, not a list of names (a week of 10 s segments is tens of thousands of files);
+        # it never matches a ``.parquet.tmp`` being written.
         for table in READER_TABLES:
-            files = self.closed(table)
-            if files:
-                listed = ", ".join(f"'{self._quoted(str(p))}'" for p in files)
+            pattern = self.layout.predictions_glob if table == "predictions" else self.layout.feedback_glob
+            if any(True for _ in self.root.glob(pattern)):
+                glob = self._quoted(f"{self.root}/{pattern}")
                 cur.execute(
                     f"CREATE OR REPLACE TEMP VIEW {table} AS"
-                    f" SELECT * FROM read_parquet([{listed}], union_by_name = true)"
+                    f" SELECT * FROM read_parquet('{glob}', union_by_name = true)"
                 )
             else:
                 cur.execute(
@@ -222,6 +224,9 @@ class MonitorConfig:
     bucket_s: int = 60
     window_s: int = 900
     interval_s: float = 10.0  # how often the loop looks for closed segments
+    # A window is evaluated this long after it ends: serving closes a segment every 10 s, so
+    # the window's last rows are in closed segments by then.
+    grace_s: float = 15.0
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 
@@ -537,7 +542,7 @@ class Monitor:
         now = self.clock()
         results: list[WindowResult] = []
         boundary = first
-        while boundary <= now:
+        while boundary + self.config.grace_s <= now:
             results.extend(self.evaluate(cutoff_s=boundary))
             boundary += w
         return results

@@ -128,7 +128,7 @@ def test_migrations_upgrade_a_v1_file_and_keep_its_data(db_path: Path) -> None:
     con.close()
 
     with MetadataStore(db_path) as new:
-        assert new.schema_version == SCHEMA_VERSION == 4
+        assert new.schema_version == SCHEMA_VERSION == 5
         assert new.run("kept").project == "churn"
         indexes = new.sql("SELECT index_name FROM duckdb_indexes() ORDER BY index_name").rows
         assert ["runs_model_idx"] in indexes
@@ -387,7 +387,7 @@ def test_deployments_recorded_before_v4_read_as_local_ones(db_path: Path) -> Non
     )
     con.close()
     with MetadataStore(db_path) as new:
-        assert new.schema_version == SCHEMA_VERSION == 4
+        assert new.schema_version == SCHEMA_VERSION == 5
         (old_row,) = new.deployments("m")
         assert (old_row.registry_version, old_row.image_digest, old_row.pushed_by, old_row.receipt_path) == (
             None,

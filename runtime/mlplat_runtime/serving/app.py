@@ -363,32 +363,49 @@ class InferenceHandler:
         try:
             decoded = self._decode(req, model)
         except MlplatError as exc:
+            self._log_failure(model, None, exc, t0)
             return self._answered(model, t0, error_response(exc))
         batcher = self.batcher(model)
         try:
             alone = batcher.run_now(decoded.inputs, decoded.outputs)
             if alone is not None:
-                return self._answered(model, t0, self._encode(model, decoded, alone))
+                return self._answered(model, t0, self._encode_logged(model, decoded, alone, t0))
         except Exception as exc:
-            return self._answered(model, t0, self._failure(req, exc))
+            return self._answered(model, t0, self._failure(req, exc, model, decoded, t0))
         answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
 
         def done(outcome: list[np.ndarray] | BaseException) -> None:
             if isinstance(outcome, BaseException):
-                resp = self._failure(req, outcome)
+                resp = self._failure(req, outcome, model, decoded, t0)
             else:
                 try:
-                    resp = self._encode(model, decoded, outcome)
+                    resp = self._encode_logged(model, decoded, outcome, t0)
                 except Exception as exc:
-                    resp = self._failure(req, exc)
+                    resp = self._failure(req, exc, model, decoded, t0)
             if not answer.done():
                 answer.set_result(self._answered(model, t0, resp))
 
         batcher.submit_then(decoded.inputs, decoded.outputs, done)
         return answer
 
-    def _failure(self, req: Request, exc: BaseException) -> Response:
+    def _encode_logged(
+        self, model: LoadedModel, decoded: protocol.InferRequest, arrays: list[np.ndarray], t0: float
+    ) -> Response:
+        if self.predlog is not None:
+            decoded = self._captured(model, decoded, arrays, t0)
+        return self._encode(model, decoded, arrays)
+
+    def _failure(
+        self,
+        req: Request,
+        exc: BaseException,
+        model: LoadedModel | None = None,
+        decoded: protocol.InferRequest | None = None,
+        t0: float = 0.0,
+    ) -> Response:
         if isinstance(exc, MlplatError):
+            if model is not None:
+                self._log_failure(model, decoded, exc, t0)
             return error_response(exc)
         log.error("internal error on %s %s", req.method, req.path, exc_info=exc)
         return json_error(500, f"internal error: {type(exc).__name__}: {exc}")

@@ -205,7 +205,10 @@ def test_sigkill_leaves_no_half_segment_visible_and_closed_ones_intact(
         ).fetchone()  # type: ignore[misc]
         assert n > 0 and n % 64 == 0 and bad == 0
     # a restart removes what the killed process left half-written, and keeps the closed ones
-    (log_dir / "m" / "20260101T000000000000Z-dead-00000001.parquet.tmp").write_bytes(b"PAR1 half")
+    half = log_dir / "m" / "20260101T000000000000Z-dead-00000001.parquet.tmp"
+    half.write_bytes(b"PAR1 half")
+    then = time.time() - 120  # as the killed writer left it, over a minute ago
+    os.utime(half, (then, then))
     s2 = serve(tmp_path, servers, bundle, log_dir)
     assert not list(log_dir.rglob("*.tmp"))
     assert all(p.exists() for p in closed)

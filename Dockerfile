@@ -37,7 +37,7 @@ RUN groupadd --system --gid 10001 mlplat \
  && useradd --system --uid 10001 --gid mlplat --home-dir /home/mlplat --create-home \
         --shell /usr/sbin/nologin mlplat \
  && install -d -o mlplat -g mlplat -m 0755 /var/lib/mlplat /var/lib/mlplat/tracker \
-        /var/lib/mlplat/metadata /bundles \
+        /var/lib/mlplat/metadata /var/lib/mlplat/monitoring /bundles \
  && install -d -o mlplat -g mlplat -m 0700 /etc/mlplat
 
 # ---------------------------------------------------------------------------------------------

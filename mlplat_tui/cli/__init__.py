@@ -34,9 +34,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "rollback": ("mlplat_tui.cli.rollback", "rollback", "Serve an earlier run again, as a rollback."),
     "fleet": ("mlplat_tui.cli.fleet", "fleet", "Every model of every project on every target you reach."),
+    "replay": ("mlplat_tui.cli.replay", "replay", "Compare a candidate with the champion on live traffic."),
     "bundle": ("mlplat_tui.cli.bundle", "bundle", "Build, verify and inspect model bundles."),
     "serve": ("mlplat_tui.cli.serve", "serve", "Serve a bundle over the Open Inference Protocol v2."),
     "images": ("mlplat_tui.cli.images", "images", "Build the runtime and tracker Docker images."),
+    "monitor": ("mlplat_tui.cli.monitor", "monitor", "Drift, traffic and alerts of what serves now."),
+    "feedback": ("mlplat_tui.cli.feedback", "feedback", "Send true labels of served predictions (CSV)."),
     "ui": ("mlplat_tui.cli.ui", "ui", "Open the dashboard (also: `mlplat` with no arguments)."),
 }
 

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from mlplat_runtime import errors
 from mlplat_runtime.bundle.manifest import GateResult
 from mlplat_runtime.errors import MlplatError, ServiceError
+from mlplat_runtime.metadata.monitor_records import AlertInfo, Histogram, MonitorReport, WindowPoint
 from mlplat_runtime.metadata.records import (
     WIRE,
     BundleRecord,
@@ -256,3 +257,39 @@ class MetadataClient:
     def next_version(self, model: str) -> str:
         """The version the next bundle of ``model`` gets ("1" for a new model)."""
         return str(self._request("GET", "/versions/next", params={"model": model})["version"])
+
+    # -- monitoring (the service's /monitor routes: ``mlplat_runtime.metadata.monitor``) ---
+
+    def monitor_process(self, *, cut: bool = False) -> dict[str, Any]:
+        """Read closed log segments now; ``cut`` evaluates everything pending as one window."""
+        return dict(self._request("POST", "/monitor/process", body={"cut": cut}))
+
+    def register_reference(
+        self, bundle_id: str, model: str, version: str, reference: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Give the monitor a bundle's reference v2 (when it cannot read the bundle folder)."""
+        body = {"bundle_id": bundle_id, "model": model, "version": version, "reference": dict(reference)}
+        return dict(self._request("POST", "/monitor/references", body=body))
+
+    def monitor_report(self, window: str = "15m", model: str | None = None) -> MonitorReport:
+        """What ``mlplat monitor`` prints: per version traffic, latency, drift, open alerts."""
+        data = self._request("GET", "/monitor/report", params={"window": window, "model": model})
+        return MonitorReport.model_validate(data)
+
+    def monitor_alerts(self, *, open_only: bool = False, model: str | None = None) -> list[AlertInfo]:
+        data = self._request(
+            "GET", "/monitor/alerts", params={"open": "1" if open_only else None, "model": model}
+        )
+        return [AlertInfo.model_validate(a) for a in data["alerts"]]
+
+    def monitor_history(self, model: str, feature: str | None = None, limit: int = 200) -> list[WindowPoint]:
+        """Drift per evaluated window, oldest first (one feature, or every feature)."""
+        data = self._request(
+            "GET", "/monitor/history", params={"model": model, "feature": feature, "limit": limit}
+        )
+        return [WindowPoint.model_validate(w) for w in data["windows"]]
+
+    def monitor_histogram(self, model: str, version: str, feature: str, window: str = "15m") -> Histogram:
+        """Training vs live counts in one feature's reference slots."""
+        params = {"model": model, "version": version, "feature": feature, "window": window}
+        return Histogram.model_validate(self._request("GET", "/monitor/histogram", params=params))

@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlplat_runtime.bundle.manifest import GateResult, Manifest
 from mlplat_runtime.errors import MlplatError, TrainingError
@@ -41,6 +41,9 @@ from mlplat_tui.events import Event, EventSink, null_sink
 from mlplat_tui.gates import ChampionUnknown
 from mlplat_tui.project.config import Project
 from mlplat_tui.stack.base import Ports, Service, StackBackend
+
+if TYPE_CHECKING:
+    from mlplat_tui.monitoring.replay import ShadowReplay
 
 __all__ = ["Champion", "CycleOutcome", "CycleResult", "Pipeline", "clean_run_outputs", "run_cycle"]
 
@@ -115,6 +118,7 @@ class Pipeline:
         )
         self.rec = Recorder(project)
         self.clients = StackClients()
+        self.shadow: ShadowReplay | None = None  # the last cycle's replay of captured traffic
 
     # -- connections ---------------------------------------------------------------------
     def connect(self) -> bool:
@@ -179,12 +183,17 @@ class Pipeline:
 
     def evaluate_gates(self, bundle_dir: Path, champion: Champion) -> list[GateResult]:
         from mlplat_tui.gates.evaluate import validate_bundle
+        from mlplat_tui.monitoring.replay import ShadowReplay
 
+        # Captured traffic replayed against the champion, only when a shadow gate or the swap
+        # message asks (once per cycle); kept for the swap message.
+        self.shadow = ShadowReplay(self.project, bundle_dir, champion, self.clients.metadata)
         return validate_bundle(
             self.project,
             bundle_dir,
             champion=champion,
             serving_signature=champion.signature if isinstance(champion, Manifest) else None,
+            shadow=self.shadow,
         )
 
     def train_env(self, out_dir: Path, run_id: str | None) -> dict[str, str]:
@@ -465,13 +474,32 @@ class _Cycle:
                 manifest.model_name, manifest.version, manifest.bundle_id, bundle_dir, run_id=self.run_id
             ),
             metadata=self.pipe.clients.metadata,
-            emit=self.record,
+            emit=self._with_replay_summary(),
             serving_before=serving_before,
             by="cycle",
         )
         if not deployed.served:
             return CycleOutcome.REJECTED, f"rejected: {deployed.reason}, {still}", serving_before
         return CycleOutcome.DEPLOYED, f"serving v{deployed.serving_version}", deployed.serving_version
+
+    def _with_replay_summary(self) -> EventSink:
+        """``record``, with "agreement with the previous version 0.97, p99 ×1.1" added to the
+        ``swapped`` event when captured traffic of the champion was replayed (asked before the
+        swap, while the champion still serves)."""
+        shadow = self.pipe.shadow
+        summary = shadow.summary() if shadow is not None else None
+        if shadow is None or summary is None:
+            return self.record
+        report = shadow.report.to_json() if shadow.report is not None else {}
+
+        def record(event: Event) -> None:
+            if event.kind == "swapped":
+                event = replace(
+                    event, message=f"{event.message}; {summary}", data={**event.data, "replay": report}
+                )
+            self.record(event)
+
+        return record
 
     def _cancel_outcome(self) -> tuple[CycleOutcome, str, str | None]:
         self.record(Event("cancelled", "cycle cancelled by a newer change", run_id=self.run_id))

@@ -32,6 +32,7 @@ from mlplat_tui.gates.kinds import (
     NOT_EVALUATED,
     Champion,
     GateContext,
+    ShadowSource,
     kind_for,
 )
 from mlplat_tui.gates.measure import WARMUP_RUNS, bundle_size_mb, measure_latency, request_rows
@@ -65,13 +66,15 @@ def evaluate_gates(
     serving_signature: Signature | None = None,
     latency_runs: int = 50,
     notes: Mapping[str, str] | None = None,
+    shadow: ShadowSource | None = None,
 ) -> list[GateResult]:
     """Evaluate every gate in ``gates`` (plus ``signature``) against ``bundle``.
 
     ``notes`` (gate name -> text, from ``policy.effective_policy``) says which gates the policy's
     floor set: the text is appended to that gate's detail and its ``policy_floor`` is set.
+    ``shadow`` replays captured traffic (``monitoring.replay``), asked only by shadow gates.
     """
-    ctx = GateContext(bundle, champion, serving_signature, latency_runs)
+    ctx = GateContext(bundle, champion, serving_signature, latency_runs, shadow)
     results: list[GateResult] = []
     for kind in kinds.KINDS:  # read at call time: the registry is the one list of kinds
         specs = {key: spec for key, spec in gates.specs.items() if kind.claims(key)}
@@ -94,6 +97,7 @@ def validate_bundle(
     champion: Champion = None,
     serving_signature: Signature | None = None,
     latency_runs: int = 50,
+    shadow: ShadowSource | None = None,
 ) -> list[GateResult]:
     """Open ``bundle_path`` and evaluate the project's gates with the platform policy applied."""
     from mlplat_runtime.bundle import open_bundle
@@ -109,6 +113,7 @@ def validate_bundle(
             serving_signature=serving_signature,
             latency_runs=latency_runs,
             notes=effective.notes,
+            shadow=shadow,
         )
     finally:
         if bundle.extracted:  # an archive was unpacked for us: the folder is ours to remove

@@ -14,6 +14,8 @@ latency        the bundle's samples replayed one row at a time (``gates/measure.
 size           every file of the bundle, in MiB
 signature      the one compatibility rule of ``mlplat_runtime.bundle.signature`` (always)
 no_regression  the metric against the champion's, within the tolerance
+shadow         captured live traffic replayed through the bundle and the champion
+               (``mlplat_tui/monitoring/replay.py``, handed in as ``GateContext.shadow``)
 =============  ===========================================================================
 
 Results carry the comparison as typed fields (``GateResult.op`` / ``bound``); nothing re-parses
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -36,12 +38,16 @@ from mlplat_runtime.bundle.manifest import GateResult, Manifest, Signature
 from mlplat_tui.gates.champion import ChampionUnknown
 from mlplat_tui.project.gate_specs import (
     LATENCY_KEYS,
+    SHADOW_KEYS,
+    SHADOW_REQUIRE_TRAFFIC,
     SPEC_KINDS,
+    Flag,
     GateSpec,
     LatencySpec,
     MetricSpec,
     NoRegression,
     NoRegressionSpec,
+    ShadowSpec,
     SignatureSpec,
     SizeSpec,
     SpecKind,
@@ -70,13 +76,44 @@ Champion = Manifest | ChampionUnknown | None
 
 
 @dataclass(frozen=True)
+class ShadowFigures:
+    """What a replay of captured traffic measured (``monitoring/replay.py`` makes these).
+
+    ``rows`` 0 means there was no captured traffic to replay (``about`` says which); ``failed``
+    says why the replay could not run at all (then the shadow gates are not evaluated). A
+    figure the model cannot give (no probabilities output: no ``mean_abs_diff``) is None.
+    """
+
+    rows: int
+    about: str  # "2,000 captured rows of champion v3 (last 24h)", or why there are none
+    agreement: float | None = None
+    mean_abs_diff: float | None = None
+    p99_abs_diff: float | None = None
+    new_errors: float | None = None
+    p50_latency_ratio: float | None = None
+    p99_latency_ratio: float | None = None
+    failed: str | None = None
+
+    def value(self, key: str) -> float | None:
+        got = getattr(self, key.removeprefix("shadow."), None)
+        return None if got is None else float(got)
+
+
+# Asked only when a shadow key is configured (a replay costs a second or two); None: no replay
+# source was handed in (e.g. `mlplat validate`), and the shadow gates are not evaluated.
+ShadowSource = Callable[[], ShadowFigures]
+
+
+@dataclass(frozen=True)
 class GateContext:
-    """Everything a kind may look at: the bundle, the champion, what serves, how long to time."""
+    """Everything a kind may look at: the bundle, the champion, what serves, how long to time,
+    and the replay of captured traffic (``shadow``)."""
 
     bundle: Bundle
     champion: Champion = None
     serving_signature: Signature | None = None
     latency_runs: int = 50
+    shadow: ShadowSource | None = None
 
 
 def not_evaluated(
@@ -266,7 +303,92 @@ class NoRegressionKind(GateKind, NoRegressionSpec):
         return result(new, passed, f"{metric} {fmt(new)} {shown} {fmt(bound)} {against}")
 
 
-KINDS: tuple[GateKind, ...] = (MetricKind(), LatencyKind(), SizeKind(), SignatureKind(), NoRegressionKind())
+NO_TRAFFIC = "no captured traffic"
+
+
+class ShadowKind(ThresholdKind, ShadowSpec):
+    """Live behaviour: captured requests replayed through the candidate and the champion.
+
+    No champion: passed ("no champion to compare with"). The champion unknown, no replay
+    source, or a replay that failed: not evaluated, not passed. No captured traffic: passed
+    with the detail "no captured traffic: ..." (a new model must be able to graduate before
+    anyone called it), failed instead when ``shadow.require_traffic = true``.
+    """
+
+    def evaluate(self, ctx: GateContext, specs: Mapping[str, GateSpec]) -> list[GateResult]:
+        flag = specs.get(SHADOW_REQUIRE_TRAFFIC)
+        require = isinstance(flag, Flag) and flag.value
+        keys = [k for k in SHADOW_KEYS if k in specs] or [SHADOW_REQUIRE_TRAFFIC]
+        threshold = {k: str(specs[k]) for k in keys if k in specs}
+
+        def plain(key: str, passed: bool, detail: str, evaluated: bool = True) -> GateResult:
+            return GateResult(
+                name=key,
+                measured=None,
+                threshold=threshold.get(key, "captured traffic replayed"),
+                passed=passed and evaluated,
+                evaluated=evaluated,
+                detail=detail,
+            )
+
+        if isinstance(ctx.champion, ChampionUnknown):
+            return [
+                not_evaluated(k, threshold.get(k, "captured traffic replayed"), ctx.champion) for k in keys
+            ]
+        if ctx.champion is None:
+            return [plain(k, True, "no champion to compare with") for k in keys]
+        if ctx.shadow is None:
+            why = (
+                "no replay of captured traffic was run for this bundle (mlplat train, dev and replay run one)"
+            )
+            return [plain(k, False, f"{NOT_EVALUATED}: {why}", evaluated=False) for k in keys]
+        figures = ctx.shadow()
+        if figures.failed is not None:
+            return [plain(k, False, f"{NOT_EVALUATED}: {figures.failed}", evaluated=False) for k in keys]
+        if figures.rows == 0:
+            about = figures.about
+            none = about if about.startswith(NO_TRAFFIC) else f"{NO_TRAFFIC}: {about}"
+            if require:
+                return [plain(k, False, f"{none} (shadow.require_traffic)") for k in keys]
+            return [plain(k, True, f"{none}; not compared (warning)") for k in keys]
+        out = []
+        for key in keys:
+            spec = specs.get(key)
+            if not isinstance(spec, Threshold):  # require_traffic alone: traffic was there
+                out.append(plain(key, True, f"replayed {figures.about}"))
+                continue
+            measured = figures.value(key)
+            if measured is None:
+                out.append(
+                    GateResult(
+                        name=key,
+                        measured=None,
+                        threshold=str(spec),
+                        op=spec.op,
+                        bound=spec.value,
+                        passed=False,
+                        detail=f"not measured: the model has no output that gives {key} ({figures.about})",
+                    )
+                )
+                continue
+            r = self.compare(key, measured, spec)
+            out.append(r.model_copy(update={"detail": f"{r.detail} ({figures.about})"}))
+        return out
+
+    def explain(self, result: GateResult) -> str:
+        if result.measured is None:
+            return f"{result.name}: {result.detail or 'failed'}"
+        return super().explain(result)
+
+
+KINDS: tuple[GateKind, ...] = (
+    MetricKind(),
+    LatencyKind(),
+    SizeKind(),
+    SignatureKind(),
+    NoRegressionKind(),
+    ShadowKind(),
+)
 
 _missing = {k.name for k in SPEC_KINDS} ^ {k.name for k in KINDS}
 if _missing:  # a config kind nobody evaluates (or the reverse) would be silently skipped

@@ -27,6 +27,7 @@ from mlplat_tui.project.targets import Target, check_targets, parse_targets
 __all__ = [
     "CONFIG_NAME",
     "GatesSection",
+    "MonitorSection",
     "NoRegression",
     "Project",
     "ProjectConfig",
@@ -116,6 +117,48 @@ class ServingSection(_Section):
     batching: BatchingSpec | None = None  # dynamic batching recorded in each bundle built
 
 
+class MonitorSection(_Section):
+    """``[monitor]``: the prediction log serving writes, and the features' kinds for the reference.
+
+    ``features`` is read by ``mlplat_runtime.monitoring.compute_reference`` (from train.py) as
+    well; the log keys become serving's ``--log-*`` flags (``serving_log_flags``).
+    """
+
+    log: bool = True  # serving logs predictions (off: no --log-dir)
+    budget: int = Field(default=1000, ge=0)  # rows per second per model logged in full
+    segment_seconds: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
+    retention_hours: float = Field(default=168.0, gt=0, allow_inf_nan=False)
+    retention_mb: int = Field(default=1024, ge=1)
+    exclude: tuple[str, ...] = ()  # feature or output names never logged (personal data)
+    features: dict[str, Literal["numeric", "categorical"]] = Field(default_factory=dict)
+    # The monitor's triggers and windows (read by the metadata service from this file, with
+    # tomllib, as ``mlplat_runtime.metadata.monitor.config_from_toml``; parsed here so a typo is
+    # an error that names the key). Each trigger is raised to the calibrated floor, never lowered.
+    psi: float = Field(default=0.1, gt=0, allow_inf_nan=False)  # numeric and categorical drift
+    ks: float = Field(default=0.1, gt=0, le=1, allow_inf_nan=False)  # numeric drift
+    js: float = Field(default=0.1, gt=0, le=1, allow_inf_nan=False)  # categorical drift
+    psi_severe: float = Field(default=0.25, gt=0, allow_inf_nan=False)
+    min_rows: int = Field(default=1000, ge=1)  # a window with fewer rows: "not enough data"
+    open_after: int = Field(default=3, ge=1)  # windows in a row over the trigger to open an alert
+    resolve_after: int = Field(default=3, ge=1)  # windows in a row under it to resolve one
+    window: str = Field(default="15m", pattern=r"^\d+(\.\d+)?[smhd]?$")  # drift window: 90s, 15m, 1h
+    bucket: str = Field(default="60s", pattern=r"^\d+(\.\d+)?[smhd]?$")  # profile bucket ("per minute")
+
+    def serving_log_flags(self) -> tuple[str, ...] | None:
+        """The flags after ``--log-dir DIR`` (None when the log is off)."""
+        if not self.log:
+            return None
+        flags = [
+            "--log-budget", str(self.budget),
+            "--log-segment-seconds", repr(self.segment_seconds),
+            "--log-retention-hours", repr(self.retention_hours),
+            "--log-retention-mb", str(self.retention_mb),
+        ]  # fmt: skip
+        if self.exclude:
+            flags += ["--log-exclude", ",".join(self.exclude)]
+        return tuple(flags)
+
+
 class ProjectConfig(_Section):
     project: ProjectSection
     train: TrainSection = Field(default_factory=TrainSection)
@@ -124,6 +167,7 @@ class ProjectConfig(_Section):
     gates: GatesSection = Field(default_factory=GatesSection)
     stack: StackSection = Field(default_factory=StackSection)
     serving: ServingSection = Field(default_factory=ServingSection)
+    monitor: MonitorSection = Field(default_factory=MonitorSection)
     targets: dict[str, Target] = Field(default_factory=dict)  # parsed by project/targets.py
     policy: str | None = None  # path to a platform policy file (or MLPLAT_POLICY)
 

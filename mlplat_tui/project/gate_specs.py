@@ -18,6 +18,9 @@ latency        ``"latency.p50_ms"`` / ``p95_ms`` / ``p99_ms``
 size           ``"size_mb" = "<= 50"``
 signature      (always runs; not a key)
 no_regression  ``no_regression = { metric, tolerance, higher_is_better }``
+shadow         ``"shadow.agreement" = ">= 0.95"``, ``shadow.mean_abs_diff``, ``shadow.p99_abs_diff``,
+               ``shadow.new_errors``, ``shadow.p50_latency_ratio``, ``shadow.p99_latency_ratio``;
+               ``"shadow.require_traffic" = true`` (no captured traffic fails instead of passing)
 =============  =============================================
 
 Imports pydantic and the runtime's errors only.
@@ -34,6 +37,15 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 from mlplat_runtime.errors import ConfigError
 
 LATENCY_KEYS = ("latency.p50_ms", "latency.p95_ms", "latency.p99_ms")
+SHADOW_KEYS = (
+    "shadow.agreement",
+    "shadow.mean_abs_diff",
+    "shadow.p99_abs_diff",
+    "shadow.new_errors",
+    "shadow.p50_latency_ratio",
+    "shadow.p99_latency_ratio",
+)
+SHADOW_REQUIRE_TRAFFIC = "shadow.require_traffic"
 FLOOR_NOTE = "policy floor"
 _THRESHOLD_TEXT = re.compile(r"^\s*(>=|<=|>|<|==)\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 
@@ -64,6 +76,15 @@ class Threshold(GateSpec):
 
     def __str__(self) -> str:
         return f"{self.op} {self.value:g}"
+
+
+class Flag(GateSpec):
+    """A parsed on/off gate option such as ``"shadow.require_traffic" = true``."""
+
+    value: bool
+
+    def __str__(self) -> str:
+        return "true" if self.value else "false"
 
 
 class NoRegression(GateSpec):
@@ -201,12 +222,38 @@ class NoRegressionSpec(SpecKind):
         return floor, f"{FLOOR_NOTE} on {floor.metric} replaces mlplat.toml's no_regression on {own.metric}"
 
 
+class ShadowSpec(ThresholdSpec):
+    """Replay of captured traffic against the champion: thresholds on what it measured, and
+    ``shadow.require_traffic`` (a bool) to fail instead of pass when there is no traffic."""
+
+    name = "shadow"
+    spelled = ", ".join((*SHADOW_KEYS, SHADOW_REQUIRE_TRAFFIC))
+
+    def claims(self, key: str) -> bool:
+        return key in SHADOW_KEYS or key == SHADOW_REQUIRE_TRAFFIC
+
+    def parse(self, file: str, key: str, raw: object) -> GateSpec:  # type: ignore[override]
+        if key == SHADOW_REQUIRE_TRAFFIC:
+            if not isinstance(raw, bool):
+                raise ConfigError(file, f"gates.{key}", "true or false", got=raw)
+            return Flag(value=raw)
+        return parse_threshold(file, key, raw)
+
+    def tighten(self, key: str, own: GateSpec, floor: GateSpec) -> tuple[GateSpec, str | None]:
+        if isinstance(own, Flag) and isinstance(floor, Flag):
+            if own.value or not floor.value:
+                return own, None
+            return floor, f"{FLOOR_NOTE} {floor} (mlplat.toml asked {own})"
+        return super().tighten(key, own, floor)
+
+
 SPEC_KINDS: tuple[SpecKind, ...] = (
     MetricSpec(),
     LatencySpec(),
     SizeSpec(),
     SignatureSpec(),
     NoRegressionSpec(),
+    ShadowSpec(),
 )
 
 

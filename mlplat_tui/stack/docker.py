@@ -85,6 +85,9 @@ LABEL_ROOT = "io.mlplat.root"
 LABEL_SPEC = "io.mlplat.spec"
 # service -> (volume suffix, mount point): the spec's data folder, one named volume each
 VOLUMES = {s: (SPECS[s].data, SPECS[s].mount) for s in SERVICES}
+# The prediction log: serving writes it, the metadata service's monitor reads it (one volume in both).
+MONITORING_VOLUME = ("monitoring", "/var/lib/mlplat/monitoring")
+MONITORING_USERS = (Service.SERVING, Service.METADATA)
 TOKEN_DIR_IN_CONTAINER = "/etc/mlplat"
 TOKEN_IN_CONTAINER = f"{TOKEN_DIR_IN_CONTAINER}/admin.token"
 METADATA_TOKEN_IN_CONTAINER = f"{TOKEN_DIR_IN_CONTAINER}/metadata.token"
@@ -114,12 +117,16 @@ class DockerBackend:
             host="0.0.0.0",
             admin_host="0.0.0.0",
             ports=INTERNAL_PORTS,
-            data={spec.data: spec.mount for spec in SPECS.values()},
+            data={
+                **{spec.data: spec.mount for spec in SPECS.values()},
+                MONITORING_VOLUME[0]: MONITORING_VOLUME[1],
+            },
             admin_token_file=TOKEN_IN_CONTAINER,
             metadata_token_file=METADATA_TOKEN_IN_CONTAINER,
             project=project.name,
             project_root=str(project.root),
             serving_workers=project.config.serving.workers,
+            serving_log_flags=project.config.monitor.serving_log_flags(),
         )
 
     # -- names ---------------------------------------------------------------------------
@@ -138,6 +145,10 @@ class DockerBackend:
 
     def volume_name(self, service: Service) -> str:
         return f"mlplat-{self.project.name}-{VOLUMES[service][0]}"
+
+    @property
+    def monitoring_volume(self) -> str:
+        return f"mlplat-{self.project.name}-{MONITORING_VOLUME[0]}"
 
     @property
     def admin_token_file(self) -> Path:
@@ -214,7 +225,14 @@ class DockerBackend:
                 **SPECS[service].env,
             },
             "ports": self._host_ports(service),
-            "volumes": {self.volume_name(service): {"bind": path, "mode": "rw"}},
+            "volumes": {
+                self.volume_name(service): {"bind": path, "mode": "rw"},
+                **(
+                    {self.monitoring_volume: {"bind": MONITORING_VOLUME[1], "mode": "rw"}}
+                    if service in MONITORING_USERS
+                    else {}
+                ),
+            },
             "network": self.network_name,
             # Other containers on the network reach it by service name (tracker, metadata, serving).
             "networking_config": {
@@ -380,14 +398,12 @@ class DockerBackend:
         import docker
 
         made = []
-        for service in SERVICES:
-            name = self.volume_name(service)
+        wanted = [(self.volume_name(s), VOLUMES[s][0]) for s in SERVICES]
+        for name, data in [*wanted, (self.monitoring_volume, MONITORING_VOLUME[0])]:
             try:
                 self.client.volumes.get(name)
             except docker.errors.NotFound:
-                self.client.volumes.create(
-                    name, labels=self._labels(**{"io.mlplat.volume": VOLUMES[service][0]})
-                )
+                self.client.volumes.create(name, labels=self._labels(**{"io.mlplat.volume": data}))
                 made.append(name)
         return made
 
@@ -481,7 +497,7 @@ class DockerBackend:
                 for vol in self.client.volumes.list(
                     filters={"label": f"{LABEL_PROJECT}={self.project.name}"}
                 ):
-                    if vol.name in {self.volume_name(s) for s in SERVICES}:
+                    if vol.name in {self.volume_name(s) for s in SERVICES} | {self.monitoring_volume}:
                         with contextlib.suppress(docker.errors.NotFound):
                             vol.remove(force=True)
                             say(f"volume {vol.name} removed")

@@ -156,12 +156,17 @@ class LocalBackend:
             host=p.host,
             admin_host="127.0.0.1",  # the admin API takes loads: loopback only
             ports={"tracker": p.tracker, "metadata": p.metadata, "serving": p.serving, "admin": p.admin},
-            data={"tracker": str(self.paths.tracker), "metadata": str(self.paths.metadata_db.parent)},
+            data={
+                "tracker": str(self.paths.tracker),
+                "metadata": str(self.paths.metadata_db.parent),
+                "monitoring": str(self.paths.monitoring),
+            },
             admin_token_file=str(self.admin_token_file),
             metadata_token_file=str(self.paths.metadata_token),
             project=self.project.name,
             project_root=str(self.project.root),
             serving_workers=self.project.config.serving.workers,
+            serving_log_flags=self.project.config.monitor.serving_log_flags(),
         )
 
     def command(self, service: Service) -> list[str]:

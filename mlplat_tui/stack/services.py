@@ -105,6 +105,8 @@ class Placement:
     project: str | None = None  # None: no --project (an image's default CMD)
     project_root: str | None = None
     serving_workers: int | str = 1  # [serving] workers: a count or "auto" (--workers)
+    # serving's prediction log: the flags after ``--log-dir`` ([monitor]); None = log off
+    serving_log_flags: tuple[str, ...] | None = None
 
 
 def command(spec: ServiceSpec, at: Placement) -> list[str]:
@@ -131,6 +133,9 @@ def command(spec: ServiceSpec, at: Placement) -> list[str]:
         args = ["--db", f"{data}/{METADATA_DB}", "--host", at.host, "--port", port]
         if at.metadata_token_file is not None:
             args += ["--token-file", at.metadata_token_file]
+        monitoring = at.data.get("monitoring")
+        if monitoring is not None:  # the prediction log serving writes: the monitor reads it
+            args += ["--monitor-dir", f"{monitoring}/predictions"]
     else:
         args = [
             "--host",
@@ -146,6 +151,9 @@ def command(spec: ServiceSpec, at: Placement) -> list[str]:
         ]
         if at.serving_workers != 1:
             args += ["--workers", str(at.serving_workers)]
+        monitoring = at.data.get("monitoring")
+        if monitoring is not None and at.serving_log_flags is not None:  # the folder the monitor reads
+            args += ["--log-dir", f"{monitoring}/predictions", *at.serving_log_flags]
     if spec.identity and at.project is not None and at.project_root is not None:
         args += ["--project", at.project, "--project-root", at.project_root]
     return head + args

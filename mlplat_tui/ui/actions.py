@@ -105,6 +105,16 @@ ACTIONS: tuple[UiAction, ...] = (
         footer=False,
     ),
     UiAction(
+        "open_monitoring",
+        "m",
+        "m",
+        "Monitoring: drift and alerts",
+        "Features ranked by drift against the training reference, training vs live histograms, "
+        "drift, latency and errors per window with swap markers, open alerts.",
+        short="monitor",
+        footer=False,  # the footer is full at 100 columns; help and the palette list it
+    ),
+    UiAction(
         "open_logs('serving')", "l", "l", "Logs: serving", "Follow the serving runtime's log.", short="logs"
     ),
     UiAction("open_logs('metadata')", "", "", "Logs: metadata", "Follow the metadata service's log."),

@@ -33,6 +33,12 @@ PANELS = (
     ),
     ("Events", "every step of training, the dev loop, the stack and pushes, as it happens."),
     ("Runs", "newest first; gates ✓/✗, the bundle version and which one is serving."),
+    (
+        "Monitoring (m)",
+        "the served version's features ranked by drift score (ok / warn / drift), training vs "
+        "live histograms of the selected one, drift, rows, error rate and p99 per window with ▲ at "
+        "each swap, open alerts; w cycles the window (15m, 1h, 24h).",
+    ),
 )
 
 

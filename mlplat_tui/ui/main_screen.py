@@ -401,6 +401,12 @@ class MainScreen(TargetActions):
             return
         self.app.push_screen(BundleScreen(self.data, row.bundle_id))
 
+    def action_open_monitoring(self) -> None:
+        from mlplat_tui.ui.monitoring_data import monitoring_source
+        from mlplat_tui.ui.monitoring_screen import MonitoringScreen
+
+        self.app.push_screen(MonitoringScreen(monitoring_source(self.data), model=self.data.model_name))
+
     def action_open_logs(self, service: str = "serving") -> None:
         from mlplat_tui.ui.logs_screen import LogsScreen
 

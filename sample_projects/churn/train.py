@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+# The platform's reference helper (bins fixed at training time, for drift): part of mlplat.
+from mlplat_runtime.monitoring import compute_reference
+
 # Hyperparameters: edit a line and save, and `mlplat dev` retrains.
 C = 1.0  # inverse regularisation strength of the logistic regression
 MAX_ITER = 1000
@@ -33,7 +36,6 @@ CONTRACT_CODES = {"month-to-month": 0.0, "one-year": 1.0, "two-year": 2.0}
 SCALED = ["tenure_months", "monthly_charges", "total_charges", "support_calls"]
 FLAGS = ["has_fiber", "senior_citizen", "paperless_billing"]
 FEATURES = [*SCALED, *FLAGS, "contract"]  # the model's input columns, in order
-QUANTILES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 
 def load(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -101,21 +103,6 @@ def check_onnx(model: bytes, x: np.ndarray, expected: np.ndarray) -> None:
         raise SystemExit(f"ONNX model disagrees with scikit-learn (max |diff| {diff:.2e})")
 
 
-def feature_stats(x: np.ndarray) -> dict[str, object]:
-    """Per-feature training distributions, the reference the drift monitor compares traffic to."""
-    features = {}
-    for i, name in enumerate(FEATURES):
-        col = x[:, i].astype(np.float64)
-        features[name] = {
-            "mean": float(col.mean()),
-            "std": float(col.std()),
-            "min": float(col.min()),
-            "max": float(col.max()),
-            "quantiles": [float(q) for q in np.quantile(col, QUANTILES)],
-        }
-    return {"features": features, "quantile_levels": QUANTILES}
-
-
 def log_to_tracker(metrics: dict[str, float]) -> None:
     """Extra metrics for MLflow; mlplat itself records metrics.json and params.json."""
     if not os.environ.get("MLFLOW_TRACKING_URI"):
@@ -171,7 +158,14 @@ def main() -> None:
     (out / "model.onnx").write_bytes(model)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "params.json").write_text(json.dumps(params, indent=2) + "\n")
-    (out / "reference.json").write_text(json.dumps(feature_stats(x_train), indent=2) + "\n")
+    # Training distributions (bins fixed now) and the outputs on the test split, for drift.
+    reference = compute_reference(
+        {"input": x_train},
+        feature_names=FEATURES,
+        project_dir=HERE,
+        outputs={"label": pred.astype(np.int64), "probabilities": proba.astype(np.float32)},
+    )
+    (out / "reference.json").write_text(reference.model_dump_json(indent=2) + "\n")
     np.savez(out / "samples.npz", **{"input:input": x_test[:16]})
 
     train_proba = pipeline.predict_proba(x_train)[:, 1]

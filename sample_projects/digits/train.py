@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+# The platform's reference helper (bins fixed at training time, for drift): part of mlplat.
+from mlplat_runtime.monitoring import compute_reference
+
 # Hyperparameters: edit a line and save, and `mlplat dev` retrains.
 HIDDEN = 64
 EPOCHS = 15
@@ -30,28 +33,12 @@ SEED = 7
 THREADS = 1  # tiny matrices: more threads only add sync overhead (10x+ slower on a busy CPU)
 
 HERE = Path(__file__).resolve().parent
-QUANTILES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 
 def output_dir() -> Path:
     out = Path(os.environ.get("MLPLAT_OUTPUT_DIR") or HERE / "out")
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def feature_stats(x: np.ndarray) -> dict[str, object]:
-    """Per-pixel training distributions, the reference the drift monitor compares traffic to."""
-    features = {}
-    for i in range(x.shape[1]):
-        col = x[:, i].astype(np.float64)
-        features[str(i)] = {
-            "mean": float(col.mean()),
-            "std": float(col.std()),
-            "min": float(col.min()),
-            "max": float(col.max()),
-            "quantiles": [float(q) for q in np.quantile(col, QUANTILES)],
-        }
-    return {"features": features, "quantile_levels": QUANTILES}
 
 
 class Tracker:
@@ -172,7 +159,14 @@ def main() -> None:
         )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "params.json").write_text(json.dumps(params, indent=2) + "\n")
-    (out / "reference.json").write_text(json.dumps(feature_stats(x_train), indent=2) + "\n")
+    # Per-pixel training distributions (features x0..x63, bins fixed now) and the outputs on
+    # the test split, for drift.
+    reference = compute_reference(
+        {"input": x_train},
+        project_dir=HERE,
+        outputs={"logits": logits.numpy(), "probabilities": proba.numpy()},
+    )
+    (out / "reference.json").write_text(reference.model_dump_json(indent=2) + "\n")
     np.savez(out / "samples.npz", **{"input:input": x_test[:16]})
     summary = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     print(f"{summary} ({fit_s:.2f}s training) -> {out / 'model.onnx'}")

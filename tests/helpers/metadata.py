@@ -43,7 +43,9 @@ class RunningMetadata:
         return int(self.process.returncode)
 
 
-def start_metadata(db: Path, *, startup_timeout: float = 30.0, port: int = 0) -> RunningMetadata:
+def start_metadata(
+    db: Path, *, startup_timeout: float = 30.0, port: int = 0, extra: tuple[str, ...] = ()
+) -> RunningMetadata:
     """Start the service on ``db``; raises AssertionError (with its log) if it does not start."""
     log = db.with_name(db.name + ".service.log")
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +61,7 @@ def start_metadata(db: Path, *, startup_timeout: float = 30.0, port: int = 0) ->
                 "127.0.0.1",
                 "--port",
                 str(port),
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=err,

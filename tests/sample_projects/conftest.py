@@ -59,12 +59,17 @@ def check_contract_files(out: Path, n_features: int, feature_keys: list[str]) ->
     assert list(samples) == ["input:input"]
     assert samples["input:input"].dtype == np.float32
     assert samples["input:input"].ndim == 2 and samples["input:input"].shape[1] == n_features
-    reference = read_json(out / "reference.json")
-    assert list(reference["features"]) == feature_keys
-    for stats in reference["features"].values():
-        assert set(stats) == {"mean", "std", "min", "max", "quantiles"}
-        assert stats["min"] <= stats["quantiles"][0] <= stats["quantiles"][-1] <= stats["max"]
-        assert stats["quantiles"] == sorted(stats["quantiles"])
+    from mlplat_runtime.monitoring.reference import parse_reference
+
+    reference = parse_reference(read_json(out / "reference.json"))  # v2, from compute_reference
+    assert reference is not None and list(reference.features) == feature_keys
+    for feature in reference.features.values():
+        assert feature.count == reference.n_rows and sum(feature.counts) == feature.count
+        if feature.kind == "numeric":
+            assert feature.min is not None and feature.max is not None
+            assert feature.edges[0] == feature.min and feature.edges[-1] == feature.max
+        assert set(feature.floors) == {"1000", "10000", "100000"}
+    assert "probabilities" in reference.outputs
     return samples
 
 

@@ -27,7 +27,7 @@ def test_trains_into_the_output_dir_and_the_model_serves(tmp_path: Path) -> None
     metrics = read_json(out / "metrics.json")
     assert {"accuracy", "f1_macro", "loss"} <= set(metrics)
     assert metrics["accuracy"] >= 0.9
-    samples = check_contract_files(out, 64, [str(i) for i in range(64)])
+    samples = check_contract_files(out, 64, [f"x{i}" for i in range(64)])
 
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()

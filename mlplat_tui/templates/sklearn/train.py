@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+# The platform's reference helper (bins fixed at training time, for drift): part of mlplat.
+from mlplat_runtime.monitoring import compute_reference
+
 # Hyperparameters: edit a line and save, and `mlplat dev` retrains.
 C = 1.0  # inverse regularisation strength
 MAX_ITER = 1000
@@ -27,7 +30,6 @@ SEED = 42
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data" / "train.csv"
 TARGET = "label"
-QUANTILES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 
 def load(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -43,21 +45,6 @@ def output_dir() -> Path:
     out = Path(os.environ.get("MLPLAT_OUTPUT_DIR") or HERE / "out")
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def feature_stats(names: list[str], x: np.ndarray) -> dict[str, object]:
-    """Per-feature training distributions: what the drift monitor compares live traffic to."""
-    features = {}
-    for i, name in enumerate(names):
-        col = x[:, i].astype(np.float64)
-        features[name] = {
-            "mean": float(col.mean()),
-            "std": float(col.std()),
-            "min": float(col.min()),
-            "max": float(col.max()),
-            "quantiles": [float(q) for q in np.quantile(col, QUANTILES)],
-        }
-    return {"features": features, "quantile_levels": QUANTILES}
 
 
 def main() -> None:
@@ -99,7 +86,15 @@ def main() -> None:
     (out / "model.onnx").write_bytes(onnx_model.SerializeToString())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "params.json").write_text(json.dumps(params, indent=2) + "\n")
-    (out / "reference.json").write_text(json.dumps(feature_stats(names, x_train), indent=2) + "\n")
+    # Training distributions (bins fixed now) and the outputs on the test split, for drift;
+    # declare feature kinds in mlplat.toml [monitor.features] when the guess is wrong.
+    reference = compute_reference(
+        {"input": x_train},
+        feature_names=names,
+        project_dir=HERE,
+        outputs={"label": pred.astype(np.int64), "probabilities": proba.astype(np.float32)},
+    )
+    (out / "reference.json").write_text(reference.model_dump_json(indent=2) + "\n")
     np.savez(out / "samples.npz", **{"input:input": x_test[:16]})
 
     if os.environ.get("MLFLOW_TRACKING_URI"):  # standalone runs have no tracker

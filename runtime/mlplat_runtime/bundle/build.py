@@ -10,6 +10,7 @@ folder into place (or pack it into a ``.mlbundle``). A failed build leaves nothi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -33,9 +34,12 @@ from mlplat_runtime.bundle.manifest import (
     Lineage,
     Manifest,
     ServingSpec,
+    Signature,
     batch_dimension_problems,
 )
 from mlplat_runtime.errors import BundleError, UsageError
+
+log = logging.getLogger(__name__)
 
 # Names travel in URLs (/v2/models/{name}), folder names and registry entries.
 NAME_RE = re.compile(NAME_PATTERN)
@@ -125,6 +129,47 @@ def _content_files(stage: Path) -> dict[str, str]:
     return {rel: file_digest(stage / rel) for rel in rels if rel != MANIFEST_NAME}
 
 
+def _check_reference(reference: dict[str, Any], signature: Signature) -> None:
+    """A v2 reference must match its schema and the model's inputs; a v1 one is kept as it is.
+
+    v1 files (mean, std and quantiles, no ``version``) cannot be converted: drift needs the
+    training counts in fixed bins, which only the training data can give. They are still
+    accepted, so projects that have not moved to ``compute_reference`` keep building; the
+    monitor reports "no reference" for their features.
+    """
+    from mlplat_runtime.monitoring.reference import parse_reference
+
+    try:
+        parsed = parse_reference(reference)
+    except (ValidationError, ValueError) as exc:
+        raise BundleError(
+            f"reference.json does not match the reference v2 schema: {exc}",
+            hint="write it with mlplat_runtime.monitoring.compute_reference(...).model_dump_json()",
+        ) from exc
+    if parsed is None:
+        log.warning(
+            "reference.json is a v1 reference (no 'version'): kept as it is, but drift monitoring "
+            "needs v2; write it with mlplat_runtime.monitoring.compute_reference"
+        )
+        return
+    inputs = {spec.name: spec for spec in signature.inputs}
+    for feature in parsed.features.values():
+        spec = inputs.get(feature.input)
+        if spec is None:
+            raise BundleError(
+                f"reference feature '{feature.name}' names input '{feature.input}', which the model "
+                f"does not have (inputs: {', '.join(inputs)})",
+                hint="compute the reference from the arrays the model takes, keyed by input name",
+            )
+        width = spec.shape[1] if len(spec.shape) == 2 else None
+        if feature.column is not None and (width is None or (width >= 0 and feature.column >= width)):
+            raise BundleError(
+                f"reference feature '{feature.name}' is column {feature.column} of input "
+                f"'{feature.input}', whose shape is {list(spec.shape)}",
+                hint="the columns of a 2-D input are its features; recompute the reference",
+            )
+
+
 def _write_bundle(
     stage: Path,
     model: Path,
@@ -153,6 +198,7 @@ def _write_bundle(
     outputs = run(cpu_session(stage / MODEL_NAME), inputs)
     write_samples(stage / SAMPLES_NAME, inputs, outputs)
     if reference is not None:
+        _check_reference(reference, signature)
         try:
             text = json.dumps(reference, indent=2, sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as exc:

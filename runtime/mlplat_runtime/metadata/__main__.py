@@ -50,6 +50,22 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--allowed-host", action="append", default=[], help="another Host name to answer")
     parser.add_argument("--allowed-origin", action="append", default=[], help="a web origin to answer")
     parser.add_argument("--memory-limit", default=None, help="DuckDB memory limit (default 1GB)")
+    parser.add_argument(
+        "--monitor-dir",
+        type=Path,
+        default=None,
+        help="the prediction log folder to monitor (closed segments only; none: no monitoring)",
+    )
+    parser.add_argument(
+        "--monitor-window", default=None, help="drift window, e.g. 15m (default [monitor] window)"
+    )
+    parser.add_argument(
+        "--monitor-bucket", default=None, help="profile bucket, e.g. 60s (default [monitor] bucket)"
+    )
+    parser.add_argument("--monitor-interval", type=float, default=None, help="seconds between log scans")
+    parser.add_argument(
+        "--monitor-min-rows", type=int, default=None, help="rows a window needs (default 1000)"
+    )
     add_identity_arguments(parser)
     args = parser.parse_args(argv)
     args.identity = identity_from_args(args, "metadata", parser)
@@ -103,6 +119,8 @@ def serve(
     allowed_hosts: list[str] | None = None,
     allowed_origins: list[str] | None = None,
     memory_limit: str | None = None,
+    monitor_dir: Path | None = None,
+    monitor_options: dict[str, Any] | None = None,
 ) -> None:
     import uvicorn
 
@@ -121,6 +139,20 @@ def serve(
 
     store = MetadataStore(db, memory_limit=memory_limit or SQL_MEMORY_LIMIT)
     store.interrupt_open_runs()  # their cycles lost this service: say so instead of "running"
+    monitor = None
+    if monitor_dir is not None:
+        from mlplat_runtime.metadata.monitor import Monitor, SegmentReader, config_from_toml
+
+        root = Path(identity.project_root) if identity is not None else None
+        monitor = Monitor(
+            store, SegmentReader(monitor_dir), config_from_toml(root, **(monitor_options or {}))
+        )
+        monitor.start()
+
+    def shutdown() -> None:
+        if monitor is not None:
+            monitor.stop()
+        store.close()
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
@@ -134,7 +166,7 @@ def serve(
     try:
         sock = _listen(host, port)
         bound_port = sock.getsockname()[1]
-        app = create_app(store, on_shutdown=store.close, identity=identity, guard=guard)
+        app = create_app(store, on_shutdown=shutdown, identity=identity, guard=guard, monitor=monitor)
         config = uvicorn.Config(
             app, log_level=log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=GRACE_S
         )
@@ -144,12 +176,26 @@ def serve(
         print(
             f"mlplat metadata service on http://{host}:{bound_port}"
             f" (db {db}, schema v{store.schema_version}, pid {os.getpid()},"
-            f" writes {'need the token in ' + str(token_file) if token else 'open'})",
+            f" writes {'need the token in ' + str(token_file) if token else 'open'}"
+            f"{', monitoring ' + str(monitor_dir) if monitor is not None else ''})",
             flush=True,
         )
         server.run(sockets=[sock])
     finally:
+        if monitor is not None:
+            monitor.stop()
         store.close()
+
+
+def _monitor_options(args: argparse.Namespace) -> dict[str, Any]:
+    from mlplat_runtime.metadata.monitor import parse_duration
+
+    return {
+        "window_s": parse_duration(args.monitor_window) if args.monitor_window else None,
+        "bucket_s": parse_duration(args.monitor_bucket) if args.monitor_bucket else None,
+        "interval_s": args.monitor_interval,
+        "min_rows": args.monitor_min_rows,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             allowed_hosts=args.allowed_host,
             allowed_origins=args.allowed_origin,
             memory_limit=args.memory_limit,
+            monitor_dir=args.monitor_dir,
+            monitor_options=_monitor_options(args),
         )
     except MlplatError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -127,7 +127,101 @@ _V4_PUSH_FIELDS: Migration = (
     "CREATE INDEX deployments_target_idx ON deployments (target)",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1_TABLES, _V2_INDEXES, _V3_GATE_FIELDS, _V4_PUSH_FIELDS)
+# Monitoring (``monitor.py``). ``monitor_segments``: the closed log segments already turned into
+# profiles (by name, so a restart does not count a segment twice). ``profiles``: per minute,
+# model, version and feature, the counts in the reference's bins (``counts[i]`` is slot i:
+# underflow, the bins, overflow, missing — or the top categories, "other", missing) plus the
+# data-quality counts; ``window_id`` is NULL until a window has been evaluated over them, and a
+# minute may have several rows (one per segment batch): sum them. Two pseudo-features hold the
+# traffic: ``__output__`` (the class mix, or the probability histogram) and ``__latency__`` (the
+# latency histogram, ms bins ``monitor.LATENCY_EDGES_MS``). ``traffic``: requests, errors and
+# uncertain predictions (top-2 margin < 0.1) per minute. ``drift``: one row per evaluated window
+# and feature. ``alerts``: one row per alert key (``drift:<model>:<version>:<feature>``), its
+# streaks and whether it is open; each opening and resolving is also an event.
+_V5_MONITOR: Migration = (
+    """CREATE TABLE monitor_segments (
+        path VARCHAR PRIMARY KEY,
+        kind VARCHAR NOT NULL,
+        rows BIGINT NOT NULL,
+        processed_at TIMESTAMP NOT NULL
+    )""",
+    """CREATE TABLE monitor_references (
+        bundle_id VARCHAR PRIMARY KEY,
+        model_name VARCHAR NOT NULL,
+        version VARCHAR NOT NULL,
+        reference JSON NOT NULL
+    )""",
+    """CREATE TABLE profiles (
+        model_name VARCHAR NOT NULL,
+        version VARCHAR NOT NULL,
+        bundle_id VARCHAR NOT NULL,
+        minute TIMESTAMP NOT NULL,
+        feature VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL,
+        rows BIGINT NOT NULL,
+        missing BIGINT NOT NULL DEFAULT 0,
+        out_of_range BIGINT NOT NULL DEFAULT 0,
+        unseen BIGINT NOT NULL DEFAULT 0,
+        counts BIGINT[] NOT NULL,
+        window_id BIGINT
+    )""",
+    "CREATE INDEX profiles_model_idx ON profiles (model_name, version)",
+    """CREATE TABLE traffic (
+        model_name VARCHAR NOT NULL,
+        version VARCHAR NOT NULL,
+        bundle_id VARCHAR NOT NULL,
+        minute TIMESTAMP NOT NULL,
+        requests BIGINT NOT NULL,
+        errors BIGINT NOT NULL,
+        uncertain BIGINT NOT NULL,
+        sampled_weight DOUBLE NOT NULL,
+        scored BIGINT NOT NULL DEFAULT 0,
+        confidence_sum DOUBLE NOT NULL DEFAULT 0,
+        window_id BIGINT
+    )""",
+    "CREATE SEQUENCE drift_window_seq START 1",
+    """CREATE TABLE drift (
+        window_id BIGINT NOT NULL,
+        model_name VARCHAR NOT NULL,
+        version VARCHAR NOT NULL,
+        window_start TIMESTAMP NOT NULL,
+        window_end TIMESTAMP NOT NULL,
+        feature VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL,
+        rows BIGINT NOT NULL,
+        psi DOUBLE,
+        js DOUBLE,
+        ks DOUBLE,
+        score DOUBLE,
+        state VARCHAR NOT NULL,
+        missing_share DOUBLE,
+        out_of_range_share DOUBLE,
+        unseen_share DOUBLE,
+        PRIMARY KEY (window_id, feature)
+    )""",
+    """CREATE TABLE alerts (
+        dedupe_key VARCHAR PRIMARY KEY,
+        model_name VARCHAR NOT NULL,
+        version VARCHAR NOT NULL,
+        feature VARCHAR NOT NULL,
+        open BOOLEAN NOT NULL,
+        severity VARCHAR NOT NULL,
+        over_streak INTEGER NOT NULL,
+        under_streak INTEGER NOT NULL,
+        score DOUBLE,
+        opened_at TIMESTAMP,
+        resolved_at TIMESTAMP,
+        updated_at TIMESTAMP NOT NULL
+    )""",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    _V1_TABLES,
+    _V2_INDEXES,
+    _V3_GATE_FIELDS,
+    _V4_PUSH_FIELDS,
+    _V5_MONITOR,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

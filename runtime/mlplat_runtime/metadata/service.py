@@ -26,6 +26,17 @@ client can raise the same class again.
     POST  /sql                           {"query": "..."}              -> SqlResult
     GET   /versions/next?model           {"model", "version"}
 
+With a prediction log (``--monitor-dir``; ``monitor.py``), also:
+
+    POST  /monitor/process               {"cut": bool} -> {"segments", "windows"}: read closed
+                                         segments now; "cut" evaluates everything pending as a window
+    POST  /monitor/references            {"bundle_id", "model", "version", "reference"}
+    GET   /monitor/report?window&model   per version: traffic, latency, drift per feature, alerts
+    GET   /monitor/alerts?open&model     {"alerts": [...]}
+    GET   /monitor/history?model&feature&limit      {"windows": [...]}  oldest first
+    GET   /monitor/histogram?model&version&feature&window   training vs live slot counts
+    GET   /metrics                       Prometheus text: drift gauges, open alerts (also without a log)
+
 Imports only the store, the records and the standard library; never mlplat_tui.
 """
 
@@ -36,7 +47,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
 from pydantic import BaseModel, ValidationError
@@ -57,6 +68,9 @@ from mlplat_runtime.metadata.records import (
 from mlplat_runtime.metadata.runs_query import RunsQuery
 from mlplat_runtime.metadata.sqlcaps import QueryControl
 from mlplat_runtime.metadata.store import MetadataStore
+
+if TYPE_CHECKING:
+    from mlplat_runtime.metadata.monitor import Monitor
 
 log = logging.getLogger("mlplat.metadata")
 
@@ -104,6 +118,7 @@ class Request:
 
 
 Handler = Callable[[MetadataStore, Request], Any]
+MonitorHandler = Callable[["Monitor", Request], Any]
 
 
 def _health(store: MetadataStore, req: Request) -> Any:
@@ -181,6 +196,60 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 )
 
 
+def _monitor_process(monitor: Monitor, req: Request) -> Any:
+    body = req.json() if req.body else {}
+    if not isinstance(body, dict):
+        raise RequestError('POST /monitor/process takes {"cut": true|false}')
+    return monitor.process(cut=bool(body.get("cut", False)))
+
+
+def _monitor_reference(monitor: Monitor, req: Request) -> Any:
+    body = req.json()
+    if not isinstance(body, dict) or not all(
+        isinstance(body.get(k), str) for k in ("bundle_id", "model", "version")
+    ):
+        raise RequestError(
+            'POST /monitor/references takes {"bundle_id", "model", "version", "reference": {...}}'
+        )
+    ref = body.get("reference")
+    if not isinstance(ref, dict):
+        raise RequestError("reference must be the JSON object of the bundle's reference.json (v2)")
+    monitor.register_reference(body["bundle_id"], body["model"], body["version"], ref)
+    return {"bundle_id": body["bundle_id"], "features": len(ref.get("features", {}))}
+
+
+def _window(req: Request, default: str = "15m") -> int:
+    from mlplat_runtime.metadata.monitor import parse_duration
+
+    return parse_duration(req.query.get("window") or default)
+
+
+_NO_MONITOR = (
+    "# HELP mlplat_monitor_enabled 1 when the service monitors a prediction log (--monitor-dir).\n"
+    "# TYPE mlplat_monitor_enabled gauge\nmlplat_monitor_enabled 0\n"
+)
+
+MONITOR_ROUTES: dict[tuple[str, str], MonitorHandler] = {
+    ("POST", "/monitor/process"): _monitor_process,
+    ("POST", "/monitor/references"): _monitor_reference,
+    ("GET", "/monitor/report"): lambda m, r: m.report(_window(r), r.query.get("model") or None),
+    (
+        "GET",
+        "/monitor/alerts",
+    ): lambda m, r: {
+        "alerts": m.alerts(
+            open_only=r.query.get("open", "") in ("1", "true"), model=r.query.get("model") or None
+        )
+    },
+    ("GET", "/monitor/history"): lambda m, r: {
+        "windows": m.history(r.text("model"), r.query.get("feature") or None, r.integer("limit", 200))
+    },
+    ("GET", "/monitor/histogram"): lambda m, r: m.histogram(
+        r.text("model"), r.text("version"), r.text("feature"), _window(r)
+    ),
+}
+
+
 def _compile(pattern: str) -> re.Pattern[str]:
     # Path parameters match one raw (still percent-encoded) segment, so ids may hold "/".
     return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
@@ -226,12 +295,14 @@ def create_app(
     on_shutdown: Callable[[], None] | None = None,
     guard: RequestGuard | None = None,
     identity: StackIdentity | None = None,
+    monitor: Monitor | None = None,
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The ASGI app over ``store``; ``on_shutdown`` runs at lifespan shutdown (closes the store).
 
     ``guard`` (default: loopback hosts, no browser origins, JSON bodies, no token) vets every
     request before it is routed: see ``guard.py``. ``identity`` is what ``GET /identity`` answers
-    (the project this service belongs to; ``mlplat_runtime.identity``).
+    (the project this service belongs to; ``mlplat_runtime.identity``). ``monitor`` answers the
+    ``/monitor/*`` routes (404 with a hint without one) and the drift gauges of ``/metrics``.
     """
     guard = guard or RequestGuard()
 
@@ -241,13 +312,14 @@ def create_app(
             return
         if scope["type"] != "http":
             return
-        status, body = await _handle(store, scope, receive, guard, identity)
+        status, body = await _handle(store, scope, receive, guard, identity, monitor)
+        text = body.startswith(b"# HELP")
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
                 "headers": [
-                    (b"content-type", b"application/json"),
+                    (b"content-type", b"text/plain; version=0.0.4" if text else b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                 ],
             }
@@ -312,6 +384,7 @@ async def _handle(
     receive: Receive,
     guard: RequestGuard,
     identity: StackIdentity | None = None,
+    monitor: Monitor | None = None,
 ) -> tuple[int, bytes]:
     method = scope["method"]
     raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").split("?", 1)[0]
@@ -319,6 +392,24 @@ async def _handle(
         guard.check(method, scope.get("headers") or [])
         if identity is not None and method == "GET" and raw_path == IDENTITY_PATH:
             return 200, identity.body()
+        path = raw_path.rstrip("/") or "/"
+        if method == "GET" and path == "/metrics":
+            text = await asyncio.to_thread(monitor.metrics_text) if monitor is not None else ""
+            return 200, (text or _NO_MONITOR).encode()
+        if path.startswith("/monitor/"):
+            monitor_handler = MONITOR_ROUTES.get((method, path))
+            if monitor_handler is None:
+                raise NotFoundError(
+                    f"no such endpoint: {method} {raw_path}", hint="see mlplat_runtime.metadata.service"
+                )
+            if monitor is None:
+                raise NotFoundError(
+                    "this metadata service has no prediction log to monitor",
+                    hint="start it with --monitor-dir (the stack passes the project's .mlplat/monitoring)",
+                )
+            query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
+            request = Request(method=method, params={}, query=query, body=await _read_body(receive))
+            return 200, dump_json(await asyncio.to_thread(monitor_handler, monitor, request))
         handler, params = _route(method, raw_path.rstrip("/") or "/")
         query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
         request = Request(method=method, params=params, query=query, body=await _read_body(receive))

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -160,6 +160,8 @@ class MetadataStore:
             self._con.close()
             raise
         self._closed = False
+        self._reader: Callable[[str, QueryControl, SqlCaps], SqlResult] | None = None
+        self._reader_tables: frozenset[str] = frozenset()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -508,6 +510,33 @@ class MetadataStore:
         )
         return [_event_record(row) for row in rows]
 
+    # -- monitoring (``monitor.py`` keeps its own SQL; it writes and reads through these) --
+
+    def write(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        """A transaction on the store's connection, under its lock (the monitor's writes)."""
+        return self._tx()
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one statement of the store's own code (not user SQL: that is ``sql``)."""
+        return self._rows(sql, params)
+
+    def attach_reader(
+        self, run: Callable[[str, QueryControl, SqlCaps], SqlResult], tables: Iterable[str]
+    ) -> None:
+        """Route ``sql()`` queries that name one of ``tables`` to ``run`` (the monitor's segment
+        reader, a separate database that may read the prediction log and nothing else)."""
+        self._reader, self._reader_tables = run, frozenset(tables)
+
+    def _routed(self, statement: str) -> bool:
+        if self._reader is None:
+            return False
+        try:
+            with self._lock:
+                names = self._con.get_table_names(statement)
+        except duckdb.Error:
+            return False
+        return bool({n.lower() for n in names} & self._reader_tables)
+
     # -- read-only SQL --------------------------------------------------------------------
 
     def sql(self, query: str, control: QueryControl | None = None) -> SqlResult:
@@ -520,6 +549,8 @@ class MetadataStore:
                 hint="add a WHERE or a LIMIT to long queries",
             )
         try:
+            if self._reader is not None and self._routed(statement):
+                return self._reader_sql(statement, control)
             with self._lock:
                 if self._closed:
                     raise ServiceError(f"metadata store {self.path} is closed")
@@ -542,6 +573,22 @@ class MetadataStore:
                     self._queries.discard(control)
         finally:
             self._sql_slots.release()
+
+    def _reader_sql(self, statement: str, control: QueryControl) -> SqlResult:
+        assert self._reader is not None
+        with self._lock:
+            self._queries.add(control)
+        timer = threading.Timer(self.sql_timeout_s, control.cancel, kwargs={"why": "timeout"})
+        timer.daemon = True
+        timer.start()
+        try:
+            return self._reader(statement, control, self.caps)
+        except duckdb.Error as exc:
+            raise refusal_from(exc, control.why, self.sql_timeout_s) from None
+        finally:
+            timer.cancel()
+            with self._lock:
+                self._queries.discard(control)
 
     def interrupt_queries(self) -> int:
         """Stop every running query (SIGTERM, close); returns how many there were."""

@@ -1,7 +1,8 @@
 """``python -m mlplat_runtime.serving [BUNDLE] --host H --port P --admin-port A --admin-token-file F
 [--max-connections N] [--memory-budget-mb M] [--workers N|auto] [--drain-delay-s S] [--grace-s S]
 [--project NAME --project-root DIR]
-[--max-batch-size N [--max-queue-delay-us US] [--preferred-batch-sizes 8,16] [--batch-instances K]]``
+[--max-batch-size N [--max-queue-delay-us US] [--preferred-batch-sizes 8,16] [--batch-instances K]]
+[--log-dir DIR [--log-budget N] [--log-retention-hours H] [--log-retention-mb MB] [--log-exclude a,b]]``
 
 The entry point the stack backends (local processes, the docker image) run. With no BUNDLE
 it starts empty and waits for admin loads. ``--workers N`` (N > 1) starts a supervisor that
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from mlplat_runtime.errors import MlplatError, UsageError
 from mlplat_runtime.identity import add_identity_arguments, identity_from_args
+from mlplat_runtime.monitoring.args import add_log_arguments, log_from_args
 from mlplat_runtime.serving.batching import BatchingConfig
 from mlplat_runtime.serving.server import (
     DEFAULT_ADMIN_PORT,
@@ -110,6 +112,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         f" (default {DEFAULT_GRACE_S:g})",
     )
     add_batching_arguments(p)
+    add_log_arguments(p)
     add_identity_arguments(p)
     a = p.parse_args(argv)
     if a.max_connections < 2 or a.memory_budget_mb < 64:
@@ -122,6 +125,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         p.error(exc.message)
     try:
         batching = batching_from_args(a)
+        log = log_from_args(a)
     except MlplatError as exc:
         p.error(exc.message)
     return ServerConfig(
@@ -140,6 +144,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         workers=workers,
         drain_delay_s=a.drain_delay_s,
         grace_s=a.grace_s,
+        log=log,
     )
 
 

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
@@ -46,9 +47,13 @@ from mlplat_runtime.serving.model import LoadedModel
 from mlplat_runtime.serving.modelconfig import model_config
 from mlplat_runtime.serving.repository import Repository
 
+if TYPE_CHECKING:
+    from mlplat_runtime.monitoring.predlog import PredictionLog
+
 log = logging.getLogger("mlplat.serving")
 
 _MODELS = "/v2/models/"
+FEEDBACK_PATH = "/v2/feedback"  # ground truth for logged predictions (with the prediction log on)
 _MODEL_ENDPOINTS = {"": "metadata", "infer": "infer", "ready": "model_ready", "config": "config"}
 # path -> endpoint label; any other path is counted as "other" (bounded label values)
 _SERVER_ROUTES = {
@@ -132,8 +137,10 @@ class InferenceHandler:
         decode_executor: ThreadPoolExecutor | None = None,
         decoder: DecoderProcess | None = None,
         identity: StackIdentity | None = None,
+        predlog: PredictionLog | None = None,
     ) -> None:
         self.repo = repo
+        self.predlog = predlog  # the prediction log (``--log-dir``), None when off
         self.identity = identity  # which project this process serves (``GET /identity``)
         self.metrics = metrics or repo.metrics
         self.executor = executor
@@ -172,7 +179,7 @@ class InferenceHandler:
                         return self._infer_batched(req, model, t0)
                     if self.executor is not None and (not model.inline or _heavy(req)):
                         return self._infer_in_thread(req, model, t0)
-                    resp = self._infer(req, model)
+                    resp = self._infer(req, model, t0)
                 elif req.method != "GET":
                     raise method_not_allowed(req.method, path, "GET")
                 elif action == "ready":
@@ -187,6 +194,11 @@ class InferenceHandler:
                         m.name, [m.version], m.inputs.values(), m.outputs, m.parameters()
                     )
                     resp = Response(200, orjson.dumps(doc))
+            elif path == FEEDBACK_PATH and self.predlog is not None:
+                endpoint = "feedback"
+                if req.method != "POST":
+                    raise method_not_allowed(req.method, path, "POST")
+                resp = Response(200, self.predlog.feedback(req.body))
             else:
                 endpoint = _SERVER_ROUTES.get(path, "other")
                 resp = self._server_route(req.method, path)
@@ -248,12 +260,35 @@ class InferenceHandler:
             return Response(200, out, JSON)
         return Response(200, out, _OCTET, ((b"inference-header-content-length", str(json_len).encode()),))
 
-    def _infer(self, req: Request, model: LoadedModel) -> Response:
-        decoded = self._decode(req, model)
-        t = time.perf_counter()
-        arrays = model.predict(decoded.inputs, decoded.outputs)
+    def _infer(self, req: Request, model: LoadedModel, t0: float = 0.0) -> Response:
+        decoded: protocol.InferRequest | None = None
+        try:
+            decoded = self._decode(req, model)
+            t = time.perf_counter()
+            arrays = model.predict(decoded.inputs, decoded.outputs)
+        except MlplatError as exc:
+            self._log_failure(model, decoded, exc, t0)
+            raise
         self.metrics.observe_inference(model.name, model.version, time.perf_counter() - t)
+        if self.predlog is not None:
+            decoded = self._captured(model, decoded, arrays, t0)
         return self._encode(model, decoded, arrays)
+
+    def _captured(
+        self, model: LoadedModel, decoded: protocol.InferRequest, arrays: list[np.ndarray], t0: float
+    ) -> protocol.InferRequest:
+        """Hand a served request to the prediction log; the response echoes its request id."""
+        assert self.predlog is not None
+        rid = self.predlog.capture(model, decoded.id, decoded.inputs, decoded.outputs, arrays, t0)
+        return decoded if decoded.id is not None else decoded._replace(id=rid)
+
+    def _log_failure(
+        self, model: LoadedModel, decoded: protocol.InferRequest | None, exc: MlplatError, t0: float
+    ) -> None:
+        if self.predlog is not None:
+            inputs = decoded.inputs if decoded is not None else None
+            rid = decoded.id if decoded is not None else None
+            self.predlog.capture_failure(model, rid, inputs, exc.http_status, exc.message, t0)
 
     async def _infer_via(
         self,
@@ -264,15 +299,20 @@ class InferenceHandler:
     ) -> Response:
         """Decode (in a worker thread when the body is heavy), ``execute``, encode: the one
         error handling and request metric of the paths that leave the loop."""
+        decoded: protocol.InferRequest | None = None
         try:
             if _heavy(req):
                 loop = asyncio.get_running_loop()
                 decoded = await loop.run_in_executor(self.decode_executor, self._decode, req, model)
             else:
                 decoded = self._decode(req, model)
-            resp = self._encode(model, decoded, await execute(decoded))
+            arrays = await execute(decoded)
+            if self.predlog is not None:
+                decoded = self._captured(model, decoded, arrays, t0)
+            resp = self._encode(model, decoded, arrays)
         except MlplatError as exc:
             resp = error_response(exc)
+            self._log_failure(model, decoded, exc, t0)
         except Exception as exc:
             log.exception("internal error on %s %s", req.method, req.path)
             resp = json_error(500, f"internal error: {type(exc).__name__}: {exc}")
@@ -323,32 +363,49 @@ class InferenceHandler:
         try:
             decoded = self._decode(req, model)
         except MlplatError as exc:
+            self._log_failure(model, None, exc, t0)
             return self._answered(model, t0, error_response(exc))
         batcher = self.batcher(model)
         try:
             alone = batcher.run_now(decoded.inputs, decoded.outputs)
             if alone is not None:
-                return self._answered(model, t0, self._encode(model, decoded, alone))
+                return self._answered(model, t0, self._encode_logged(model, decoded, alone, t0))
         except Exception as exc:
-            return self._answered(model, t0, self._failure(req, exc))
+            return self._answered(model, t0, self._failure(req, exc, model, decoded, t0))
         answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
 
         def done(outcome: list[np.ndarray] | BaseException) -> None:
             if isinstance(outcome, BaseException):
-                resp = self._failure(req, outcome)
+                resp = self._failure(req, outcome, model, decoded, t0)
             else:
                 try:
-                    resp = self._encode(model, decoded, outcome)
+                    resp = self._encode_logged(model, decoded, outcome, t0)
                 except Exception as exc:
-                    resp = self._failure(req, exc)
+                    resp = self._failure(req, exc, model, decoded, t0)
             if not answer.done():
                 answer.set_result(self._answered(model, t0, resp))
 
         batcher.submit_then(decoded.inputs, decoded.outputs, done)
         return answer
 
-    def _failure(self, req: Request, exc: BaseException) -> Response:
+    def _encode_logged(
+        self, model: LoadedModel, decoded: protocol.InferRequest, arrays: list[np.ndarray], t0: float
+    ) -> Response:
+        if self.predlog is not None:
+            decoded = self._captured(model, decoded, arrays, t0)
+        return self._encode(model, decoded, arrays)
+
+    def _failure(
+        self,
+        req: Request,
+        exc: BaseException,
+        model: LoadedModel | None = None,
+        decoded: protocol.InferRequest | None = None,
+        t0: float = 0.0,
+    ) -> Response:
         if isinstance(exc, MlplatError):
+            if model is not None:
+                self._log_failure(model, decoded, exc, t0)
             return error_response(exc)
         log.error("internal error on %s %s", req.method, req.path, exc_info=exc)
         return json_error(500, f"internal error: {type(exc).__name__}: {exc}")

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -114,6 +114,8 @@ class ServingMetrics:
         self.own_models = True  # False in a worker: the supervisor's snapshot has the model series
         # the supervisor's: {"serving": n, "restarts": n, "requests": {worker: n}}
         self.workers: dict[str, Any] | None = None
+        # more series rendered at the end (e.g. the prediction log's counters), each a list of lines
+        self.collectors: list[Callable[[], list[str]]] = []
 
     # -- hot path (event loop thread) ------------------------------------------------------
     def observe_request(self, model: str, version: str, endpoint: str, code: int, seconds: float) -> None:
@@ -274,6 +276,8 @@ class ServingMetrics:
             family("mlplat_serving_worker_requests_total", "counter", "Requests answered per worker")
             for worker, n in sorted(self.workers.get("requests", {}).items()):
                 out.append(f"mlplat_serving_worker_requests_total{_labels(('worker',), (worker,))} {n}")
+        for collect in self.collectors:
+            out.extend(collect())
         return ("\n".join(out) + "\n").encode()
 
 

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlplat_runtime.errors import ServiceError
 from mlplat_runtime.identity import StackIdentity
+from mlplat_runtime.monitoring.predlog import LogConfig, PredictionLog
 from mlplat_runtime.serving.admin import AdminHandler, ensure_admin_token
 from mlplat_runtime.serving.app import InferenceHandler
 from mlplat_runtime.serving.batching import BatchingConfig
@@ -93,6 +94,7 @@ class ServerConfig:
     workers: int = 1  # serving processes sharing the ports (>1: a supervisor, workers.py)
     drain_delay_s: float = DEFAULT_DRAIN_DELAY_S
     grace_s: float = DEFAULT_GRACE_S
+    log: LogConfig | None = None  # the prediction log (``--log-dir``); None = off
 
 
 class ServingRepository(Repository):
@@ -202,6 +204,9 @@ async def serve(
             main_sock.close()
             raise
     metrics = ServingMetrics()
+    predlog = PredictionLog(config.log) if config.log is not None else None
+    if predlog is not None:
+        metrics.collectors.append(predlog.metric_lines)
     warmup_budget = warmup_budget_bytes(config)
     checker = None if link is not None else Checker(providers=config.providers, max_bytes=warmup_budget)
     repo = (link.repository if link is not None else ServingRepository)(
@@ -223,6 +228,7 @@ async def serve(
             decode_executor=decode_pool,
             decoder=decoder,
             identity=config.identity,
+            predlog=predlog,
         )
         # gRPC starts before any thread of ours exists (the start-up load runs on one): started
         # after it, grpc.aio's ``server.start()`` never returned in 5 of 25 starts on a loaded
@@ -243,6 +249,13 @@ async def serve(
             host = f"[{config.admin_host}]" if ":" in config.admin_host else config.admin_host
             # said after the start-up line: a reader that selects on the pipe stops at that one
             admin_grpc_line = f"mlplat serving admin_grpc={host}:{port}"
+        if predlog is not None:
+            try:
+                predlog.start()  # after gRPC: see above
+            except ServiceError as exc:  # the log must never keep the model from serving
+                log.error("serving without the prediction log: %s", exc)
+                metrics.collectors.remove(predlog.metric_lines)
+                inference.predlog = predlog = None
         if config.bundle is not None:
             await asyncio.to_thread(_startup_load, repo, config.bundle, warmup_budget)
         if link is not None:
@@ -307,6 +320,8 @@ async def serve(
         for server in (grpc_server, admin_grpc):
             if server is not None:
                 await server.stop(grace=2.0)
+        if predlog is not None:
+            await asyncio.to_thread(predlog.close)  # what is queued becomes closed segments
         if checker is not None:
             checker.close()
         repo.close()

@@ -18,7 +18,7 @@ import pytest
 from mlplat_runtime.bundle import open_bundle
 from mlplat_tui.clients.metadata import MetadataClient
 from mlplat_tui.stack.base import SERVICES, Service
-from mlplat_tui.stack.docker import VOLUMES, DockerBackend
+from mlplat_tui.stack.docker import MONITORING_USERS, MONITORING_VOLUME, VOLUMES, DockerBackend
 from tests.helpers.models import make_bundle
 from tests.mlplat_tui.stack.conftest import project_objects
 
@@ -106,9 +106,10 @@ def test_docker_stack_lifecycle(docker_project, docker_client, mlplat_images, tm
         assert list(c.attrs["NetworkSettings"]["Networks"]) == [f"mlplat-{name}"]
         assert str(service) in c.attrs["NetworkSettings"]["Networks"][f"mlplat-{name}"]["Aliases"]
         mounts = {m["Name"]: m["Destination"] for m in c.attrs["Mounts"]}
-        assert mounts == {backend.volume_name(service): VOLUMES[service][1]}
+        shared = {backend.monitoring_volume: MONITORING_VOLUME[1]} if service in MONITORING_USERS else {}
+        assert mounts == {backend.volume_name(service): VOLUMES[service][1], **shared}
     assert project_objects(docker_client, name)["volumes"] == sorted(
-        f"mlplat-{name}-{v}" for v in ("bundles", "metadata", "tracker")
+        f"mlplat-{name}-{v}" for v in ("bundles", "metadata", "monitoring", "tracker")
     )
     token_file = project.state_dir / "stack" / "admin.token"
     assert oct(token_file.stat().st_mode & 0o777) == "0o600"
@@ -210,7 +211,7 @@ def test_docker_stack_lifecycle(docker_project, docker_client, mlplat_images, tm
     backend.down()
     left = project_objects(docker_client, name)
     assert left["containers"] == [] and left["networks"] == []
-    assert len(left["volumes"]) == 3
+    assert len(left["volumes"]) == 4
     begun = time.monotonic()
     assert backend.up().up
     print(f"up (kept volumes) to all healthy: {time.monotonic() - begun:.1f}s")

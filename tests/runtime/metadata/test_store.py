@@ -128,7 +128,7 @@ def test_migrations_upgrade_a_v1_file_and_keep_its_data(db_path: Path) -> None:
     con.close()
 
     with MetadataStore(db_path) as new:
-        assert new.schema_version == SCHEMA_VERSION == 4
+        assert new.schema_version == SCHEMA_VERSION == 5
         assert new.run("kept").project == "churn"
         indexes = new.sql("SELECT index_name FROM duckdb_indexes() ORDER BY index_name").rows
         assert ["runs_model_idx"] in indexes

@@ -71,22 +71,27 @@ def test_push_status_at_rollback_and_fleet(two_projects: tuple[Path, Path]) -> N
 
     weak = bundle(shop, "3", auc=0.81, seed=3)
     rejected = mlplat("push", str(weak), "--target", "staging", cwd=shop, timeout=300)
-    assert rejected.returncode == 3 and "rejected" in rejected.stdout and "metrics.roc_auc" in rejected.stdout
+    assert rejected.returncode == 3, rejected.stderr + rejected.stdout
+    assert "rejected" in rejected.stdout and "metrics.roc_auc" in rejected.stdout
 
     then = mlplat("status", "--target", "staging", "--at", between, "--json", cwd=shop)
     assert then.returncode == 0, then.stderr
     assert _json(then)["serving"]["version"] == "1"
-    now = _json(mlplat("status", "--target", "staging", "--json", cwd=shop))
+    status_now = mlplat("status", "--target", "staging", "--json", cwd=shop)
+    assert status_now.returncode == 0, status_now.stderr
+    now = _json(status_now)
     assert now["serving"]["version"] == "2" and "@" in now["serving"]["pushed_by"]
     assert now["serving"]["registry_version"] and now["serving"]["receipt"]
-    assert now["live"]["health"] == "healthy" and now["live"]["version"] == "2"
+    assert now["live"]["health"] == "healthy" and now["live"]["version"] == "2", now["live"]
     table = mlplat("status", "--target", "staging", cwd=shop)
     assert table.returncode == 0 and "v2" in table.stdout and "since" in table.stdout
 
     back = mlplat("rollback", "--target", "staging", "--to", "v1", "--json", cwd=shop, timeout=300)
     assert back.returncode == 0, back.stderr + back.stdout
     assert _json(back)["action"] == "rollback" and _json(back)["serving_version"] == "1"
-    listed = {r["name"]: r for r in _json(mlplat("targets", "--json", cwd=shop))}
+    targets_out = mlplat("targets", "--json", cwd=shop)
+    assert targets_out.returncode == 0, targets_out.stderr
+    listed = {r["name"]: r for r in _json(targets_out)}
     assert listed["staging"]["serves"]["version"] == "1"
     assert listed["staging"]["live"] == {"version": "1", "replicas": 1, "healthy": 1, "health": "healthy"}
     unknown = mlplat("rollback", "--target", "staging", "--to", "9", cwd=shop)
@@ -99,8 +104,9 @@ def test_push_status_at_rollback_and_fleet(two_projects: tuple[Path, Path]) -> N
     fleet = mlplat("fleet", "--json", cwd=bank)
     assert fleet.returncode == 0, fleet.stderr
     rows = {(r["project"], r["target"]): r for r in _json(fleet)}
+    assert len(rows) == 2, fleet.stdout
     assert set(rows) == {("shop", "staging"), ("bank", "prod")}
-    assert (rows["shop", "staging"]["version"], rows["shop", "staging"]["health"]) == ("1", "healthy")
+    assert (rows["shop", "staging"]["version"], rows["shop", "staging"]["health"]) == ("1", "healthy"), rows
     assert (
         rows["bank", "prod"]["model"],
         rows["bank", "prod"]["stage"],

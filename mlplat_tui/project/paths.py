@@ -111,6 +111,11 @@ class StateLayout:
     def receipts(self, target: str) -> Path:
         return self.push / target / "receipts"
 
+    @staticmethod
+    def receipt_name(stamp: str, model: str, version: str, action: str) -> str:
+        """A receipt's file name in ``receipts(target)``: sorts by time, names what moved."""
+        return f"{stamp}-{model}-v{version}-{action}.json"
+
     def target_stack(self, target: str) -> Path:
         """A ``local`` target's second stack: its own project folder (its ``.mlplat/`` inside)."""
         return self.root / "targets" / target

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlplat_tui.project.paths import StateLayout
 from mlplat_tui.push.engine import Deployed, Transition
 
 SCHEMA = 1
@@ -93,7 +94,7 @@ def write_receipt(folder: Path, receipt: Receipt) -> Path:
     """Write atomically as ``<UTC time>-<model>-v<version>-<action>.json``; returns the path."""
     folder.mkdir(parents=True, exist_ok=True)
     stamp = receipt.started_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    path = folder / f"{stamp}-{receipt.model_name}-v{receipt.version}-{receipt.action}.json"
+    path = folder / StateLayout.receipt_name(stamp, receipt.model_name, receipt.version, receipt.action)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".receipt.")
     with os.fdopen(fd, "w") as fh:
         fh.write(receipt.model_dump_json(indent=2))

@@ -12,7 +12,10 @@ through ``InferenceHandler.run``, so batching, worker threads and metrics are sh
 REST. The server runs on serving's own event loop (``grpc.aio``). Tensors come in as
 ``raw_input_contents`` (what tritonclient sends) or the typed ``contents`` fields, and go out
 as ``raw_output_contents``. Errors map to gRPC codes: 400 -> INVALID_ARGUMENT, 404 ->
-NOT_FOUND, 503 -> UNAVAILABLE, anything else -> INTERNAL.
+NOT_FOUND, 503 -> UNAVAILABLE, anything else -> INTERNAL. With the prediction log on
+(``--log-dir``) a ModelInfer is captured as on REST: served requests after ``handler.run``
+(the response's ``id`` is the request id logged: the client's, else ``<boot>-<seq>``) and
+failures of a known model (status, error, no outputs).
 
 Served: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig,
 ModelInfer on the inference side (``start_grpc``). The repository extension (RepositoryIndex,
@@ -121,6 +124,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         t0 = time.perf_counter()
         name, version, code = request.model_name, "", 200
+        model: Any = None
+        inputs: dict[str, np.ndarray] | None = None
+        predlog = self.handler.predlog
         try:
             model = self.repo.get(name, request.model_version or None)
             version = model.version
@@ -131,13 +137,21 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 if n not in known:
                     raise RequestError(f"unknown output '{n}'; the model's outputs are {list(known)}")
             arrays = await self.handler.run(model, inputs, names)
-            return encode_response(model.name, model.version, request.id, names, arrays)
+            rid = request.id
+            if predlog is not None:  # the prediction log, as on REST; the response echoes its id
+                rid = predlog.capture(model, request.id or None, inputs, names, arrays, t0)
+            return encode_response(model.name, model.version, rid, names, arrays)
         except MlplatError as exc:
             code = exc.http_status
+            if predlog is not None and model is not None:  # a failure of a known model is logged
+                predlog.capture_failure(model, request.id or None, inputs, code, exc.message, t0)
             await _abort(context, exc)
         except Exception as exc:
             code = 500
             log.exception("internal error on gRPC ModelInfer %s", name)
+            if predlog is not None and model is not None:
+                error = f"internal error: {type(exc).__name__}: {exc}"
+                predlog.capture_failure(model, request.id or None, inputs, code, error, t0)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             found = self.repo.find(name) is not None

@@ -116,7 +116,31 @@ class Recorder:
         record = bundle_record(manifest, bundle_dir, run_id)
         if not self._safe(lambda m: m.record_bundle(record)):
             return False
+        self.register_reference(manifest, bundle_dir)
         return self._safe(lambda m: m.record_gates(manifest.bundle_id, run_id, manifest.gates))
+
+    def register_reference(self, manifest: Manifest, bundle_dir: Path) -> bool:
+        """The bundle's reference v2 handed to the store's monitor, so drift has it whether or
+        not the metadata service can read the bundle folder (the docker backend's container
+        cannot read the host's). True when the monitor took it; False without a store, a
+        monitor (a service started without ``--monitor-dir`` answers 404), or a v2 reference.
+        Never a refusal of the cycle's record: drift is bookkeeping on top of it."""
+        import orjson
+
+        register = getattr(self.metadata, "register_reference", None)
+        if register is None:
+            return False
+        try:
+            reference = orjson.loads((bundle_dir / "reference.json").read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return False
+        if not isinstance(reference, dict) or reference.get("version") != 2:
+            return False  # v1 (or none): nothing drift could use
+        try:
+            register(manifest.bundle_id, manifest.model_name, manifest.version, reference)
+        except MlplatError:
+            return False
+        return True
 
     def track(self, run_id: str, manifest: Manifest, bundle_dir: Path) -> None:
         """Params, metrics, lineage tags and the bundle as an artifact, in MLflow."""

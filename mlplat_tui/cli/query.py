@@ -164,7 +164,15 @@ def show(ctx: click.Context, ident: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Rows as a list of JSON objects.")
 @click.pass_context
 def sql(ctx: click.Context, query: str, as_json: bool) -> None:
-    """Read-only SQL over the metadata store (tables: runs, bundles, gate_results, deployments, events).
+    """Read-only SQL over the metadata store and the prediction log.
+
+    \b
+    Tables:
+      runs, bundles, gate_results, deployments, events   the cycle's records
+      profiles, traffic, drift, alerts                   the monitor's (per minute / window)
+      predictions, feedback                              the prediction log's closed segments
+    `DESCRIBE <table>` lists a table's columns. predictions and feedback live in another
+    database (the segments): query them on their own, not joined with the store's tables.
 
     Writes are refused. Queries run under the service's memory and time limits, and a long
     answer is cut (rows, bytes, oversized cells) with a note on stderr saying what was cut.
@@ -172,6 +180,8 @@ def sql(ctx: click.Context, query: str, as_json: bool) -> None:
     \b
     Example:
       mlplat sql "SELECT run_id, status, metrics FROM runs ORDER BY created_at DESC LIMIT 5"
+      mlplat sql "SELECT model_name, feature, psi, state FROM drift ORDER BY window_end DESC LIMIT 8"
+      mlplat sql "SELECT status, count(*) FROM predictions GROUP BY status" --json
     """
     _, client = _client(ctx)
     result = client.sql(query)

@@ -23,7 +23,10 @@ import duckdb
 from mlplat_runtime.errors import MetadataError, MlplatError, RequestError, ServiceError
 
 ALLOWED = "SELECT, WITH … SELECT, FROM …, EXPLAIN, DESCRIBE, SHOW and SUMMARIZE"
-_HINT = "tables: runs, bundles, gate_results, deployments, events (`DESCRIBE runs` lists columns)"
+_HINT = (
+    "tables: runs, bundles, gate_results, deployments, events; the monitor's profiles, traffic,"
+    " drift, alerts; the prediction log's predictions, feedback (`DESCRIBE runs` lists columns)"
+)
 
 # EXPLAIN [ANALYZE] [(options)] <statement>, after any leading comments.
 _EXPLAIN = re.compile(

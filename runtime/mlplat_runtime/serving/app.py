@@ -354,6 +354,9 @@ class InferenceHandler:
         batching on, one client is as fast as without). A heavy body is decoded off the loop.
         """
 
+        batcher = self.batcher(model)
+        if batcher.claim_solo():  # a lone request of a slow model: the unbatched path exactly
+            return self._infer_solo(req, model, t0, batcher)
         if _heavy(req):
 
             def in_batch(decoded: protocol.InferRequest) -> Awaitable[list[np.ndarray]]:
@@ -365,7 +368,6 @@ class InferenceHandler:
         except MlplatError as exc:
             self._log_failure(model, None, exc, t0)
             return self._answered(model, t0, error_response(exc))
-        batcher = self.batcher(model)
         try:
             alone = batcher.run_now(decoded.inputs, decoded.outputs)
             if alone is not None:
@@ -387,6 +389,25 @@ class InferenceHandler:
 
         batcher.submit_then(decoded.inputs, decoded.outputs, done)
         return answer
+
+    async def _infer_solo(self, req: Request, model: LoadedModel, t0: float, batcher: Batcher) -> Response:
+        """A lone request the batcher let go (``Batcher.claim_solo``): decoded, run in a worker
+        thread and answered as without batching; the batcher takes its queue back after."""
+        rows: int | None = None
+
+        async def in_thread(decoded: protocol.InferRequest) -> list[np.ndarray]:
+            nonlocal rows
+            t = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            arrays = await loop.run_in_executor(self.executor, model.predict, decoded.inputs, decoded.outputs)
+            self.metrics.observe_inference(model.name, model.version, time.perf_counter() - t)
+            rows = int(next(iter(decoded.inputs.values())).shape[0])
+            return arrays
+
+        try:
+            return await self._infer_via(req, model, t0, in_thread)
+        finally:
+            batcher.release_solo(rows)
 
     def _encode_logged(
         self, model: LoadedModel, decoded: protocol.InferRequest, arrays: list[np.ndarray], t0: float
@@ -422,11 +443,24 @@ class InferenceHandler:
     ) -> list[np.ndarray]:
         """Run decoded inputs the way the model is served (in a batch, in a worker thread, or
         inline): the path the gRPC port shares with REST."""
+        solo: Batcher | None = None
         if model.batching is not None and self.executor is not None:
             batcher = self.batcher(model)
-            alone = batcher.run_now(inputs, names)
-            return alone if alone is not None else await batcher.submit(inputs, names)
+            if not batcher.claim_solo():
+                alone = batcher.run_now(inputs, names)
+                return alone if alone is not None else await batcher.submit(inputs, names)
+            solo = batcher  # a lone request of a slow model: the unbatched path, below
         t = time.perf_counter()
+        if solo is not None:
+            ran = False
+            try:
+                loop = asyncio.get_running_loop()
+                arrays = await loop.run_in_executor(self.executor, model.predict, inputs, names)
+                ran = True
+            finally:
+                solo.release_solo(int(next(iter(inputs.values())).shape[0]) if ran else None)
+            self.metrics.observe_inference(model.name, model.version, time.perf_counter() - t)
+            return arrays
         if self.executor is not None and not model.inline:
             loop = asyncio.get_running_loop()
             arrays = await loop.run_in_executor(self.executor, model.predict, inputs, names)

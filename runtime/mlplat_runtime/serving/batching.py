@@ -223,6 +223,33 @@ class Batcher:
     def _end_turn(self) -> None:
         self._solo_turn = False
 
+    def claim_solo(self) -> bool:
+        """Whether a lone request may take the unbatched path (a worker thread of its own) now.
+
+        For a batcher whose batches run in worker threads (a slow model): with nothing queued
+        or running, no company expected (the last batch held one request) and no other lone
+        request in this turn of the loop, the caller runs the request exactly as it would be
+        run without batching, with no extra turn of the loop for the queue. The batcher counts
+        it as a running call, so requests that arrive meanwhile queue and run as one batch when
+        it ends; the caller must call ``release_solo`` once, whatever happens."""
+        if self.inline or self._queue or self._busy or self._expected > 1 or self._solo_turn:
+            return False
+        self._busy += 1
+        self._solo_turn = True
+        asyncio.get_running_loop().call_soon(self._end_turn)
+        self.calls += 1
+        self._expected = 1
+        return True
+
+    def release_solo(self, rows: int | None) -> None:
+        """The lone request of ``claim_solo`` is done (``rows``: its batch size; None if it
+        never ran); the queue that formed meanwhile is dispatched."""
+        self._busy -= 1
+        if rows is not None:
+            self.metrics.observe_batch(self.model.name, self.model.version, rows, (0.0,))
+        if self._queue and not self._scheduled:
+            self._dispatch()
+
     def submit(
         self, inputs: Mapping[str, np.ndarray], names: tuple[str, ...]
     ) -> asyncio.Future[list[np.ndarray]]:

@@ -13,12 +13,13 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 
 from mlplat_runtime.errors import RequestError
 from mlplat_runtime.serving.app import InferenceHandler
 from mlplat_runtime.serving.batching import Batcher, BatchingConfig
-from mlplat_runtime.serving.http import as_asgi
+from mlplat_runtime.serving.http import Request, Response, as_asgi
 from mlplat_runtime.serving.metrics import ServingMetrics
 from mlplat_runtime.serving.model import LoadedModel
 from mlplat_runtime.serving.repository import Repository
@@ -373,4 +374,43 @@ async def test_after_a_big_batch_a_free_runner_waits_briefly_for_its_clients_not
     batcher._last_s = 0.00005
     batcher._expected = 8
     assert batcher._delay_s() == 0.0
+    repo.close()
+
+
+async def test_a_lone_request_of_a_slow_model_takes_the_unbatched_path_and_a_crowd_joins_after(
+    tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    src = make_slow_logreg_onnx(tmp_path / "slow" / "model.onnx", iterations=200_000)
+    bundle = build_version(tmp_path, "1")
+    (bundle / "model.onnx").write_bytes(src.read_bytes())
+    rehash(bundle)
+    repo, model = load(tmp_path, BatchingConfig(max_batch_size=32), bundle)
+    handler = InferenceHandler(repo, executor=pool)
+    batcher = handler.batcher(model)
+    batcher.inline = False  # batches in worker threads (what a call over the inline budget decides)
+
+    def request(x: np.ndarray) -> Request:
+        doc = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}]}
+        return Request("POST", "/v2/models/m/infer", [], orjson.dumps(doc))
+
+    xs = rows(6, seed=4)
+    lone = handler(request(xs[0]))
+    # the unbatched path (a coroutine run in a worker thread), not the queue's future
+    assert asyncio.iscoroutine(lone) and batcher.calls == 1
+    crowd = [handler(request(x)) for x in xs[1:]]  # arrive while it runs: they queue
+    assert all(isinstance(c, asyncio.Future) for c in crowd)
+    answers = await asyncio.gather(lone, *crowd)
+    assert batcher.calls == 2  # the lone call, then the 5 queued ones in one call
+    for x, resp in zip(xs, answers, strict=True):
+        assert isinstance(resp, Response) and resp.status == 200, resp.body
+        label = orjson.loads(resp.body)["outputs"][0]["data"]
+        assert label == model.predict({"input": x}, NAMES)[0].tolist()
+    text = handler.metrics.render().decode()
+    assert sample(text, "mlplat_batch_size_count", model="m", version="1") == 2
+    assert sample(text, "mlplat_batch_size_sum", model="m", version="1") == 6
+    # the last batch answered 5 requests: company is expected, so the next one queues
+    await asyncio.sleep(0)
+    last = handler(request(xs[0]))
+    assert isinstance(last, asyncio.Future)
+    assert (await last).status == 200 and batcher.idle and batcher.calls == 3
     repo.close()

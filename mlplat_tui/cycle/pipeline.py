@@ -49,6 +49,7 @@ __all__ = ["Champion", "CycleOutcome", "CycleResult", "Pipeline", "clean_run_out
 
 Champion = Manifest | ChampionUnknown | None
 _CANCELLED = "cancelled by a newer change"
+SWAP_ROWS = 5_000  # captured rows the swap message replays when no shadow gate reads more
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -183,11 +184,15 @@ class Pipeline:
 
     def evaluate_gates(self, bundle_dir: Path, champion: Champion) -> list[GateResult]:
         from mlplat_tui.gates.evaluate import validate_bundle
-        from mlplat_tui.monitoring.replay import ShadowReplay
+        from mlplat_tui.gates.policy import effective_policy
+        from mlplat_tui.monitoring.replay import DEFAULT_SINCE, GATE_ROWS, ShadowReplay, Window
 
         # Captured traffic replayed against the champion, only when a shadow gate or the swap
-        # message asks (once per cycle); kept for the swap message.
-        self.shadow = ShadowReplay(self.project, bundle_dir, champion, self.clients.metadata)
+        # message asks (once per cycle); kept for the swap message. Without a shadow gate only
+        # the swap message asks: it reads the newest SWAP_ROWS, so a dev loop's swap stays cheap.
+        gated = any(key.startswith("shadow.") for key in effective_policy(self.project).gates.specs)
+        window = Window(DEFAULT_SINCE, GATE_ROWS if gated else SWAP_ROWS)
+        self.shadow = ShadowReplay(self.project, bundle_dir, champion, self.clients.metadata, window)
         return validate_bundle(
             self.project,
             bundle_dir,

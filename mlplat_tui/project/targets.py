@@ -279,6 +279,29 @@ def _parse_credentials(file: str, where: str, raw: object, root: Path) -> Creden
         raise ConfigError(file, f"{where}.{key}", _msg(exc.errors()[0])) from None
 
 
+_ADDRESS_KEYS = ("registry", "repo", "docker_host")
+
+
+def inline_credentials(value: str) -> str | None:
+    """What of ``value`` (a URL or address) is a credential written inline, or None: any user
+    or password before the host of an http(s) URL, a password anywhere (``user:pw@``). An ssh
+    user alone (``ssh://git@host``, ``git@host:org/repo``) is a login name, not a secret."""
+    scheme, sep, rest = value.partition("://")
+    if sep:
+        netloc = rest.split("/", 1)[0]
+        if "@" not in netloc:
+            return None
+        userinfo = netloc.rpartition("@")[0]
+        if scheme.lower() in ("http", "https"):
+            return "a user or password in the URL"
+        return "a password in the address" if ":" in userinfo else None
+    if "@" in value:  # scp-like git address: [user[:password]@]host:path
+        userinfo = value.split("@", 1)[0]
+        if ":" in userinfo and "/" not in userinfo:
+            return "a password in the address"
+    return None
+
+
 def _msg(err: Any) -> str:
     return str(err["msg"]).removeprefix("Value error, ")
 
@@ -306,6 +329,17 @@ def _parse_one(file: str, name: str, raw: object, root: Path) -> LocalTarget | S
                 )
             raise ConfigError(
                 file, f"{where}.{key}", f"no such key for a {kind} target (one of {_keys_of(kind)})"
+            )
+    for key in _ADDRESS_KEYS:
+        value = data.get(key)
+        found = inline_credentials(value) if isinstance(value, str) else None
+        if found is not None:  # never echo it: the value holds a secret
+            raise ConfigError(
+                file,
+                f"{where}.{key}",
+                f"an address without credentials ({found}; mlplat.toml is committed and the address "
+                "is printed in progress, receipts and commit messages)",
+                hint=CREDENTIALS_HINT,
             )
     data.setdefault("stage", name)
     if "gates" in data:

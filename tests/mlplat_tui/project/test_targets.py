@@ -224,6 +224,48 @@ def test_wrong_urls_and_addresses(tmp_path: Path) -> None:
     )
 
 
+SECRET = "s3cr3t-never-printed"
+
+
+@pytest.mark.parametrize(
+    ("key", "old", "new"),
+    [
+        ("targets.prod.registry", "http://127.0.0.1:5000", f"https://alice:{SECRET}@mlflow.internal:5000"),
+        ("targets.prod.registry", "http://127.0.0.1:5000", f"https://{SECRET}@mlflow.internal"),
+        ("targets.prod.docker_host", "tcp://swarm-manager:2376", f"ssh://ops:{SECRET}@swarm-manager"),
+        ("targets.prod.docker_host", "tcp://swarm-manager:2376", f"tcp://ops:{SECRET}@swarm-manager:2376"),
+    ],
+)
+def test_credentials_inline_in_an_address_are_refused_unechoed(
+    tmp_path: Path, key: str, old: str, new: str
+) -> None:
+    err = refused(tmp_path, SWARM_MIN.replace(old, new), key)
+    assert "without credentials" in str(err) and err.hint and "environment variable" in err.hint
+    assert SECRET not in str(err)
+
+
+@pytest.mark.parametrize(
+    "repo",
+    [
+        f"https://x-access-token:{SECRET}@github.com/org/gitops.git",
+        f"https://{SECRET}@github.com/org/gitops.git",
+        f"ssh://git:{SECRET}@github.com/org/gitops.git",
+        f"git:{SECRET}@github.com:org/gitops.git",
+    ],
+)
+def test_a_repo_url_with_a_token_is_refused_unechoed(tmp_path: Path, repo: str) -> None:
+    err = refused(tmp_path, K8S.replace('"../gitops"', f'"{repo}"'), "targets.k8s.repo")
+    assert SECRET not in str(err) and "without credentials" in str(err)
+
+
+def test_an_ssh_login_name_alone_is_no_secret(tmp_path: Path) -> None:
+    swarm = load(tmp_path, SWARM_MIN.replace("tcp://swarm-manager:2376", "ssh://ops@swarm-manager"))
+    assert swarm.config.targets["prod"].docker_host == "ssh://ops@swarm-manager"
+    for repo in ("git@github.com:org/gitops.git", "ssh://git@github.com/org/gitops.git"):
+        k8s = load(tmp_path, K8S.replace('"../gitops"', f'"{repo}"'))
+        assert k8s.config.targets["k8s"].repo == repo
+
+
 def test_a_port_base_out_of_range(tmp_path: Path) -> None:
     refused(tmp_path, STAGING.replace("7900", "80"), "targets.staging.port_base")
 

@@ -32,7 +32,6 @@ _SEVERITY = {"completed": "information", "rejected": "warning", "rolled_back": "
 
 class TargetActions(Screen[None]):
     targets_source: TargetsSource | None = None
-    _target_busy: dict[str, str]
 
     if TYPE_CHECKING:  # MainScreen's
 
@@ -42,6 +41,14 @@ class TargetActions(Screen[None]):
         def refresh_runs(self) -> None: ...
 
         def _poll(self, name: str) -> None: ...
+
+    @property
+    def _target_busy(self) -> dict[str, str]:
+        """target -> the action running on it (created on first use: no __init__ of our own)."""
+        busy: dict[str, str] | None = self.__dict__.get("_busy_targets")
+        if busy is None:
+            busy = self.__dict__["_busy_targets"] = {}
+        return busy
 
     # ---- the panel ---------------------------------------------------------------------------
     @property
@@ -72,7 +79,7 @@ class TargetActions(Screen[None]):
         snap = panel.snapshot if panel is not None else None
         return snap.row(target) if snap is not None else None
 
-    def _chosen_target(self, verb: str) -> str | None:
+    def _chosen_target(self) -> str | None:
         panel = self.targets_panel()
         if panel is None or not self.has_targets:
             self.notify("no push targets: add a [targets.NAME] table to mlplat.toml", severity="warning")
@@ -80,7 +87,7 @@ class TargetActions(Screen[None]):
         target = panel.selected
         if target is None:
             return None
-        busy = getattr(self, "_target_busy", {})
+        busy = self._target_busy
         if target in busy:
             self.notify(f"{target}: a {busy[target]} is running", severity="warning")
             return None
@@ -92,7 +99,7 @@ class TargetActions(Screen[None]):
 
     # ---- push --------------------------------------------------------------------------------
     def action_push_target(self) -> None:
-        target = self._chosen_target("push")
+        target = self._chosen_target()
         if target is None:
             return
         row = self.runs.selected_row
@@ -118,7 +125,7 @@ class TargetActions(Screen[None]):
 
     # ---- rollback ----------------------------------------------------------------------------
     def action_rollback_target(self) -> None:
-        target = self._chosen_target("rollback")
+        target = self._chosen_target()
         if target is None or self.targets_source is None:
             return
         source = self.targets_source
@@ -171,8 +178,6 @@ class TargetActions(Screen[None]):
         source = self.targets_source
         if source is None:
             return
-        if not hasattr(self, "_target_busy"):
-            self._target_busy = {}
         self._target_busy[target] = action
         panel = self.targets_panel()
         if panel is not None:
@@ -206,8 +211,7 @@ class TargetActions(Screen[None]):
         post(TargetActionDone(target, action, result=result))
 
     def on_target_action_done(self, message: TargetActionDone) -> None:
-        busy = getattr(self, "_target_busy", {})
-        busy.pop(message.target, None)
+        self._target_busy.pop(message.target, None)
         panel = self.targets_panel()
         title = f"{message.action} to {message.target}"
         result = message.result

@@ -26,7 +26,9 @@ hits every server alike; medians shown with the spread min-max; server CPU µs p
 ``/proc`` over the server's whole process tree):
 - one-row JSON at 1/8/32 connections: mlplat, starlette, mlserver, mlflow (and mlplat-w2 at 8);
 - 1/32/1,024 rows per request, JSON and the binary tensor extension, 8 connections (mlplat),
-  against in-process ONNX Runtime rows/s at the same batch sizes;
+  against in-process ONNX Runtime rows/s at the same batch sizes; 1,024 rows also with
+  mlplat-w2 (the issue fixes no worker count: the 1,024-row checks take the better of 1 and 2
+  workers, say which, and show the 1-worker figure beside it);
 - the MLP, one row per request, at 32 connections: without batching, with batching, MLServer
   with adaptive batching; and at 1 connection;
 - gRPC one-row at 8 requests in flight: mlplat and MLServer (the same client for both);
@@ -685,6 +687,26 @@ def main() -> int:
                     rows=n,
                 )
             )
+        if w2 is not None:  # the 1,024-row points with 2 workers too (the issue fixes no count)
+            body, headers = oip_binary(batches[1024])
+            specs.append(
+                Spec(
+                    "1024 rows JSON: mlplat-w2 (--workers 2)",
+                    w2,
+                    8,
+                    L.HttpLoad(w2.port, path, oip_json(batches[1024])),
+                    rows=1024,
+                )
+            )
+            specs.append(
+                Spec(
+                    "1024 rows binary: mlplat-w2 (--workers 2)",
+                    w2,
+                    8,
+                    L.HttpLoad(w2.port, path, body, headers),
+                    rows=1024,
+                )
+            )
         mlp_path = f"/v2/models/{MLP_NAME}/infer"
         mlp_body = oip_json(mlp_row)
         for c in (32, 1):
@@ -800,20 +822,36 @@ def main() -> int:
     )
     b1024, j1024 = get("1024 rows binary: mlplat", 8), get("1024 rows JSON: mlplat", 8)
     assert b1024 is not None and j1024 is not None
-    share = b1024.med("rps") * 1024 / ort_rows[1024]
+    # the 1,024-row targets: the better of 1 and 2 workers (the configuration is in the line),
+    # with the 1-worker figure beside it
+    b1024_w2 = get("1024 rows binary: mlplat-w2 (--workers 2)", 8)
+    j1024_w2 = get("1024 rows JSON: mlplat-w2 (--workers 2)", 8)
+
+    def best_of(w1: Spec, w2s: Spec | None) -> tuple[Spec, str]:
+        if w2s is not None and w2s.med("rps") > w1.med("rps"):
+            return w2s, "--workers 2"
+        return w1, "1 worker"
+
+    bb, bcfg = best_of(b1024, b1024_w2)
+    share = bb.med("rps") * 1024 / ort_rows[1024]
+    share1 = b1024.med("rps") * 1024 / ort_rows[1024]
     checks.append(
         (
-            "binary at 1,024 rows >= 30% of in-process ONNX Runtime rows/s",
+            f"binary at 1,024 rows >= 30% of in-process ONNX Runtime rows/s ({bcfg})",
             share >= TARGETS["binary_1024_of_ort"],
-            f"{share:.0%} ({fmt(b1024.med('rps') * 1024)} vs {fmt(ort_rows[1024])} rows/s)",
+            f"{share:.0%} ({fmt(bb.med('rps') * 1024)} vs {fmt(ort_rows[1024])} rows/s);"
+            f" 1 worker {share1:.0%} ({fmt(b1024.med('rps') * 1024)} rows/s)",
         )
     )
-    jx = j1024.med("rps") * 1024 / JSON_1024_BEFORE
+    jb, jcfg = best_of(j1024, j1024_w2)
+    jx = jb.med("rps") * 1024 / JSON_1024_BEFORE
+    jx1 = j1024.med("rps") * 1024 / JSON_1024_BEFORE
     checks.append(
         (
-            "JSON at 1,024 rows >= 3x 0.62M rows/s",
+            f"JSON at 1,024 rows >= 3x 0.62M rows/s ({jcfg})",
             jx >= TARGETS["json_1024_x"],
-            f"{jx:.1f}x ({fmt(j1024.med('rps') * 1024)} rows/s)",
+            f"{jx:.1f}x ({fmt(jb.med('rps') * 1024)} rows/s); 1 worker {jx1:.1f}x"
+            f" ({fmt(j1024.med('rps') * 1024)} rows/s)",
         )
     )
     nb32, b32 = get("MLP one row: mlplat-mlp", 32), get("MLP one row: mlplat-mlp-batch", 32)

@@ -20,7 +20,8 @@ import math
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
+from functools import reduce
+from operator import iadd
 from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
@@ -241,7 +242,8 @@ def _floats(data: list[Any], count: int) -> np.ndarray | None:
             elif len(set(map(len, data))) != 1:  # ragged: the checked path says so
                 return None
             else:
-                values = array("d", list(chain.from_iterable(data)))
+                # one list extended row by row in C (faster than list(chain.from_iterable))
+                values = array("d", reduce(iadd, data, []))
         else:
             if len(data) != count or type(first) is bool:
                 return None

@@ -51,8 +51,13 @@ async def test_actions_without_a_selection_warn(offline_project: Project) -> Non
     async with app.run_test(size=(120, 40), notifications=True) as pilot:
         for key in ("v", "b"):
             await pilot.press(key)
-        await pilot.pause(0.2)
-        warnings = [m for sev, m in notifications(app) if sev == "warning"]
+
+        def warned() -> list[str]:
+            return [m for sev, m in notifications(app) if sev == "warning"]
+
+        # a loaded machine may take more than a fixed pause to handle both keys
+        await wait_until(pilot, lambda: len(warned()) >= 2, "a warning for each key")
+        warnings = warned()
         assert warnings == ["select a run first", "select a run first"], warnings
         assert isinstance(app.screen, MainScreen)
 

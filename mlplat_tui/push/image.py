@@ -25,6 +25,7 @@ import json
 import os
 import re
 import tarfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,12 +35,21 @@ from mlplat_tui.push.engine import ImageRef, Progress
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["DOCKERFILE", "auth_config", "build_and_push", "image_repository", "image_tag"]
+__all__ = [
+    "DOCKERFILE",
+    "auth_config",
+    "build_and_push",
+    "check_build",
+    "check_login",
+    "image_repository",
+    "image_tag",
+    "is_builtin",
+]
 
 DOCKERFILE = Path(__file__).resolve().parents[2] / "dockerfiles" / "bundle.Dockerfile"
 RUNTIME_IMAGE_ENV = "MLPLAT_PUSH_RUNTIME_IMAGE"
 DEFAULT_RUNTIME_IMAGE = "mlplat-runtime:latest"
-PUSH_TIMEOUT_S = 900
+PUSH_TIMEOUT_S = 900  # when the caller gives no deadline of its own
 
 
 class Secret(Protocol):
@@ -94,22 +104,48 @@ def _not_there(exc: Exception) -> bool:
     return any(w in text for w in ("manifest unknown", "not found", "name unknown", "no such"))
 
 
-def _check_login(client: docker.DockerClient, registry: str, credentials: Secret | None) -> None:
-    """The registry accepts these credentials (the engine asks it: ``POST /auth``)."""
+def check_login(client: docker.DockerClient, registry: str, credentials: Secret | None) -> None:
+    """The registry accepts these credentials (the engine asks it: ``POST /auth``). ``registry``
+    is the address without a scheme (``host:port``, a path after it is dropped): the engine
+    chooses the transport as ``docker login`` does (TLS, plain HTTP only for loopback or a
+    registry its daemon lists as insecure), mlplat never asks for plain HTTP itself."""
     import docker
+    import requests
 
     auth = auth_config(credentials)
     if auth is None:
         return
+    address = registry.split("/", 1)[0]
     try:
-        client.api.login(
-            username=auth["username"], password=auth["password"], registry=f"http://{registry}", reauth=True
-        )
+        client.api.login(username=auth["username"], password=auth["password"], registry=address, reauth=True)
     except docker.errors.APIError as exc:
         raise TargetError(
-            f"the image registry {registry} refused the credentials: {exc.explanation or exc}",
+            f"the image registry {address} refused the credentials: {exc.explanation or exc}",
             hint="check the target's credentials reference (the env variable or file it names)",
         ) from None
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise TargetError(f"lost the Docker engine asking the image registry {address}: {exc}") from None
+
+
+def check_build(
+    image_registry: str,
+    credentials: Secret | None,
+    *,
+    client: docker.DockerClient | None = None,
+    runtime_image: str | None = None,
+) -> None:
+    """Step 4's checks that change nothing: the Docker engine answers, it has the runtime image,
+    and the image registry takes the credentials. The pipeline runs them before it registers."""
+    import docker
+
+    from mlplat_tui.docker.engine import connect
+
+    try:
+        client = client or connect()
+    except docker.errors.DockerException as exc:
+        raise TargetError(f"no Docker engine to build the bundle image on: {exc}") from None
+    _runtime_image(client, runtime_image)
+    check_login(client, _registry_of(image_repository(image_registry, "m")), credentials)
 
 
 def registry_digest(client: docker.DockerClient, ref: str, credentials: Secret | None) -> str | None:
@@ -174,8 +210,10 @@ def _runtime_image(client: docker.DockerClient, runtime_image: str | None) -> st
     return image
 
 
-def _stream(chunks: Any, what: str, say: Progress) -> None:
+def _stream(chunks: Any, what: str, say: Progress, deadline: float | None = None) -> None:
     for chunk in chunks:
+        if deadline is not None and time.monotonic() > deadline:
+            raise _PushFailed(f"the push's deadline passed during the {what}")
         if "error" in chunk or "errorDetail" in chunk:
             detail = chunk.get("errorDetail") or {}
             message = str(chunk.get("error") or detail.get("message") or "unknown error").strip()
@@ -202,8 +240,10 @@ def build_and_push(
     *,
     client: docker.DockerClient | None = None,
     runtime_image: str | None = None,
+    timeout_s: float | None = None,
 ) -> ImageRef:
-    """Build (unless the registry has it), push and pin the bundle's image; see the module doc."""
+    """Build (unless the registry has it), push and pin the bundle's image; see the module doc.
+    ``timeout_s`` bounds the build and the push together (the push's remaining deadline)."""
     import docker
 
     from mlplat_tui.docker.engine import connect
@@ -216,7 +256,8 @@ def build_and_push(
     tag = image_tag(version, bundle_id)
     ref = f"{repository}:{tag}"
     registry = _registry_of(repository)
-    _check_login(client, registry, credentials)
+    deadline = time.monotonic() + (timeout_s if timeout_s is not None else PUSH_TIMEOUT_S)
+    check_login(client, registry, credentials)
     have = registry_digest(client, ref, credentials)
     if have is not None:
         progress(f"[image] {ref} is in the registry already ({have[:19]}); not rebuilt")
@@ -232,11 +273,11 @@ def build_and_push(
     try:
         chunks = client.api.build(
             fileobj=_context(bundle, DOCKERFILE), custom_context=True, tag=ref, decode=True, rm=True,
-            forcerm=True, pull=False, labels=labels, timeout=PUSH_TIMEOUT_S,
+            forcerm=True, pull=False, labels=labels, timeout=max(1, int(deadline - time.monotonic())),
             buildargs={"RUNTIME_IMAGE": base, "MLPLAT_MODEL": model_name,
                        "MLPLAT_MODEL_VERSION": version, "MLPLAT_BUNDLE_ID": bundle_id},
         )  # fmt: skip
-        _stream(chunks, "build", progress)
+        _stream(chunks, "build", progress, deadline)
     except (_PushFailed, docker.errors.APIError) as exc:
         raise MlplatError(
             f"building the image {ref} failed: {getattr(exc, 'explanation', None) or exc}",
@@ -248,7 +289,7 @@ def build_and_push(
         pushed = client.api.push(
             repository, tag=tag, auth_config=auth_config(credentials), stream=True, decode=True
         )
-        _stream(pushed, "push", progress)
+        _stream(pushed, "push", progress, deadline)
     except (_PushFailed, docker.errors.APIError) as exc:
         _drop_local(client, ref)
         text = str(getattr(exc, "explanation", None) or exc)
@@ -283,3 +324,12 @@ def _drop_local(client: docker.DockerClient, ref: str) -> None:
 
     with contextlib.suppress(docker.errors.APIError):
         client.images.remove(ref)
+
+
+def is_builtin(build: object) -> bool:
+    """Whether ``build`` is this module's ``build_and_push`` (not a stand-in put in its place):
+    only the real one gets its local checks run first and the push's deadline."""
+    return build is _BUILD_AND_PUSH
+
+
+_BUILD_AND_PUSH = build_and_push

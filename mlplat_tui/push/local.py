@@ -117,6 +117,10 @@ class LocalEngine:
     def _remember(self, model: str, served: _Served) -> None:
         history = self._history()
         history.setdefault(model, []).append(served.__dict__)
+        self._write_history(history)
+
+    def _write_history(self, history: dict[str, list[dict[str, Any]]]) -> None:
+        """Whole or not at all: a temporary file moved over the old one."""
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".deployed.")
         with os.fdopen(fd, "w") as fh:
@@ -333,6 +337,10 @@ class LocalEngine:
         if resp.status_code >= 400:
             raise TargetError(f"target {self.name}: unloading {model_name} failed ({resp.status_code})")
         history = self._history()
-        history.pop(model_name, None)
-        (self.root / STATE_FILE).write_text(json.dumps(history, indent=2))
+        entries = history.get(model_name) or []
+        if entries:
+            entries.pop()  # only what this push put there; what served before keeps its record
+        if not entries:
+            history.pop(model_name, None)
+        self._write_history(history)
         return Transition(_now(), "unloaded", f"{model_name} taken down", subject=model_name)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -400,12 +401,14 @@ class Push:
     # step 4's builder (``push/image.build_and_push`` when None): a seam for engines' tests
     build_image: Callable[..., ImageRef] | None = None
     _reg: RegistryVersion | None = None
+    _started: float = 0.0
 
     def run(self, bundle_path: Path) -> PushResult:
         from mlplat_runtime.bundle import open_bundle, verify_bundle
         from mlplat_tui.push import history
         from mlplat_tui.push.receipt import Receipt
 
+        self._started = time.monotonic()
         bundle_path = Path(bundle_path).resolve()
         problems = verify_bundle(bundle_path)
         if problems:
@@ -478,6 +481,14 @@ class Push:
                     changes.append(
                         f"build and push an image to {getattr(self.target, 'image_registry', None)}"
                     )
+                try:
+                    refused, planned = self._plan(m)
+                except MlplatError as exc:  # the manifests cannot even be checked (e.g. no schemas)
+                    why = f"the manifests cannot be checked: {exc.message}"
+                    return self._failed_early(step, base_gates, "gates", why)
+                if refused is not None:
+                    return self._rejected(step, base_gates, refused, step_name="gates")
+                changes += planned
                 was = f"v{current.version}" if current else "nothing"
                 changes.append(
                     f"roll out v{m.version} on {self.target_name} ({self.engine.kind}), replacing {was}"
@@ -550,6 +561,16 @@ class Push:
             "previous_version": current.version if current else None,
         }
 
+        # step 4's local checks first: a push that cannot build its image registers nothing
+        build: Callable[..., ImageRef] | None = None
+        if self.engine.needs_image and not (
+            current is not None and current.bundle_id == m.bundle_id and current.healthy > 0
+        ):
+            try:
+                build = self._builder()
+            except MlplatError as exc:
+                return self._failed_early(step, base, "image", f"nothing changed: {exc.message}")
+
         # 3. register
         reg = None
         if self.registry is not None:
@@ -589,29 +610,27 @@ class Push:
 
         # 4. image
         image = None
-        if self.engine.needs_image:
-            build: Callable[..., ImageRef]
-            if self.build_image is not None:
-                build = self.build_image
-            else:
-                from mlplat_tui.push.image import build_and_push as build  # written with the swarm engine
-            registry_address = getattr(self.target, "image_registry", None)
-            if not registry_address:
-                reason = f"target {self.target_name} has no image_registry: {self.engine.kind} needs one"
-                return self._end_failed(receipt, step, base, "image", reason, by, bundle_path, m)
+        if build is not None:
+            from mlplat_tui.push import image as image_step
+
+            extra: dict[str, Any] = {}
+            if image_step.is_builtin(build):  # a stand-in (tests) takes the positional seam only
+                extra["timeout_s"] = self._remaining()
             try:
                 image = build(
                     bundle_path,
                     m.model_name,
                     m.version,
                     m.bundle_id,
-                    str(registry_address),
+                    str(self.target.image_registry),
                     self.credentials,
                     step.note,
+                    **extra,
                 )
             except MlplatError as exc:
+                why = f"image: {exc.message}" + self._unregister(reg, step)
                 return self._end_failed(
-                    receipt, step, base, "image", f"image: {exc.message}", by, bundle_path, m
+                    receipt, step, base, "image", why, by, bundle_path, m, rolled_out=False
                 )
             receipt.image, receipt.image_digest = image.pinned, image.digest
             base["image"] = image.pinned
@@ -636,6 +655,10 @@ class Push:
             result = self.engine.rollout(request, step.note)
         except MlplatError as exc:
             result = RolloutResult(RolloutOutcome.FAILED, f"the engine could not roll out: {exc.message}")
+        except Exception as exc:  # an engine's bug or a client library's error: still roll back
+            result = RolloutResult(
+                RolloutOutcome.FAILED, f"the engine could not roll out: {type(exc).__name__}: {exc}"[:500]
+            )
         receipt.transitions += [TransitionOut.of(t) for t in result.transitions]
         if result.outcome is RolloutOutcome.ROLLED_BACK:
             step("rollout", f"rolled back by the engine: {result.reason}", status="rolled_back")
@@ -643,7 +666,19 @@ class Push:
                 receipt, step, base, result.reason, by, bundle_path, m, image, current
             )
         if result.outcome is RolloutOutcome.FAILED:
-            return self._end_failed(receipt, step, base, "rollout", result.reason, by, bundle_path, m)
+            # the engine may have changed the target before it failed: step 8 puts back what served
+            step("rollout", f"failed: {result.reason}", status="failed")
+            return self._roll_back(
+                receipt,
+                step,
+                base,
+                f"the rollout failed: {result.reason}",
+                by,
+                bundle_path,
+                m,
+                image,
+                current,
+            )
         step("rollout", f"{result.outcome.value}: v{m.version} on {self.target_name}")
 
         # 6. smoke
@@ -698,6 +733,67 @@ class Push:
     @staticmethod
     def _base(m: Manifest) -> dict[str, Any]:
         return {"model_name": m.model_name, "version": m.version, "bundle_id": m.bundle_id}
+
+    def _builder(self) -> Callable[..., ImageRef]:
+        """Step 4's builder, after its local checks (an image registry named; for the real
+        builder: the runtime image on the engine and the registry taking the credentials).
+        Raises ``MlplatError`` when one fails: nothing was registered or built yet."""
+        from mlplat_tui.push import image as image_step
+
+        registry_address = getattr(self.target, "image_registry", None)
+        if not registry_address:
+            raise UsageError(
+                f"target {self.target_name} has no image_registry: the {self.engine.kind} engine needs one",
+                hint=f'add image_registry = "HOST:PORT" to [targets.{self.target_name}]',
+            )
+        build = self.build_image or image_step.build_and_push
+        if image_step.is_builtin(build):
+            image_step.check_build(str(registry_address), self.credentials)
+        return build
+
+    def _remaining(self) -> float:
+        """What is left of the push's deadline (``--deadline``, from the start of the push), at
+        least 30 s so that a slow gate step does not leave the image step no time at all."""
+        return max(30.0, self.options.deadline_s - (time.monotonic() - self._started))
+
+    def _unregister(self, reg: RegistryVersion | None, step: Steps) -> str:
+        """A version this push created, taken back when the push ends before any rollout."""
+        if reg is None or not reg.created or self.registry is None:
+            return ""
+        try:
+            self.registry.delete(reg)
+        except MlplatError as exc:
+            return f"; registry version {reg.version} could not be deleted: {exc.message}"
+        self._reg = None
+        step.note(f"registry version {reg.version} deleted: nothing was rolled out")
+        return f"; registry version {reg.version} deleted"
+
+    def _plan(self, m: Manifest) -> tuple[str | None, list[str]]:
+        """``--dry-run``: an engine that renders what it would apply (``plan``) renders and
+        checks it now, with a placeholder image (the real digest is known after step 4).
+        Returns (why the manifests are refused, or None; the changes they make). Raises
+        ``MlplatError`` when they cannot be checked at all."""
+        plan = getattr(self.engine, "plan", None)
+        if plan is None:
+            return None, []
+        from mlplat_tui.push.k8s_validate import ManifestRefused
+
+        registry = str(getattr(self.target, "image_registry", None) or "registry.invalid")
+        placeholder = ImageRef(f"{registry}/mlplat/{m.model_name.lower()}", "sha256:" + "0" * 64, "dry-run")
+        request = RolloutRequest(
+            model_name=m.model_name,
+            version=m.version,
+            bundle_id=m.bundle_id,
+            bundle_path=Path("."),
+            image=placeholder,
+            previous=None,
+            deadline_s=self.options.deadline_s,
+        )
+        try:
+            files = plan(request)
+        except ManifestRefused as exc:
+            return f"the manifests would be refused: {exc.message}", []
+        return None, [f"render {len(files)} manifest(s), valid offline: {', '.join(sorted(files))}"]
 
     def _alias(self, reg: Any, step: Steps) -> None:
         if self.registry is None or reg is None:
@@ -774,6 +870,9 @@ class Push:
         by: str,
         bundle_path: Path,
         m: Manifest,
+        *,
+        rolled_out: bool,
+        serving: str | None = None,
     ) -> PushResult:
         step(step_name, f"failed: {reason}", status="failed")
         path = self._write(receipt, PushOutcome.FAILED, reason)
@@ -791,7 +890,14 @@ class Push:
             by=by,
         )
         fields = {"target": self.target_name, **base}
-        return PushResult(PushOutcome.FAILED, reason, receipt=str(path), rolled_out=True, **fields)
+        return PushResult(
+            PushOutcome.FAILED,
+            reason,
+            receipt=str(path),
+            rolled_out=rolled_out,
+            serving_version=serving,
+            **fields,
+        )
 
     def _end_rolled_back(
         self,
@@ -847,12 +953,17 @@ class Push:
             remove = getattr(self.engine, "remove", None)
             if remove is None:
                 why = f"{reason}; nothing served before, and the new version could not be taken down"
-                return self._end_failed(receipt, step, base, "rollback", why, by, bundle_path, m)
+                return self._end_failed(
+                    receipt, step, base, "rollback", why, by, bundle_path, m, rolled_out=True
+                )
             try:
                 taken = remove(m.model_name)
-            except MlplatError as exc:
-                why = f"{reason}; taking it down failed: {exc.message}"
-                return self._end_failed(receipt, step, base, "rollback", why, by, bundle_path, m)
+            except Exception as exc:
+                text = exc.message if isinstance(exc, MlplatError) else f"{type(exc).__name__}: {exc}"
+                why = f"{reason}; taking it down failed: {text}"
+                return self._end_failed(
+                    receipt, step, base, "rollback", why, by, bundle_path, m, rolled_out=True
+                )
             if isinstance(taken, Transition):
                 receipt.transitions.append(TransitionOut.of(taken))
             step(
@@ -873,8 +984,10 @@ class Push:
             result = self.engine.rollback(back, step.note)
         except MlplatError as exc:
             result = RolloutResult(RolloutOutcome.FAILED, exc.message)
+        except Exception as exc:
+            result = RolloutResult(RolloutOutcome.FAILED, f"{type(exc).__name__}: {exc}"[:500])
         receipt.transitions += [TransitionOut.of(t) for t in result.transitions]
-        if result.outcome is not RolloutOutcome.COMPLETED:
+        if result.outcome not in (RolloutOutcome.COMPLETED, RolloutOutcome.COMMITTED):
             return self._end_failed(
                 receipt,
                 step,
@@ -884,6 +997,7 @@ class Push:
                 by,
                 bundle_path,
                 m,
+                rolled_out=True,
             )
         step("rollback", f"v{previous.version} serves again ({reason})", status="rolled_back")
         return self._end_rolled_back(receipt, step, base, reason, by, bundle_path, m, image, previous)
@@ -950,9 +1064,9 @@ def push(
             emit=emit,
             build_image=build_image,
         )
+    except UsageError:
+        raise  # a wrong request (no such target, an unsafe credentials file, ...): exit 2
     except MlplatError as exc:
-        if isinstance(exc, UsageError) and "no target" in exc.message:
-            raise
         model = project.config.model.name
         return PushResult(PushOutcome.FAILED, f"nothing changed: {exc.message}", target_name, model, "?", "?")
     return runner.run(bundle_path)

@@ -257,20 +257,38 @@ class TargetRegistry:
             run_name=f"push {self.model_name} v{tags.get('mlplat.bundle_version', '?')}",
         )
         run_id = run.info.run_id
-        client.log_artifacts(run_id, str(bundle_path), "bundle")
-        client.set_terminated(run_id)
         try:
-            client.create_registered_model(self.model_name)
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        return client.create_model_version(
-            self.model_name,
-            source=f"{run.info.artifact_uri}/bundle",
-            run_id=run_id,
-            tags=dict(tags),
-            description=f"bundle {tags[DIGEST_TAG]} pushed by mlplat",
-        )
+            client.log_artifacts(run_id, str(bundle_path), "bundle")
+            client.set_terminated(run_id)
+            try:
+                client.create_registered_model(self.model_name)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            return client.create_model_version(
+                self.model_name,
+                source=f"{run.info.artifact_uri}/bundle",
+                run_id=run_id,
+                tags=dict(tags),
+                description=f"bundle {tags[DIGEST_TAG]} pushed by mlplat",
+            )
+        except Exception as exc:  # no run (and its uploaded bundle) left behind without a version
+            with contextlib.suppress(Exception):
+                client.delete_run(run_id)
+            raise self._refused(f"a new version of {self.model_name} (its run was deleted)", exc) from None
+
+    def delete(self, version: RegistryVersion) -> None:
+        """Take back a version this push created (and its run), when the push ended before any
+        rollout: a failed push leaves the registry as it was. Best effort is not enough here, so
+        a refusal raises ``TargetError``."""
+        with self._env():
+            client = self._client()
+            try:
+                client.delete_model_version(self.model_name, version.version)
+                if version.run_id:
+                    client.delete_run(version.run_id)
+            except Exception as exc:
+                raise self._refused(f"deleting v{version.version} of {self.model_name}", exc) from None
 
     @staticmethod
     def _experiment(client: MlflowClient, error: type[Exception]) -> str:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from mlplat_runtime.metadata.records import DeploymentRecord
     from mlplat_tui.clients.protocols import MetadataApi
     from mlplat_tui.project.config import Project
+    from mlplat_tui.push.engine import Deployed
 
 
 def _quiet(_: str) -> None:
@@ -162,6 +163,7 @@ def rollback_target(
             result = RolloutResult(RolloutOutcome.FAILED, exc.message)
         receipt.transitions += [TransitionOut.of(t) for t in result.transitions]
         outcome, why = PushOutcome.COMPLETED, ""
+        serving = current.version if current else None  # what serves when this ends
         if result.outcome not in (RolloutOutcome.COMPLETED, RolloutOutcome.COMMITTED):
             outcome, why = PushOutcome.FAILED, f"the engine did not roll back: {result.reason}"
             step("rollback", why, status="failed")
@@ -176,6 +178,7 @@ def rollback_target(
             if not smoke.passed:
                 outcome, why = PushOutcome.FAILED, f"smoke test failed after the rollback: {smoke.reason}"
                 step("smoke", why, status="failed")
+                serving, why = _restore(engine, current, request, m.version, why, step, receipt, options)
             else:
                 step(
                     "smoke",
@@ -219,13 +222,50 @@ def rollback_target(
         action="rollback",
         registry_version=receipt.registry_version,
         previous_version=current.version if current else None,
-        serving_version=m.version
-        if outcome is PushOutcome.COMPLETED
-        else (current.version if current else None),
+        serving_version=m.version if outcome is PushOutcome.COMPLETED else serving,
         receipt=str(receipt_path),
         rolled_out=True,
         smoke=receipt.smoke,
         **base,
+    )
+
+
+def _restore(
+    engine: Any,
+    current: Deployed | None,
+    request: RolloutRequest,
+    chosen_version: str,
+    why: str,
+    step: Steps,
+    receipt: Receipt,
+    options: PushOptions,
+) -> tuple[str | None, str]:
+    """The chosen version failed its smoke test after the engine served it: put back what
+    served before this rollback (as a push's step 8 does). Returns (what serves now, reason)."""
+    if current is None:
+        return chosen_version, f"{why}; nothing served before, v{chosen_version} still serves"
+    back = RolloutRequest(
+        model_name=request.model_name,
+        version=current.version,
+        bundle_id=current.bundle_id,
+        bundle_path=Path(str(current.spec.get("bundle_path") or request.bundle_path)),
+        image=current.image,
+        previous=current,
+        deadline_s=options.deadline_s,
+        reason=why,
+    )
+    try:
+        result = engine.rollback(back, step.note)
+    except MlplatError as exc:
+        result = RolloutResult(RolloutOutcome.FAILED, exc.message)
+    receipt.transitions += [TransitionOut.of(t) for t in result.transitions]
+    if result.outcome in (RolloutOutcome.COMPLETED, RolloutOutcome.COMMITTED):
+        step("rollback", f"v{current.version} serves again ({why})", status="rolled_back")
+        return current.version, f"{why}; v{current.version} serves again"
+    step("rollback", f"v{current.version} could not be put back: {result.reason}", status="failed")
+    return (
+        chosen_version,
+        f"{why}; putting v{current.version} back failed ({result.reason}): v{chosen_version} serves",
     )
 
 

@@ -33,13 +33,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import re
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from mlplat_runtime.errors import TargetError, UsageError
 from mlplat_tui.push import edge
@@ -52,7 +54,7 @@ from mlplat_tui.push.engine import (
     RolloutResult,
     Transition,
 )
-from mlplat_tui.push.image import Secret, auth_config
+from mlplat_tui.push.image import Secret, auth_config, check_login
 
 if TYPE_CHECKING:
     import docker
@@ -61,6 +63,9 @@ if TYPE_CHECKING:
     from mlplat_tui.project.targets import SwarmTarget
 
 __all__ = ["HealthTiming", "SwarmEngine", "service_name", "service_spec"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 NS = 1_000_000_000
 SERVING_PORT = 7802
@@ -90,6 +95,38 @@ class HealthTiming:
     @property
     def monitor_s(self) -> float:
         return self.start_period_s + self.interval_s * self.retries + 5.0
+
+
+@contextlib.contextmanager
+def docker_errors(target: str, what: str) -> Iterator[None]:
+    """The one place the engine's Docker and HTTP errors become ``TargetError``: a refusal or a
+    lost connection mid-rollout is an outcome the pipeline handles (step 8), not a traceback."""
+    import docker
+    import requests
+
+    try:
+        yield
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        text = str(getattr(exc, "explanation", None) or exc).strip() or type(exc).__name__
+        raise TargetError(
+            f"target {target}: the Docker engine failed while it {what}: {text}"[:600],
+            hint="check the engine (docker_host) and try again; the outcome says what serves",
+        ) from None
+
+
+def _wrapped(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """``docker_errors`` around one of the engine's entry points."""
+
+    def deco(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(fn)
+        def inner(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            engine = args[0]
+            with docker_errors(str(getattr(engine, "name", "?")), what):
+                return fn(*args, **kwargs)
+
+        return inner
+
+    return deco
 
 
 def _slug(text: str) -> str:
@@ -281,10 +318,9 @@ class SwarmEngine:
         return {LABEL_PROJECT: self.project_name, LABEL_TARGET: self.name}
 
     # ------------------------------------------------------------------ Engine
+    @_wrapped("checked access")
     def check_access(self) -> None:
         """The engine answers, is a Swarm manager, and the image registry takes the credentials."""
-        import docker
-
         info = self.client.info()
         swarm = info.get("Swarm") or {}
         if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
@@ -293,19 +329,11 @@ class SwarmEngine:
                 f"(swarm: {swarm.get('LocalNodeState') or 'inactive'})",
                 hint="point docker_host at a manager node, or `docker swarm init` on it",
             )
-        auth = auth_config(self.credentials)
-        if auth is not None and self.target.image_registry:
+        if self.target.image_registry:
             try:
-                self.client.api.login(
-                    username=auth["username"], password=auth["password"],
-                    registry=f"http://{self.target.image_registry.split('/', 1)[0]}", reauth=True,
-                )  # fmt: skip
-            except docker.errors.APIError as exc:
-                raise TargetError(
-                    f"target {self.name}: the image registry {self.target.image_registry} refused the "
-                    f"credentials: {exc.explanation or exc}",
-                    hint="check the target's credentials reference (the env variable or file it names)",
-                ) from None
+                check_login(self.client, self.target.image_registry, self.credentials)
+            except TargetError as exc:
+                raise TargetError(f"target {self.name}: {exc.message}", hint=exc.hint) from None
 
     def endpoint(self, model_name: str) -> str | None:
         if self.target.port is None:
@@ -328,6 +356,7 @@ class SwarmEngine:
                 return dict(svc)
         return None
 
+    @_wrapped("read what serves")
     def current(self, model_name: str) -> Deployed | None:
         svc = self._find(model_name)
         if svc is None:
@@ -391,9 +420,11 @@ class SwarmEngine:
             cpus=t.resources.cpus, memory=t.resources.memory, gpu=t.gpu, health=self.health,
         )  # fmt: skip
 
+    @_wrapped("rolled out")
     def rollout(self, request: RolloutRequest, progress: Progress) -> RolloutResult:
         return self._apply(self._spec_for(request), request, progress, what="rollout")
 
+    @_wrapped("rolled back")
     def rollback(self, request: RolloutRequest, progress: Progress) -> RolloutResult:
         """Re-apply the spec mlplat recorded for that version when it has one (``previous.spec``
         naming the same bundle), else the spec this engine writes for it now."""
@@ -508,8 +539,10 @@ class SwarmEngine:
             if time.monotonic() > deadline:
                 why = watch.stuck_reason() or "the replicas did not turn healthy"
                 reason = f"mlplat's deadline of {request.deadline_s:.0f}s passed: {why}"
-                watch.progress(f"[swarm] {reason}; removing the new service (nothing served before)")
-                self._remove(service_id)
+                watch.progress(
+                    f"[swarm] {reason}; removing the new service, edge and network (nothing served before)"
+                )
+                self.remove(request.model_name)
                 watch.add("removed", reason, spec["Name"])
                 return RolloutResult(RolloutOutcome.ROLLED_BACK, reason, watch.record(), None, None)
             time.sleep(POLL_S)
@@ -607,6 +640,7 @@ class SwarmEngine:
         with contextlib.suppress(docker.errors.NotFound):
             self.client.api.remove_service(service_id)
 
+    @_wrapped("removed the model")
     def remove(self, model_name: str) -> None:
         """Take the model off the target: its service and edge (the network when unused)."""
         import docker

@@ -74,3 +74,36 @@ def test_mlplat_push_to_a_gitops_target_commits_the_evidence(
     receipt = json.loads(Path(str(result.to_json()["receipt"])).read_text())
     assert receipt["smoke"]["skipped"] is True
     assert any(t["state"] == "pushed" for t in receipt["transitions"])
+
+
+def _project(tmp_path: Path, config: str) -> Any:
+    bare = tmp_path / "gitops.git"
+    subprocess.run(["git", "init", "--quiet", "--bare", "--initial-branch=main", str(bare)], check=True)
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / CONFIG_NAME).write_text(config, encoding="utf-8")
+    return load_project(root), bare
+
+
+def test_a_dry_run_renders_and_checks_the_manifests(tmp_path: Path) -> None:
+    from mlplat_tui.push import pipeline
+
+    project, bare = _project(tmp_path, CONFIG)
+    bundle = make_bundle(tmp_path, name="m", version="1")
+    result = pipeline.push(project, "k8s", bundle, metadata=None, options=pipeline.PushOptions(dry_run=True))
+    assert result.outcome.value == "completed" and result.dry_run, result.reason
+    assert any(
+        "render 2 manifest(s), valid offline: deployment.yaml, service.yaml" in c for c in result.changes
+    )
+    log = subprocess.run(["git", "--git-dir", str(bare), "rev-list", "--all"], capture_output=True, text=True)
+    assert log.stdout.strip() == ""  # a dry run commits nothing
+
+
+def test_a_dry_run_whose_manifests_cannot_be_checked_is_not_completed(tmp_path: Path) -> None:
+    from mlplat_tui.push import pipeline
+
+    project, _ = _project(tmp_path, CONFIG.replace('"1.33"', '"1.99"'))  # no schemas shipped for it
+    bundle = make_bundle(tmp_path, name="m", version="1")
+    result = pipeline.push(project, "k8s", bundle, metadata=None, options=pipeline.PushOptions(dry_run=True))
+    assert result.outcome.value == "failed" and result.exit_code == 1
+    assert "no Kubernetes API schemas for kubernetes_version 1.99" in result.reason

@@ -169,3 +169,15 @@ def test_engine_table(tmp_path: Path) -> None:
     assert engine.current("m") is None
     engine.check_access()  # free ports, nothing started
     assert not engine.root.exists()
+
+
+def test_an_unsafe_credentials_file_is_a_usage_error_not_a_failed_push(tmp_path: Path) -> None:
+    token = tmp_path / "home" / "staging.token"
+    token.parent.mkdir()
+    token.write_text("pusher:some-password\n")
+    token.chmod(0o644)
+    extra = f'registry = "http://127.0.0.1:5000"\ncredentials = {{ file = "{token}" }}'
+    root = write_project(tmp_path / "p", targets=local_target("staging", extra=extra))
+    with pytest.raises(UsageError, match="readable by others") as err:
+        push(load_project(root), "staging", bundle(root, "1", auc=0.9, seed=1), metadata=None)
+    assert err.value.exit_code == 2

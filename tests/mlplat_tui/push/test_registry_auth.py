@@ -20,7 +20,14 @@ from mlplat_tui.push.credentials import Credentials
 from mlplat_tui.push.local import LocalEngine
 from mlplat_tui.push.pipeline import PushOutcome, push
 from mlplat_tui.push.registry import DIGEST_TAG, RegistryVersion, TargetRegistry, version_tags
-from tests.mlplat_tui.push.push_helpers import AuthMlflow, auth_mlflow, bundle, local_target, write_project
+from tests.mlplat_tui.push.push_helpers import (
+    ADMIN,
+    AuthMlflow,
+    auth_mlflow,
+    bundle,
+    local_target,
+    write_project,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -109,3 +116,78 @@ def test_two_racing_registrations_of_one_bundle_give_one_version(server: AuthMlf
     assert TargetRegistry(server.url, "race-model", Credentials(*READER)).alias("staging") == got[0].version
     with pytest.raises(TargetError, match="read-only"):
         TargetRegistry(server.url, "race-model", Credentials(*READER)).check_access()
+
+
+def _active_runs_of(server: AuthMlflow, bundle_id: str) -> list[dict[str, object]]:
+    import httpx
+
+    from mlplat_tui.push.registry import EXPERIMENT
+
+    got = httpx.get(
+        f"{server.url}/api/2.0/mlflow/experiments/get-by-name",
+        params={"experiment_name": EXPERIMENT},
+        auth=ADMIN,
+        timeout=30,
+    )
+    if got.status_code == 404:
+        return []
+    assert got.status_code == 200, got.text
+    found = httpx.post(
+        f"{server.url}/api/2.0/mlflow/runs/search",
+        json={
+            "experiment_ids": [got.json()["experiment"]["experiment_id"]],
+            "filter": f"tags.`{DIGEST_TAG}` = '{bundle_id}'",
+        },
+        auth=ADMIN,
+        timeout=30,
+    )
+    assert found.status_code == 200, found.text
+    return list(found.json().get("runs", []))
+
+
+def test_a_refused_registration_leaves_no_run_behind(server: AuthMlflow, tmp_path: Path) -> None:
+    # the pusher may create runs but not versions of the platform team's model: the version is
+    # refused after the run and its artifacts were made, and the run goes with it
+    registry = TargetRegistry(server.url, "ro-model", Credentials(*PUSHER))
+    path = bundle(tmp_path, "1", auc=0.9, seed=4, model="ro-model")
+    manifest = open_bundle(path).manifest
+    tags = version_tags(manifest, [], target="staging", stage="staging")
+    with pytest.raises(TargetError, match="its run was deleted"):
+        registry.register(path, tags)
+    assert server.versions("ro-model") == []
+    assert _active_runs_of(server, manifest.bundle_id) == []
+
+
+def test_a_push_whose_image_step_fails_leaves_no_registry_version(
+    server: AuthMlflow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    from mlplat_tui.push import image
+
+    bare = tmp_path / "gitops.git"
+    subprocess.run(["git", "init", "--quiet", "--bare", "--initial-branch=main", str(bare)], check=True)
+    extra = f"""[targets.k8s]
+kind = "gitops-k8s"
+stage = "prod"
+repo = "{bare}"
+path = "models/m"
+kubernetes_version = "1.33"
+image_registry = "127.0.0.1:5001"
+registry = "{server.url}"
+credentials = {{ env = "MLPLAT_T_IMG" }}
+"""
+    root = write_project(tmp_path / "proj", model="img-model", targets=extra)
+    monkeypatch.setenv("MLPLAT_T_IMG", ":".join(PUSHER))
+
+    def refused(*_: object) -> image.ImageRef:
+        raise TargetError("the image registry refused the push (a stand-in for the registry)")
+
+    monkeypatch.setattr(image, "build_and_push", refused)
+    path = bundle(root, "1", auc=0.9, seed=5, model="img-model")
+    result = push(load_project(root), "k8s", path, metadata=None)
+    assert result.outcome is PushOutcome.FAILED and "refused the push" in result.reason, result.reason
+    assert "deleted" in result.reason and not result.rolled_out
+    assert result.to_json()["rolled_out"] is False
+    assert server.versions("img-model") == []
+    assert _active_runs_of(server, open_bundle(path).manifest.bundle_id) == []

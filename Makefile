@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test check lint typecheck test-fast test-docker bench clean
+.PHONY: demo test test-slow check lint typecheck test-fast test-docker bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,11 +17,17 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-## Everything CI runs: lint, types, then the whole test suite (docker-marked tests need dockerd).
+## The test suite but its heavy cases (docker-marked tests need dockerd; started here).
 test: $(STAMP)
 	scripts/install-system-deps.sh
 	scripts/ensure-docker.sh || echo "docker engine unavailable: docker-marked tests will report why"
-	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow" tests
+
+## The heavy cases alone (real Swarm pushes, second stacks, load, live monitors); CI runs them too.
+test-slow: $(STAMP)
+	scripts/install-system-deps.sh
+	scripts/ensure-docker.sh || echo "docker engine unavailable: docker-marked tests will report why"
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m slow tests
 
 ## The docker-marked tests alone (the first run makes the base image and builds the images).
 test-docker: $(STAMP)
@@ -46,6 +52,8 @@ check: lint typecheck test
 bench: $(STAMP)
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/devloop.py
+	$(BIN)/python bench/monitoring.py
+	$(BIN)/python bench/push.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

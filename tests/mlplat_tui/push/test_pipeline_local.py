@@ -248,3 +248,41 @@ def test_the_target_stack_started_again_serves_its_last_version(world: World) ->
     assert world.serving_version() == last.version
     again = world.engine.current(MODEL)
     assert again is not None and again.healthy == 1
+
+
+def test_an_engine_failing_after_it_changed_the_target_is_rolled_back(world: World) -> None:
+    """As a swarm edge that does not start after the update finished: the new version serves,
+    then the engine raises. Step 8 must put back what served (it used to end ``failed``)."""
+    import dataclasses
+
+    from mlplat_runtime.errors import TargetError
+    from mlplat_tui.push.pipeline import build_push
+
+    class FailsAfterServing(LocalEngine):  # the real engine; then a failure of its last part
+        def rollout(self, request, progress):  # type: ignore[no-untyped-def]
+            super().rollout(request, progress)
+            raise TargetError("the edge did not start: port 8802 is in use")
+
+    before = world.engine.current(MODEL)
+    assert before is not None and before.healthy == 1
+    alias = world.registry().alias("staging")
+    path = bundle(world.root, "11", auc=0.99, seed=11)
+    engine = FailsAfterServing(world.project, "staging", world.project.config.targets["staging"])  # type: ignore[arg-type]
+    runner = dataclasses.replace(build_push(world.project, "staging", metadata=world.metadata), engine=engine)
+    result = runner.run(path)
+    assert result.outcome is PushOutcome.ROLLED_BACK, result.reason
+    assert "the rollout failed" in result.reason and "port 8802 is in use" in result.reason
+    assert result.rolled_out and result.serving_version == before.version
+    assert world.serving_version() == before.version
+    assert world.registry().alias("staging") == alias  # the alias stays
+
+
+def test_local_remove_drops_only_its_own_entry(world: World) -> None:
+    """Last in the module: it takes the staging model down."""
+    state = world.engine.root / "deployed.json"
+    entries = json.loads(state.read_text())[MODEL]
+    assert len(entries) >= 2
+    world.engine.remove(MODEL)
+    left = json.loads(state.read_text())[MODEL]
+    assert left == entries[:-1]
+    assert not [p.name for p in world.engine.root.iterdir() if p.name.startswith(".deployed.")]

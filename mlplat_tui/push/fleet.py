@@ -88,6 +88,12 @@ def _health(replicas: int, healthy: int) -> str:
     return "degraded" if healthy > 0 else "down"
 
 
+def project_rows(root: Path, name: str) -> list[FleetRow]:
+    """One project's rows: each of its targets, what serves there and its health (the dashboard's
+    Targets panel); a project or target that cannot be read says why in its row."""
+    return _rows_of(root, name)
+
+
 def _rows_of(root: Path, name: str) -> list[FleetRow]:
     from mlplat_tui.project.config import load_project
     from mlplat_tui.push.credentials import resolve_credentials

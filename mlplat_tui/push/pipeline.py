@@ -651,8 +651,13 @@ class Push:
             deadline_s=self.options.deadline_s,
             evidence=gate_table(gates),
         )
+        from mlplat_tui.push.k8s_validate import ManifestRefused
+
         try:
             result = self.engine.rollout(request, step.note)
+        except (UsageError, ManifestRefused) as exc:  # refused before the engine changed anything
+            why = f"the engine refused the rollout, nothing changed: {exc.message}"
+            return self._end_failed(receipt, step, base, "rollout", why, by, bundle_path, m, rolled_out=False)
         except MlplatError as exc:
             result = RolloutResult(RolloutOutcome.FAILED, f"the engine could not roll out: {exc.message}")
         except Exception as exc:  # an engine's bug or a client library's error: still roll back
@@ -952,7 +957,10 @@ class Push:
         if previous is None:
             remove = getattr(self.engine, "remove", None)
             if remove is None:
-                why = f"{reason}; nothing served before, and the new version could not be taken down"
+                why = (
+                    f"{reason}; nothing served before, and the {self.engine.kind} engine cannot take a "
+                    f"version down: check what {self.target_name} serves"
+                )
                 return self._end_failed(
                     receipt, step, base, "rollback", why, by, bundle_path, m, rolled_out=True
                 )

@@ -14,7 +14,7 @@ from mlplat_runtime.metadata.records import DeploymentRecord
 from mlplat_tui.project.config import load_project
 from mlplat_tui.push.engine import Deployed, ImageRef, Transition
 from mlplat_tui.push.engines import engine_for
-from mlplat_tui.push.fleet import fleet_rows, index_path, remember
+from mlplat_tui.push.fleet import fleet_rows, index_path, project_rows, remember
 from mlplat_tui.push.local import LocalEngine
 from mlplat_tui.push.pipeline import EXIT_CODES, PushOptions, PushOutcome, check_transport, push
 from mlplat_tui.push.receipt import Receipt, TransitionOut, previous_of, read_receipt, write_receipt
@@ -157,6 +157,8 @@ def test_the_fleet_index_lists_each_target_and_says_what_it_cannot_read(
     rows = {(r.project, r.target): r for r in fleet_rows()}
     assert rows["one", "staging"].health == "nothing" and rows["one", "prod"].health == "nothing"
     assert rows["gone", "-"].health == "unreadable: gone"
+    # one project's rows, for the dashboard's Targets panel, without the index
+    assert sorted(r.target for r in project_rows(one, "one")) == ["prod", "staging"]
 
 
 def test_engine_table(tmp_path: Path) -> None:

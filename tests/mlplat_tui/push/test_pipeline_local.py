@@ -277,6 +277,35 @@ def test_an_engine_failing_after_it_changed_the_target_is_rolled_back(world: Wor
     assert world.registry().alias("staging") == alias  # the alias stays
 
 
+def test_a_rollback_whose_smoke_test_fails_puts_back_what_served(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine really serves the chosen version; its smoke test is made to fail once (the
+    served answers are not what this test is about): what served before must serve again, and
+    the result must say so."""
+    from mlplat_tui.push import smoke
+    from mlplat_tui.push.rollback import rollback_target
+
+    now = world.engine.current(MODEL)
+    assert now is not None and now.healthy == 1
+    served = [d for d in world.metadata.deployments(MODEL, target="staging", limit=50) if d.status == "ok"]
+    to = next(d.version for d in served if d.bundle_id != now.bundle_id)
+    real, calls = smoke.smoke_test, []
+
+    def fails_once(endpoint: str, bundle: object, version: str, **kw: object) -> smoke.SmokeResult:
+        calls.append(version)
+        if len(calls) == 1:
+            return smoke.SmokeResult(passed=False, skipped=False, reason="answers differ (made to fail)")
+        return real(endpoint, bundle, version, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(smoke, "smoke_test", fails_once)
+    result = rollback_target(world.project, "staging", to, metadata=world.metadata)
+    assert result.outcome is PushOutcome.FAILED and "made to fail" in result.reason, result.reason
+    assert f"v{now.version} serves again" in result.reason
+    assert result.serving_version == now.version and calls == [to]
+    assert world.serving_version() == now.version
+
+
 def test_local_remove_drops_only_its_own_entry(world: World) -> None:
     """Last in the module: it takes the staging model down."""
     state = world.engine.root / "deployed.json"

@@ -20,12 +20,14 @@ when the build fails. Imports docker inside functions; never imports textual.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -127,23 +129,53 @@ def check_login(client: docker.DockerClient, registry: str, credentials: Secret 
         raise TargetError(f"lost the Docker engine asking the image registry {address}: {exc}") from None
 
 
+def registry_url(client: docker.DockerClient, registry: str) -> str:
+    """``http://host:port`` when this Docker engine would speak plain HTTP to ``registry``
+    (listed in its insecure registries, by name or CIDR; loopback is by default), else
+    ``https://host:port``: what ``check_transport`` judges, as for the other addresses."""
+    import ipaddress
+
+    address = registry.split("/", 1)[0]
+    host = address.rsplit(":", 1)[0] if address.count(":") == 1 else address
+    config = (client.info() or {}).get("RegistryConfig") or {}
+    index = (config.get("IndexConfigs") or {}).get(address) or {}
+    plain = index.get("Secure") is False
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        ip = None
+    if ip is not None:
+        for cidr in config.get("InsecureRegistryCIDRs") or []:
+            with contextlib.suppress(ValueError):
+                plain = plain or ip in ipaddress.ip_network(str(cidr), strict=False)
+    return f"{'http' if plain else 'https'}://{address}"
+
+
 def check_build(
     image_registry: str,
     credentials: Secret | None,
     *,
+    transport: Callable[[str], None] | None = None,
     client: docker.DockerClient | None = None,
     runtime_image: str | None = None,
 ) -> None:
-    """Step 4's checks that change nothing: the Docker engine answers, it has the runtime image,
-    and the image registry takes the credentials. The pipeline runs them before it registers."""
+    """Step 4's checks that change nothing: the Docker engine answers, ``transport`` accepts the
+    URL it would reach the image registry by (``registry_url``; the pipeline's
+    ``check_transport``: plain HTTP only to loopback unless ``--insecure``), before any
+    credentials go there; it has the runtime image; and the registry takes the credentials.
+    The pipeline runs them before it registers."""
     import docker
+    import requests
 
     from mlplat_tui.docker.engine import connect
 
     try:
         client = client or connect()
-    except docker.errors.DockerException as exc:
+        url = registry_url(client, image_registry)
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         raise TargetError(f"no Docker engine to build the bundle image on: {exc}") from None
+    if transport is not None:
+        transport(url)
     _runtime_image(client, runtime_image)
     check_login(client, _registry_of(image_repository(image_registry, "m")), credentials)
 

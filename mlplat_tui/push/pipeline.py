@@ -569,7 +569,8 @@ class Push:
             try:
                 build = self._builder()
             except MlplatError as exc:
-                return self._failed_early(step, base, "image", f"nothing changed: {exc.message}")
+                hint = f" ({exc.hint})" if isinstance(exc, UsageError) and exc.hint else ""
+                return self._failed_early(step, base, "image", f"nothing changed: {exc.message}{hint}")
 
         # 3. register
         reg = None
@@ -753,7 +754,12 @@ class Push:
             )
         build = self.build_image or image_step.build_and_push
         if image_step.is_builtin(build):
-            image_step.check_build(str(registry_address), self.credentials)
+            insecure = self.options.insecure
+            image_step.check_build(
+                str(registry_address),
+                self.credentials,
+                transport=lambda url: check_transport(url, "image registry", insecure),
+            )
         return build
 
     def _remaining(self) -> float:

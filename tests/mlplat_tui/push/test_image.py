@@ -130,3 +130,31 @@ def test_the_swarm_engines_access_check_refuses_wrong_credentials_and_changes_no
     SwarmEngine(project, "prod", target, creds(USER, PASSWORD)).check_access()  # type: ignore[arg-type]
     assert swarm_objects(swarm, project.name) == {"services": [], "containers": [], "networks": []}
     assert auth_registry.repositories() == held
+
+
+def test_step_4s_checks_change_nothing_and_judge_the_engines_own_transport(
+    tmp_path: Path,
+    auth_registry: RunningRegistry,
+    docker_client: Any,  # noqa: F811
+    mlplat_images: dict[str, Any],  # noqa: F811
+) -> None:
+    from mlplat_runtime.errors import UsageError
+    from mlplat_tui.push.image import check_build, registry_url
+    from mlplat_tui.push.pipeline import check_transport
+
+    address = auth_registry.address
+    held = auth_registry.repositories()
+    # the engine's own registry config decides: its insecure CIDRs hold 127.0.0.0/8 by default
+    assert registry_url(docker_client, address) == f"http://{address}"
+    assert registry_url(docker_client, "10.255.0.1:5001/team") == "https://10.255.0.1:5001"
+    seen: list[str] = []
+    good = creds(USER, PASSWORD)
+    kw: dict[str, Any] = {"client": docker_client, "runtime_image": RUNTIME_TEST_IMAGE}
+    check_build(address, good, transport=seen.append, **kw)
+    assert seen == [f"http://{address}"]
+    check_build(address, good, transport=lambda u: check_transport(u, "image registry", False), **kw)
+    with pytest.raises(TargetError, match="refused the credentials"):
+        check_build(address, creds(USER, "wrong-password"), **kw)
+    with pytest.raises(UsageError, match="runtime image mlplat-runtime:no-such-tag"):
+        check_build(address, good, client=docker_client, runtime_image="mlplat-runtime:no-such-tag")
+    assert auth_registry.repositories() == held  # nothing was built or pushed

@@ -413,4 +413,8 @@ async def test_a_lone_request_of_a_slow_model_takes_the_unbatched_path_and_a_cro
     last = handler(request(xs[0]))
     assert isinstance(last, asyncio.Future)
     assert (await last).status == 200 and batcher.idle and batcher.calls == 3
+    # the path gRPC shares: a lone request (the last batch held one) runs unbatched too
+    got = await handler.run(model, {"input": xs[1]}, NAMES)
+    assert np.array_equal(got[0], model.predict({"input": xs[1]}, NAMES)[0])
+    assert batcher.calls == 4 and batcher.idle
     repo.close()

@@ -277,6 +277,7 @@ def build_and_push(
     """Build (unless the registry has it), push and pin the bundle's image; see the module doc.
     ``timeout_s`` bounds the build and the push together (the push's remaining deadline)."""
     import docker
+    import requests
 
     from mlplat_tui.docker.engine import connect
 
@@ -310,10 +311,11 @@ def build_and_push(
                        "MLPLAT_MODEL_VERSION": version, "MLPLAT_BUNDLE_ID": bundle_id},
         )  # fmt: skip
         _stream(chunks, "build", progress, deadline)
-    except (_PushFailed, docker.errors.APIError) as exc:
+    except (_PushFailed, docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        _drop_local(client, ref)
         raise MlplatError(
             f"building the image {ref} failed: {getattr(exc, 'explanation', None) or exc}",
-            hint="the lines above show the failing step",
+            hint="the lines above show the failing step (a deadline: give the push more with --deadline)",
         ) from None
 
     progress(f"[image] pushing {ref}")
@@ -322,7 +324,7 @@ def build_and_push(
             repository, tag=tag, auth_config=auth_config(credentials), stream=True, decode=True
         )
         _stream(pushed, "push", progress, deadline)
-    except (_PushFailed, docker.errors.APIError) as exc:
+    except (_PushFailed, docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         _drop_local(client, ref)
         text = str(getattr(exc, "explanation", None) or exc)
         hint = (

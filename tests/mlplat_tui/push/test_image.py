@@ -158,3 +158,23 @@ def test_step_4s_checks_change_nothing_and_judge_the_engines_own_transport(
     with pytest.raises(UsageError, match="runtime image mlplat-runtime:no-such-tag"):
         check_build(address, good, client=docker_client, runtime_image="mlplat-runtime:no-such-tag")
     assert auth_registry.repositories() == held  # nothing was built or pushed
+
+
+def test_the_image_step_keeps_to_the_push_deadline(
+    tmp_path: Path,
+    auth_registry: RunningRegistry,
+    docker_client: Any,  # noqa: F811
+    mlplat_images: dict[str, Any],  # noqa: F811
+) -> None:
+    from mlplat_runtime.errors import MlplatError
+
+    path, bid = bundle(tmp_path, "4", seed=4)
+    held = auth_registry.repositories()
+    with pytest.raises(MlplatError, match="the push's deadline passed during the build"):
+        build_and_push(
+            path, "m", "4", bid, auth_registry.address, creds(USER, PASSWORD), lambda _: None,
+            client=docker_client, runtime_image=RUNTIME_TEST_IMAGE, timeout_s=0.0,
+        )  # fmt: skip
+    assert auth_registry.repositories() == held  # nothing pushed
+    if "mlplat/m" in held:
+        assert image_tag("4", bid) not in auth_registry.tags("mlplat/m")

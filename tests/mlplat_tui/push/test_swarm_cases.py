@@ -15,8 +15,10 @@ states what it expects of what serves when it starts:
   back, through the CLI (``--json``, exit codes);
 - ``mlplat fleet --json`` lists the model on the swarm target with replicas and health.
 
-The engines run with short health timings (as ``test_swarm.py``): the same shape, a minute less
-per rollout. The CLI's own processes use the engine's defaults.
+The engines in this process run with short health timings (as ``test_swarm.py``): the same
+shape, an update monitor of 16 s instead of 31 s. The CLI's own processes use the defaults.
+``target_state`` is everything a push could change on the targets; the Swarm service's
+``Version.Index`` moves with any change to it, so "one rollout" is read from ``PreviousSpec``.
 """
 
 from __future__ import annotations

@@ -37,7 +37,13 @@ from tests.mlplat_tui.push.swarm_fixtures import (  # noqa: F401 - fixtures
 )
 from tests.mlplat_tui.stack.conftest import docker_client, mlplat_images  # noqa: F401 - fixtures
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(1500)]
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.slow,
+    pytest.mark.integration,
+    pytest.mark.xdist_group("swarm"),
+    pytest.mark.timeout(1500),
+]
 
 # Shorter than the defaults so a case takes a minute, with the same shape: the monitor still
 # outlasts the start period plus the failures that mark a replica unhealthy.

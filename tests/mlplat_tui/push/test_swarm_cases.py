@@ -62,7 +62,13 @@ from tests.mlplat_tui.push.push_helpers import (
 from tests.mlplat_tui.push.swarm_fixtures import RUNTIME_TEST_IMAGE, free_port, swarm  # noqa: F401
 from tests.mlplat_tui.stack.conftest import docker_client, mlplat_images  # noqa: F401 - fixtures
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(2400)]
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.slow,
+    pytest.mark.integration,
+    pytest.mark.xdist_group("swarm"),
+    pytest.mark.timeout(2400),
+]
 
 USER, PASSWORD = "pusher", "Pusher-pass-0123456789"
 READER, READER_PASSWORD = "reader", "Reader-pass-0123456789"

@@ -34,7 +34,13 @@ from tests.mlplat_tui.push.push_helpers import MODEL, AuthMlflow, auth_mlflow, b
 from tests.mlplat_tui.push.swarm_fixtures import RUNTIME_TEST_IMAGE, free_port, swarm  # noqa: F401
 from tests.mlplat_tui.stack.conftest import docker_client, mlplat_images  # noqa: F401 - fixtures
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(1800)]
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.slow,
+    pytest.mark.integration,
+    pytest.mark.xdist_group("swarm"),
+    pytest.mark.timeout(1800),
+]
 
 USER, PASSWORD = "pusher", "Pusher-pass-0123456789"
 ENV = "MLPLAT_SWARM_PUSH_TEST_CREDENTIALS"

@@ -630,6 +630,8 @@ class Push:
                 )
             except MlplatError as exc:
                 why = f"image: {exc.message}" + self._unregister(reg, step)
+                if reg is not None and self._reg is None:  # deleted: the receipt names no version
+                    receipt.registry_version = base["registry_version"] = None
                 return self._end_failed(
                     receipt, step, base, "image", why, by, bundle_path, m, rolled_out=False
                 )

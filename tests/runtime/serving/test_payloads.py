@@ -138,3 +138,30 @@ def test_large_outputs_are_written_from_the_arrays_and_read_back_equal() -> None
     tail = memoryview(out)[json_len:]
     assert np.array_equal(np.frombuffer(tail[: sizes[0]], "<f4").reshape(1024, 2), probs)
     assert np.array_equal(np.frombuffer(tail[sizes[0] :], "<i8"), labels)
+
+
+def test_a_big_json_body_pauses_the_garbage_collector_only_while_it_decodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+
+    inputs, outputs = sig()
+    x = np.random.default_rng(7).normal(size=(2048, 4)).astype(np.float32)
+    body = request(x.tolist(), [2048, 4])
+    assert len(body) >= protocol.GC_PAUSE_BYTES
+    seen: list[bool] = []
+    real = protocol._floats
+    monkeypatch.setattr(
+        protocol, "_floats", lambda data, count: (seen.append(gc.isenabled()), real(data, count))[1]
+    )
+    got = decode_infer_request(body, inputs, outputs)
+    assert np.array_equal(got.inputs["x"], x) and seen == [False] and gc.isenabled()
+    # a refused body resumes collection too
+    bad = request([*x.tolist()[:-1], [1.0, 2.0, "3", 4.0]], [2048, 4])
+    with pytest.raises(RequestError, match="must be numbers"):
+        decode_infer_request(bad, inputs, outputs)
+    assert gc.isenabled()
+    # a small body never touches it
+    seen.clear()
+    decode_infer_request(request(x[:1].tolist(), [1, 4]), inputs, outputs)
+    assert seen == [True]

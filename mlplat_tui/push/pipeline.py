@@ -658,7 +658,7 @@ class Push:
 
         try:
             result = self.engine.rollout(request, step.note)
-        except (UsageError, ManifestRefused) as exc:  # refused before the engine changed anything
+        except ManifestRefused as exc:  # refused before anything was committed
             why = f"the engine refused the rollout, nothing changed: {exc.message}"
             return self._end_failed(receipt, step, base, "rollout", why, by, bundle_path, m, rolled_out=False)
         except MlplatError as exc:

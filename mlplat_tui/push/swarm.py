@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from mlplat_runtime.errors import TargetError, UsageError
+from mlplat_runtime.errors import MlplatError, TargetError, UsageError
 from mlplat_tui.push import edge
 from mlplat_tui.push.engine import (
     Deployed,
@@ -494,7 +494,14 @@ class SwarmEngine:
             self._post(f"/services/{service_id}/update", spec, {"version": before["Version"]["Index"]})
             result = self._wait_updated(service_id, prior, deadline, watch, before["Spec"], request)
         if result.outcome is RolloutOutcome.COMPLETED and self.target.publish == "edge":
-            self._ensure_edge(request.model_name, progress)
+            try:
+                self._ensure_edge(request.model_name, progress)
+            except MlplatError as exc:  # the new version serves behind no edge: the caller rolls back
+                raise TargetError(
+                    f"target {self.name}: version {request.version} is up, but its edge did not start: "
+                    f"{exc.message}",
+                    hint=exc.hint,
+                ) from None
         return result
 
     def _ensure_edge(self, model_name: str, progress: Progress) -> None:

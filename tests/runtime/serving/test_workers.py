@@ -103,11 +103,16 @@ def test_metrics_on_any_worker_are_the_sum_over_workers(tmp_path: Path, serving_
     key = {"model": "m", "version": "1", "endpoint": "infer", "code": "200"}
 
     def summed() -> bool:
-        text = metrics(s)
-        return (
-            sample(text, "mlplat_requests_total", **key) == n
-            and sample(text, "mlplat_request_duration_seconds_count", model="m", endpoint="infer") == n
-        )
+        # the others' part of a worker's answer is up to one collection period old, and the two
+        # workers get theirs in turn: wait until scrapes on either worker (new connections) agree
+        for _ in range(6):
+            text = metrics(s)
+            if not (
+                sample(text, "mlplat_requests_total", **key) == n
+                and sample(text, "mlplat_request_duration_seconds_count", model="m", endpoint="infer") == n
+            ):
+                return False
+        return True
 
     wait_for("the sum of both workers", summed)
     # every scrape (each on a new connection, so on either worker) answers the same sum

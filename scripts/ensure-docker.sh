@@ -20,7 +20,13 @@ fi
 if ! pgrep -x dockerd >/dev/null 2>&1; then
   # A pidfile left by a dockerd that died stops the next one from starting.
   rm -f /var/run/docker.pid
-  (nohup dockerd >>"$LOG" 2>&1 &)
+  # Its own session (setsid): a test run or shell that is stopped with its process group must
+  # not take the engine down with it.
+  if command -v setsid >/dev/null 2>&1; then
+    setsid -f dockerd >>"$LOG" 2>&1 </dev/null
+  else
+    (nohup dockerd >>"$LOG" 2>&1 </dev/null &)
+  fi
 fi
 for _ in $(seq 1 120); do
   if docker info >/dev/null 2>&1; then exit 0; fi

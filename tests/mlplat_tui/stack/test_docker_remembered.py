@@ -61,7 +61,14 @@ def test_plain_status_and_down_act_on_the_docker_stack(docker_project, docker_cl
         assert down.returncode == 0, down.stderr
         assert "stack down (docker)" in down.stdout
         left = project_objects(docker_client, project.name)
-        assert left["containers"] == [] and left["networks"] == [] and len(left["volumes"]) == 3
+        # plain down keeps the data: bundles, metadata, monitoring (the prediction log), tracker
+        assert left["containers"] == [] and left["networks"] == []
+        assert sorted(v.rsplit("-", 1)[-1] for v in left["volumes"]) == [
+            "bundles",
+            "metadata",
+            "monitoring",
+            "tracker",
+        ], left["volumes"]
 
         # down --volumes: the docker volumes and the host's bundles and runs go, nothing else.
         assert mlplat("up", "--backend", "docker", cwd=root).returncode == 0

@@ -107,7 +107,14 @@ class MetadataClient:
         headers = {"content-type": "application/json"} if content is not None else None
         query = {k: v for k, v in (params or {}).items() if v is not None}
         try:
-            response = self._http.request(method, path, params=query, content=content, headers=headers)
+            try:
+                response = self._http.request(method, path, params=query, content=content, headers=headers)
+            except httpx.RemoteProtocolError:
+                # A kept-alive connection the service closed as the request went out: a read is
+                # safe to send again, once, on a new connection; a write is not (it may have landed).
+                if not _is_read(method, path):
+                    raise
+                response = self._http.request(method, path, params=query, content=content, headers=headers)
         except httpx.TimeoutException:
             raise ServiceError(
                 f"the metadata service at {self.base_url} did not answer {method} {path}"
@@ -293,3 +300,8 @@ class MetadataClient:
         """Training vs live counts in one feature's reference slots."""
         params = {"model": model, "version": version, "feature": feature, "window": window}
         return Histogram.model_validate(self._request("GET", "/monitor/histogram", params=params))
+
+
+def _is_read(method: str, path: str) -> bool:
+    """GETs, and the POSTed queries (``/runs/query``, ``/sql``): nothing they do changes the store."""
+    return method in ("GET", "HEAD") or path.rstrip("/").endswith(("/query", "/sql"))

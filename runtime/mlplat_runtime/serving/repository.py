@@ -50,6 +50,18 @@ class IndexEntry:
     bundle_id: str
     provider: str
 
+    @classmethod
+    def rejected(cls, name: str, current: LoadedModel | IndexEntry | None, why: str) -> IndexEntry:
+        """The index line after a refused load: what still serves (``current``), or nothing."""
+        return cls(
+            name,
+            current.version if current else "",
+            ModelState.READY if current else ModelState.UNAVAILABLE,
+            f"last load rejected: {why}",
+            current.bundle_id if current else "",
+            current.provider if current else "",
+        )
+
     def to_json(self) -> dict[str, str]:
         return {
             "name": self.name,
@@ -291,14 +303,7 @@ class Repository:
         with self._lock:
             self._loading.discard(name)
             current = self._active.get(name)
-            self._notes[name] = IndexEntry(
-                name,
-                current.version if current else "",
-                ModelState.READY if current else ModelState.UNAVAILABLE,
-                f"last load rejected: {exc.message}",
-                current.bundle_id if current else "",
-                current.provider if current else "",
-            )
+            self._notes[name] = IndexEntry.rejected(name, current, exc.message)
         self.metrics.load_result(name, False)
         kept = f", still serving v{current.version}" if current else ""
         log.warning("load of %s rejected: %s%s", name, exc.message, kept)

@@ -845,14 +845,7 @@ class WorkerPool:
 
     def _note_failure(self, name: str, exc: MlplatError) -> None:
         current = self.entries.get(name) if name in self.active else None
-        self.entries[name] = IndexEntry(
-            name,
-            current.version if current else "",
-            ModelState.READY if current else ModelState.UNAVAILABLE,
-            f"last load rejected: {exc.message}",
-            current.bundle_id if current else "",
-            current.provider if current else "",
-        )
+        self.entries[name] = IndexEntry.rejected(name, current, exc.message)
         self.metrics.load_result(name, False)
         kept = f", still serving v{current.version}" if current else ""
         log.warning("load of %s rejected: %s%s", name, exc.message, kept)

@@ -251,10 +251,14 @@ class InferenceHandler:
         )
 
     def _encode(
-        self, model: LoadedModel, decoded: protocol.InferRequest, arrays: list[np.ndarray]
+        self,
+        model: LoadedModel,
+        decoded: protocol.InferRequest,
+        arrays: list[np.ndarray],
+        request_id: str | None,
     ) -> Response:
         out, json_len = protocol.encode_infer_response(
-            model.name, model.version, decoded.id, decoded.outputs, arrays, decoded.binary
+            model.name, model.version, request_id, decoded.outputs, arrays, decoded.binary
         )
         if json_len is None:
             return Response(200, out, JSON)
@@ -270,17 +274,7 @@ class InferenceHandler:
             self._log_failure(model, decoded, exc, t0)
             raise
         self.metrics.observe_inference(model.name, model.version, time.perf_counter() - t)
-        if self.predlog is not None:
-            decoded = self._captured(model, decoded, arrays, t0)
-        return self._encode(model, decoded, arrays)
-
-    def _captured(
-        self, model: LoadedModel, decoded: protocol.InferRequest, arrays: list[np.ndarray], t0: float
-    ) -> protocol.InferRequest:
-        """Hand a served request to the prediction log; the response echoes its request id."""
-        assert self.predlog is not None
-        rid = self.predlog.capture(model, decoded.id, decoded.inputs, decoded.outputs, arrays, t0)
-        return decoded if decoded.id is not None else decoded._replace(id=rid)
+        return self._encode_logged(model, decoded, arrays, t0)
 
     def _log_failure(
         self, model: LoadedModel, decoded: protocol.InferRequest | None, exc: MlplatError, t0: float
@@ -307,9 +301,7 @@ class InferenceHandler:
             else:
                 decoded = self._decode(req, model)
             arrays = await execute(decoded)
-            if self.predlog is not None:
-                decoded = self._captured(model, decoded, arrays, t0)
-            resp = self._encode(model, decoded, arrays)
+            resp = self._encode_logged(model, decoded, arrays, t0)
         except MlplatError as exc:
             resp = error_response(exc)
             self._log_failure(model, decoded, exc, t0)
@@ -412,9 +404,13 @@ class InferenceHandler:
     def _encode_logged(
         self, model: LoadedModel, decoded: protocol.InferRequest, arrays: list[np.ndarray], t0: float
     ) -> Response:
-        if self.predlog is not None:
-            decoded = self._captured(model, decoded, arrays, t0)
-        return self._encode(model, decoded, arrays)
+        """Hand a served request to the prediction log (when on) and encode its response, which
+        echoes the request id: the client's, else the one the log gave it."""
+        predlog = self.predlog
+        if predlog is None:
+            return self._encode(model, decoded, arrays, decoded.id)
+        rid = predlog.capture(model, decoded.id, decoded.inputs, decoded.outputs, arrays, t0)
+        return self._encode(model, decoded, arrays, rid)
 
     def _failure(
         self,

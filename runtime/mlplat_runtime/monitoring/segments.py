@@ -1,8 +1,9 @@
 """Captured requests to columns, and columns to a closed Parquet segment (see ``logschema``).
 
 Runs on the prediction log's writer thread only, never on the event loop. Columns are built
-with numpy over all the requests of a segment at once (one ``concatenate`` per input tensor),
-handed to DuckDB as a dict of arrays (DuckDB scans numpy arrays directly: neither pandas nor
+with numpy over each batch of requests the writer takes (one join of buffers per tensor), as
+a ``Chunk``; at close a segment's chunks are concatenated (``merge_chunks``), handed to DuckDB
+as dicts of arrays (DuckDB scans numpy arrays directly: neither pandas nor
 pyarrow is needed, and the runtime image has neither), and written with ``COPY ... (FORMAT
 parquet, COMPRESSION zstd)`` to ``<name>.parquet.tmp``, fsynced and renamed to ``<name>.parquet``.
 Values that are missing for a whole request (a failure without decoded inputs, an output it
@@ -29,10 +30,11 @@ class Captured(NamedTuple):
     """One request as the hot path queued it (no copies; the arrays are the request's own).
 
     The hot path queues plain tuples in this field order (a NamedTuple costs more to build);
-    this class names the fields.
+    this class names the fields. The writer adds wall time, sample rate and rows per request.
     """
 
-    wall: float  # time.time() when answered
+    t0: float  # perf_counter() when the request arrived
+    t1: float  # perf_counter() when it was answered
     model: Any  # LoadedModel: name, version, bundle_id, inputs, outputs, keep (the Bundle)
     request_id: str
     inputs: dict[str, np.ndarray] | None  # None: the request failed before it was decoded
@@ -40,10 +42,6 @@ class Captured(NamedTuple):
     arrays: Sequence[np.ndarray]
     status: int
     error: str | None
-    latency_s: float
-    rate: float  # sample rate in force
-    rows: int  # input rows (1 for a failure without inputs)
-    nbytes: int  # input bytes held (the queue's byte bound)
 
 
 @dataclass(frozen=True)
@@ -116,17 +114,27 @@ def layout_of(model: Any, exclude: frozenset[str] = frozenset()) -> Layout:
     return Layout(tuple(inputs), tuple(outputs))
 
 
-def prediction_columns(items: Sequence[Any], layout: Layout) -> tuple[dict[str, np.ndarray], str]:
-    """The arrays of one segment and the SELECT list that turns them into its columns.
+class Chunk(NamedTuple):
+    """Some requests of one model version as columns, and the SELECT list that names them."""
 
-    Fields are transposed once (``zip(*items)``) and every column is built by numpy; the
-    common case (every request succeeded and asked for every output) concatenates the
-    requests' own arrays without a per-request branch.
+    columns: dict[str, np.ndarray]
+    select: str
+    nbytes: int  # held by the numeric columns
+    input_bytes: int  # of which the requests' inputs
+
+
+def prediction_columns(
+    items: Sequence[Any], layout: Layout, *, walls: np.ndarray, rates: np.ndarray, counts: np.ndarray
+) -> Chunk:
+    """The arrays of some requests and the SELECT list that turns them into a segment's columns.
+
+    ``items`` are ``Captured`` tuples; ``walls``, ``rates`` and ``counts`` hold each one's wall
+    time, sample rate and rows. Fields are transposed once (``zip(*items)``) and every column
+    is built by numpy; the common case (every request succeeded and asked for every output)
+    concatenates the requests' own arrays without a per-request branch.
     """
-    walls, models, rids, inputs, names, arrays, statuses, errors, latencies, rates, rows, _ = zip(
-        *items, strict=True
-    )
-    counts = np.asarray(rows, dtype=np.int64)
+    t0s, t1s, models, rids, inputs, names, arrays, statuses, errors = zip(*items, strict=True)
+    counts = np.asarray(counts, dtype=np.int64)
     n = int(counts.sum())
     single = n == len(items)  # one row per request: nothing to repeat
 
@@ -147,7 +155,7 @@ def prediction_columns(items: Sequence[Any], layout: Layout) -> tuple[dict[str, 
         if single
         else (np.arange(n) - np.repeat(starts, counts)).astype(np.int32),
         "status": per_request(statuses, np.int32),
-        "latency_ms": per_request(latencies, np.float64) * 1000.0,
+        "latency_ms": per_request(np.subtract(t1s, t0s), np.float64) * 1000.0,
         "sample_rate": per_request(rates, np.float64),
     }
     if not all_ok:
@@ -165,14 +173,16 @@ def prediction_columns(items: Sequence[Any], layout: Layout) -> tuple[dict[str, 
         "sample_rate",
     ]
     all_outputs = all_ok and names.count(first.output_names) == len(names)
+    input_bytes = 0
     by_tensor: dict[str, list[InputColumn]] = {}
     for col in layout.inputs:
         by_tensor.setdefault(col.tensor, []).append(col)
     for t, (tensor, columns) in enumerate(by_tensor.items()):
         if all_ok:
-            ok, block = None, _concat([inp[tensor] for inp in inputs], columns[0].dtype)
+            ok, block = None, _concat([inp[tensor] for inp in inputs], columns[0].dtype, n)
         else:
             ok, block = _stack([(inp or {}).get(tensor) for inp in inputs], counts, columns[0].dtype)
+        input_bytes += block.nbytes
         valid = f"_in{t}"
         if ok is not None:
             cols[valid] = ok
@@ -189,7 +199,7 @@ def prediction_columns(items: Sequence[Any], layout: Layout) -> tuple[dict[str, 
     for o, out in enumerate(layout.outputs):
         if all_outputs:
             i = positions[out.output]
-            ok, block = None, _concat([a[i] for a in arrays], out.dtype)
+            ok, block = None, _concat([a[i] for a in arrays], out.dtype, n)
         else:
             got = []
             for nm, arrs in zip(names, arrays, strict=True):
@@ -221,7 +231,28 @@ def prediction_columns(items: Sequence[Any], layout: Layout) -> tuple[dict[str, 
             if ok is not None
             else f"{expr} AS {quote(out.name)}"
         )
-    return cols, ", ".join(select)
+    nbytes = sum(a.nbytes for a in cols.values() if a.dtype != object)
+    return Chunk(cols, ", ".join(select), nbytes, input_bytes)
+
+
+def merge_chunks(chunks: Sequence[Chunk]) -> list[tuple[dict[str, np.ndarray], str]]:
+    """A segment's chunks as few parts as possible: runs of chunks with the same columns are
+    concatenated (the common case: one part); a chunk that differs (failures, outputs left
+    out) starts a new part, and ``write_segment`` unions the parts by column name."""
+    runs: list[list[Chunk]] = []
+    for chunk in chunks:
+        if runs and runs[-1][0].select == chunk.select and runs[-1][0].columns.keys() == chunk.columns.keys():
+            runs[-1].append(chunk)
+        else:
+            runs.append([chunk])
+    parts = []
+    for run in runs:
+        if len(run) == 1:
+            parts.append((run[0].columns, run[0].select))
+        else:
+            keys = run[0].columns.keys()
+            parts.append(({k: np.concatenate([c.columns[k] for c in run]) for k in keys}, run[0].select))
+    return parts
 
 
 def literal(text: str) -> str:
@@ -229,8 +260,28 @@ def literal(text: str) -> str:
     return "'" + str(text).replace("'", "''") + "'"
 
 
-def _concat(parts: list[np.ndarray], dtype: np.dtype[Any]) -> np.ndarray:
-    block = np.concatenate(parts) if len(parts) > 1 else parts[0]
+def _concat(parts: list[np.ndarray], dtype: np.dtype[Any], rows: int) -> np.ndarray:
+    """The parts (``rows`` rows in all) one after another.
+
+    The parts are one tensor of one model version's requests: decoding gives every input the
+    signature's dtype, and the session every output its own. So when they are C-contiguous
+    their buffers are joined as bytes (a third of ``np.concatenate``'s cost for many one-row
+    parts), the byte count checked against ``rows`` rows of the first part's shape and dtype;
+    anything else (a part that is not contiguous, a count that differs) numpy concatenates."""
+    block: np.ndarray | None = parts[0] if len(parts) == 1 else None
+    if block is None:
+        first = parts[0]
+        tail = first.shape[1:]
+        width = int(np.prod(tail)) * first.itemsize
+        if width and first.ndim >= 1:
+            try:
+                raw = b"".join(parts)  # type: ignore[arg-type]  # arrays export their buffers
+            except (BufferError, TypeError):  # a non-contiguous part
+                raw = b""
+            if len(raw) == rows * width:
+                block = np.frombuffer(raw, dtype=first.dtype).reshape((rows, *tail))
+        if block is None:
+            block = np.concatenate(parts)
     return block if block.dtype == dtype else block.astype(dtype)
 
 
@@ -258,19 +309,23 @@ def _stack(
     return np.repeat(valid, counts), np.concatenate(filled)
 
 
-def write_segment(con: Any, data: dict[str, np.ndarray], select: str, final: Path) -> int:
-    """Write ``data`` as ``final`` (zstd Parquet) through a temp file; returns its size in bytes."""
+def write_segment(con: Any, parts: Sequence[tuple[dict[str, np.ndarray], str]], final: Path) -> int:
+    """Write ``parts`` (arrays and the SELECT list over them; several are unioned by column
+    name) as ``final`` (zstd Parquet) through a temp file; returns its size in bytes."""
     final.parent.mkdir(parents=True, exist_ok=True)
     temp = final.with_name(final.name[: -len(".parquet")] + TEMP_SUFFIX)
     target = str(temp).replace("'", "''")
-    con.register("segment_data", data)
+    names = [f"segment_part{i}" for i in range(len(parts))]
+    for name, (data, _) in zip(names, parts, strict=True):
+        con.register(name, data)
     try:
-        con.execute(
-            f"COPY (SELECT {select} FROM segment_data) TO '{target}' "
-            "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 65536)"
+        query = " UNION ALL BY NAME ".join(
+            f"SELECT {select} FROM {name}" for name, (_, select) in zip(names, parts, strict=True)
         )
+        con.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 65536)")
     finally:
-        con.unregister("segment_data")
+        for name in names:
+            con.unregister(name)
     fd = os.open(temp, os.O_RDONLY)
     try:
         os.fsync(fd)

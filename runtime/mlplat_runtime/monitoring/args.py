@@ -65,7 +65,8 @@ def add_log_arguments(p: argparse.ArgumentParser) -> None:
         "--log-queue-mb",
         type=int,
         default=_DEFAULTS.queue_mb,
-        help=f"input bytes waiting for the writer at most (default {_DEFAULTS.queue_mb})",
+        help="input megabytes the log holds at most: large requests lower --log-queue to fit, and open"
+        f" segments past it are written early (default {_DEFAULTS.queue_mb})",
     )
     g.add_argument(
         "--log-flush-ms",

@@ -16,6 +16,12 @@ workers burn a core that the HTTP server (and, on a laptop, everything else) nee
 gets its parallelism from handling many requests, not from splitting one. A big model can ask
 for more with ``MLPLAT_ORT_THREADS=N``.
 
+A model served with dynamic batching is the exception (``batch_threads``): its calls are few
+and large, one at a time per batcher, so one thread would leave the other cores idle while
+the requests wait. Its session gets this worker's share of the usable cores (``MLPLAT_ORT_
+THREADS`` still decides when set); the workers' supervisor tells each worker how many share
+the machine (``MLPLAT_SERVING_WORKERS``).
+
 Must not import textual, mlflow, docker or mlplat_tui; onnxruntime is imported inside the
 functions, so importing this module is free.
 """
@@ -37,6 +43,7 @@ if TYPE_CHECKING:
 
 ENV_PROVIDERS = "MLPLAT_PROVIDERS"
 ENV_THREADS = "MLPLAT_ORT_THREADS"
+ENV_WORKERS = "MLPLAT_SERVING_WORKERS"  # set by serving's supervisor for each of its workers
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -105,12 +112,26 @@ def intra_op_threads() -> int:
     return value
 
 
-def session_options() -> ort.SessionOptions:
-    """The settings serving and the gates share (see the module docstring for why)."""
+def batch_threads() -> int:
+    """Intra-op threads for a session that runs dynamic batches: ``MLPLAT_ORT_THREADS`` when
+    set, else the usable cores divided among the serving workers (at least 1)."""
+    if os.environ.get(ENV_THREADS, "").strip():
+        return intra_op_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        workers = max(1, int(os.environ.get(ENV_WORKERS, "1")))
+    except ValueError:
+        workers = 1
+    return max(1, cores // workers)
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """The settings serving and the gates share (see the module docstring for why);
+    ``threads``: intra-op threads other than ``intra_op_threads()`` (``batch_threads``)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = intra_op_threads()
+    opts.intra_op_num_threads = intra_op_threads() if threads is None else threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -119,7 +140,9 @@ def session_options() -> ort.SessionOptions:
     return opts
 
 
-def make_session(model_path: Path | str, providers: list[str] | None = None) -> ort.InferenceSession:
+def make_session(
+    model_path: Path | str, providers: list[str] | None = None, *, threads: int | None = None
+) -> ort.InferenceSession:
     """An ``InferenceSession`` on the chosen providers; ModelLoadError when ORT refuses the model.
 
     When CUDA was chosen but its libraries (cuDNN, cuBLAS) are missing, ONNX Runtime falls back
@@ -129,7 +152,7 @@ def make_session(model_path: Path | str, providers: list[str] | None = None) -> 
 
     chosen = providers if providers is not None else choose_providers()
     try:
-        return ort.InferenceSession(str(model_path), sess_options=session_options(), providers=chosen)
+        return ort.InferenceSession(str(model_path), sess_options=session_options(threads), providers=chosen)
     except Exception as exc:  # ORT raises its own pybind exception types
         raise ModelLoadError(
             f"ONNX Runtime could not load {Path(model_path).name}: {_first_line(exc)}",

@@ -55,6 +55,20 @@ def test_session_options_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> No
         providers.session_options()
 
 
+def test_a_batched_session_gets_the_workers_share_of_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("MLPLAT_ORT_THREADS", raising=False)
+    monkeypatch.delenv("MLPLAT_SERVING_WORKERS", raising=False)
+    assert providers.batch_threads() == cores
+    monkeypatch.setenv("MLPLAT_SERVING_WORKERS", str(cores * 4))  # more workers than cores: 1 each
+    assert providers.batch_threads() == 1
+    monkeypatch.setenv("MLPLAT_SERVING_WORKERS", "junk")
+    assert providers.batch_threads() == cores
+    monkeypatch.setenv("MLPLAT_ORT_THREADS", "3")  # the operator's setting wins
+    assert providers.batch_threads() == 3
+    assert providers.session_options(providers.batch_threads()).intra_op_num_threads == 3
+
+
 def test_make_session_runs_and_reports_its_provider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLPLAT_PROVIDERS", "CPUExecutionProvider")
     session = providers.make_session(make_logreg_onnx(tmp_path / "m.onnx"))

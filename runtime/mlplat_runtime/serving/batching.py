@@ -187,7 +187,8 @@ class Batcher:
         from mlplat_runtime.serving.model import computes_in_caller  # model imports this module
 
         self._names = model.output_names
-        self._clock = time.thread_time if computes_in_caller(model.provider) else time.perf_counter
+        in_caller = computes_in_caller(model.provider, model.threads)
+        self._clock = time.thread_time if in_caller else time.perf_counter
         self._index = {n: i for i, n in enumerate(self._names)}
 
     @property

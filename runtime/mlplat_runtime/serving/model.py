@@ -77,6 +77,7 @@ class LoadedModel:
     load_ms: float
     keep: Any = field(default=None, repr=False, compare=False)  # e.g. the Bundle owning a temp dir
     batching: BatchingConfig | None = None  # dynamic batching, when this model has it on
+    threads: int = 1  # the session's intra-op threads
 
     @functools.cached_property
     def output_names(self) -> tuple[str, ...]:
@@ -205,15 +206,20 @@ def load_onnx(
     samples: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None = None,
     sample_problems: Sequence[str] = (),
     keep: Any = None,
+    threads: int | None = None,
 ) -> LoadedModel:
     """Load, warm up and check one model; ModelLoadError (with the reason) when anything is off.
 
     ``expected_signature`` (the manifest's) must match the graph's; ``sample_problems`` (from
     ``bundle.verify.sample_problems``) refuse the load; ``samples`` (inputs, expected outputs)
     are run as the warm-up and compared; without samples a one-row zero input is the warm-up.
+    ``threads``: the session's intra-op threads, if not ``providers.intra_op_threads()``.
     """
+    from mlplat_runtime.providers import intra_op_threads
+
     t0 = time.perf_counter()
-    session = make_session(model_path, providers)
+    threads = intra_op_threads() if threads is None else threads
+    session = make_session(model_path, providers, threads=threads)
     graph = graph_signature(session)
     if expected_signature is not None:
         diffs = signature_differences(expected_signature, graph, left="the manifest", right="the model graph")
@@ -258,7 +264,7 @@ def load_onnx(
                 hint="the model does not reproduce the outputs recorded when the bundle was built",
             )
     provider = active_provider(session)
-    call_ms = _time_call(session, out_names, feeds, cpu_clock=computes_in_caller(provider))
+    call_ms = _time_call(session, out_names, feeds, cpu_clock=computes_in_caller(provider, threads))
     return LoadedModel(
         name=name,
         version=version,
@@ -271,15 +277,14 @@ def load_onnx(
         call_ms=call_ms,
         load_ms=(time.perf_counter() - t0) * 1000.0,
         keep=keep,
+        threads=threads,
     )
 
 
-def computes_in_caller(provider: str) -> bool:
+def computes_in_caller(provider: str, threads: int) -> bool:
     """Whether ONNX Runtime does a call's work in the calling thread (CPU provider, one
     intra-op thread: the default), so that thread's CPU time is the call's cost."""
-    from mlplat_runtime.providers import intra_op_threads
-
-    return provider.startswith("CPU") and intra_op_threads() == 1
+    return provider.startswith("CPU") and threads == 1
 
 
 def _time_call(
@@ -300,7 +305,9 @@ def _time_call(
     return best * 1000.0
 
 
-def load_bundle(bundle: Bundle, *, providers: list[str] | None = None) -> LoadedModel:
+def load_bundle(
+    bundle: Bundle, *, providers: list[str] | None = None, threads: int | None = None
+) -> LoadedModel:
     """Load an opened (already verified) bundle: manifest signature checked, samples compared."""
     m = bundle.manifest
     try:
@@ -320,4 +327,5 @@ def load_bundle(bundle: Bundle, *, providers: list[str] | None = None) -> Loaded
         samples=samples,
         sample_problems=problems,
         keep=bundle,
+        threads=threads,
     )

@@ -27,6 +27,7 @@ from pathlib import Path
 from mlplat_runtime.bundle.manifest import Manifest
 from mlplat_runtime.bundle.signature import compatibility_problems
 from mlplat_runtime.errors import MlplatError, ModelLoadError, NotFoundError, RequestError
+from mlplat_runtime.providers import batch_threads
 from mlplat_runtime.serving.batching import BatchingConfig, batch_dimension_problems
 from mlplat_runtime.serving.checker import Checker
 from mlplat_runtime.serving.metrics import ServingMetrics
@@ -233,7 +234,9 @@ class Repository:
                 if check and self.checker is not None:
                     inputs, _ = bundle.samples()
                     self.checker.check(bundle.model_path, inputs)
-                model = load_bundle(bundle, providers=self.providers)
+                # a batched session gets this worker's cores (providers.batch_threads)
+                threads = batch_threads() if wanted is not None else None
+                model = load_bundle(bundle, providers=self.providers, threads=threads)
                 if wanted is not None:
                     model = dataclasses.replace(model, batching=wanted)
                 with self._lock:  # the switch

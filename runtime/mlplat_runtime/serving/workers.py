@@ -68,6 +68,7 @@ from mlplat_runtime.bundle.manifest import Signature
 from mlplat_runtime.bundle.signature import compatibility_problems
 from mlplat_runtime.errors import MlplatError, ModelLoadError, NotFoundError, RequestError, ServiceError
 from mlplat_runtime.identity import StackIdentity
+from mlplat_runtime.providers import ENV_WORKERS
 from mlplat_runtime.serving.admin import AdminHandler, ensure_admin_token
 from mlplat_runtime.serving.batching import BatchingConfig
 from mlplat_runtime.serving.checker import Checker
@@ -574,6 +575,7 @@ class WorkerPool:
         parent, child = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
+        env[ENV_WORKERS] = str(self.config.workers)  # a batched session's share of the cores
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mlplat_runtime.serving.workers",

@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from mlplat_runtime.errors import RequestError
+from mlplat_runtime.providers import batch_threads
 from mlplat_runtime.serving.app import InferenceHandler
 from mlplat_runtime.serving.batching import Batcher, BatchingConfig
 from mlplat_runtime.serving.http import Request, Response, as_asgi
@@ -249,8 +250,10 @@ def test_a_bundle_records_its_batching_and_serving_applies_it(tmp_path: Path) ->
     repo = Repository(providers=CPU)
     repo.load(bundle)
     assert repo.get("m").batching == from_bundle
+    assert repo.get("m").threads == batch_threads()  # a batched session gets the worker's cores
     repo.load(bundle, batching=False)  # a load may still turn it off
     assert repo.get("m").batching is None
+    assert repo.get("m").threads == 1
     repo.load(bundle, batching=BatchingConfig(max_batch_size=4))  # ... or set its own
     assert repo.get("m").batching == BatchingConfig(max_batch_size=4)
     repo.close()

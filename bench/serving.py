@@ -26,7 +26,8 @@ hits every server alike; medians shown with the spread min-max; server CPU µs p
 ``/proc`` over the server's whole process tree):
 - one-row JSON at 1/8/32 connections: mlplat, starlette, mlserver, mlflow (and mlplat-w2 at 8);
 - 1/32/1,024 rows per request, JSON and the binary tensor extension, 8 connections (mlplat),
-  against in-process ONNX Runtime rows/s at the same batch sizes; 1,024 rows also with
+  against in-process ONNX Runtime rows/s at the same batch sizes (measured in every repeat,
+  medians); 1,024 rows also with
   mlplat-w2 (the issue fixes no worker count: the 1,024-row checks take the better of 1 and 2
   workers, say which, and show the 1-worker figure beside it);
 - the MLP, one row per request, at 32 connections: without batching, with batching, MLServer
@@ -563,9 +564,17 @@ def main() -> int:
         rng = np.random.default_rng(1)
         batches = {n: rng.normal(size=(n, 4)).astype(np.float32) for n in ROWS}
         batches[1] = np.asarray([ROW], np.float32)
-        ort_rows = {n: ort_rows_per_s(v1 / "model.onnx", b) for n, b in batches.items()}
         mlp_row = rng.normal(size=(1, MLP_IN)).astype(np.float32)
-        ort_mlp = {n: ort_rows_per_s(mlp_model, np.repeat(mlp_row, n, 0)) for n in (1, 32)}
+        # In-process ONNX Runtime, the floor under serving: measured in every repeat beside the
+        # load points (this machine's speed drifts), medians.
+        ort_runs: dict[int, list[float]] = {n: [] for n in batches}
+        ort_mlp_runs: dict[int, list[float]] = {1: [], 32: []}
+
+        def measure_in_process() -> None:
+            for n, b in batches.items():
+                ort_runs[n].append(ort_rows_per_s(v1 / "model.onnx", b))
+            for n in ort_mlp_runs:
+                ort_mlp_runs[n].append(ort_rows_per_s(mlp_model, np.repeat(mlp_row, n, 0)))
 
         ready_times = []
         token_file = work / "admin.token"
@@ -722,9 +731,12 @@ def main() -> int:
             flush=True,
         )
         for r in range(max(1, args.repeats)):
+            measure_in_process()
             for spec in specs:
                 spec.run(args.duration, work)
             print(f"  repeat {r + 1} done", flush=True)
+        ort_rows = {n: statistics.median(v) for n, v in ort_runs.items()}
+        ort_mlp = {n: statistics.median(v) for n, v in ort_mlp_runs.items()}
 
         swaps, rtts = [], []
         for i in range(6):
@@ -758,11 +770,18 @@ def main() -> int:
     )
     print("answers agree with the source model: " + ", ".join(f"{k} {v:.0%}" for k, v in agree.items()))
     print(
-        "in-process ONNX Runtime rows/s (logreg): "
-        + ", ".join(f"{n} rows {fmt(v)}" for n, v in ort_rows.items())
+        "in-process ONNX Runtime rows/s (logreg, medians of each repeat [min-max]): "
+        + ", ".join(
+            f"{n} rows {fmt(v)} [{fmt(min(ort_runs[n]))}-{fmt(max(ort_runs[n]))}]"
+            for n, v in ort_rows.items()
+        )
     )
     print(
-        "in-process ONNX Runtime rows/s (MLP): " + ", ".join(f"{n} rows {fmt(v)}" for n, v in ort_mlp.items())
+        "in-process ONNX Runtime rows/s (MLP): "
+        + ", ".join(
+            f"{n} rows {fmt(v)} [{fmt(min(ort_mlp_runs[n]))}-{fmt(max(ort_mlp_runs[n]))}]"
+            for n, v in ort_mlp.items()
+        )
     )
     ready = statistics.median(ready_times)
     starts = ", ".join(f"{t:.3f}" for t in ready_times)

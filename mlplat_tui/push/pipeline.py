@@ -384,6 +384,15 @@ def record(
 # -- one push --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Ledger:
+    """What the local store records of a push that got as far as its receipt."""
+
+    by: str
+    bundle_path: Path
+    manifest: Manifest
+
+
 @dataclass
 class Push:
     """The collaborators of one push; ``push()`` builds the real ones, tests may pass theirs."""
@@ -548,6 +557,7 @@ class Push:
         from mlplat_tui.push.registry import version_tags
 
         m = bundle.manifest
+        ledger = _Ledger(by, bundle_path, m)
         try:
             current = self.engine.current(m.model_name)  # again: another push may have finished
         except MlplatError as exc:
@@ -599,15 +609,10 @@ class Push:
                 status="skipped",
             )
             self._alias(reg, step)
-            return self._finish(
-                receipt,
-                step,
-                PushOutcome.COMPLETED,
-                "already serving: no rollout",
-                base,
-                current.version,
-                rolled_out=False,
-            )
+            return self._end(
+                receipt, base, PushOutcome.COMPLETED, "already serving: no rollout", None,
+                serving=current.version, rolled_out=False,
+            )  # fmt: skip
 
         # 4. image
         image = None
@@ -632,9 +637,7 @@ class Push:
                 why = f"image: {exc.message}" + self._unregister(reg, step)
                 if reg is not None and self._reg is None:  # deleted: the receipt names no version
                     receipt.registry_version = base["registry_version"] = None
-                return self._end_failed(
-                    receipt, step, base, "image", why, by, bundle_path, m, rolled_out=False
-                )
+                return self._end_failed(receipt, step, base, "image", why, ledger, rolled_out=False)
             receipt.image, receipt.image_digest = image.pinned, image.digest
             base["image"] = image.pinned
             step("image", f"{image.pinned}")
@@ -660,7 +663,7 @@ class Push:
             result = self.engine.rollout(request, step.note)
         except ManifestRefused as exc:  # refused before anything was committed
             why = f"the engine refused the rollout, nothing changed: {exc.message}"
-            return self._end_failed(receipt, step, base, "rollout", why, by, bundle_path, m, rolled_out=False)
+            return self._end_failed(receipt, step, base, "rollout", why, ledger, rolled_out=False)
         except MlplatError as exc:
             result = RolloutResult(RolloutOutcome.FAILED, f"the engine could not roll out: {exc.message}")
         except Exception as exc:  # an engine's bug or a client library's error: still roll back
@@ -670,22 +673,12 @@ class Push:
         receipt.transitions += [TransitionOut.of(t) for t in result.transitions]
         if result.outcome is RolloutOutcome.ROLLED_BACK:
             step("rollout", f"rolled back by the engine: {result.reason}", status="rolled_back")
-            return self._end_rolled_back(
-                receipt, step, base, result.reason, by, bundle_path, m, image, current
-            )
+            return self._end_rolled_back(receipt, base, result.reason, ledger, current)
         if result.outcome is RolloutOutcome.FAILED:
             # the engine may have changed the target before it failed: step 8 puts back what served
             step("rollout", f"failed: {result.reason}", status="failed")
             return self._roll_back(
-                receipt,
-                step,
-                base,
-                f"the rollout failed: {result.reason}",
-                by,
-                bundle_path,
-                m,
-                image,
-                current,
+                receipt, step, base, f"the rollout failed: {result.reason}", ledger, current
             )
         step("rollout", f"{result.outcome.value}: v{m.version} on {self.target_name}")
 
@@ -700,9 +693,7 @@ class Push:
         base["smoke"] = receipt.smoke
         if not smoke.passed:
             step("smoke", f"failed: {smoke.reason}", status="failed")
-            return self._roll_back(
-                receipt, step, base, f"smoke test failed: {smoke.reason}", by, bundle_path, m, image, current
-            )
+            return self._roll_back(receipt, step, base, f"smoke test failed: {smoke.reason}", ledger, current)
         step(
             "smoke",
             "skipped: " + smoke.reason
@@ -715,26 +706,9 @@ class Push:
             self._alias(reg, step)
         except MlplatError as exc:
             return self._roll_back(
-                receipt,
-                step,
-                base,
-                f"the alias did not move: {exc.message}",
-                by,
-                bundle_path,
-                m,
-                image,
-                current,
+                receipt, step, base, f"the alias did not move: {exc.message}", ledger, current
             )
-        return self._finish(
-            receipt,
-            step,
-            PushOutcome.COMPLETED,
-            "",
-            base,
-            m.version,
-            rolled_out=True,
-            record_as=(by, bundle_path, m, image),
-        )
+        return self._end(receipt, base, PushOutcome.COMPLETED, "", ledger, serving=m.version, rolled_out=True)
 
     # -- endings ---------------------------------------------------------------------------
 
@@ -839,38 +813,44 @@ class Push:
                 self.registry.attach_receipt(self._reg, path, receipt.summary())
         return path
 
-    def _finish(
+    def _end(
         self,
         receipt: Receipt,
-        step: Steps,
+        base: dict[str, Any],
         outcome: PushOutcome,
         reason: str,
-        base: dict[str, Any],
-        serving: str | None,
+        ledger: _Ledger | None,
         *,
+        serving: str | None,
         rolled_out: bool,
-        record_as: tuple[str, Path, Manifest, Any] | None = None,
     ) -> PushResult:
+        """Where every push that got its receipt ends: the receipt written, the push recorded in
+        the local store (``ledger``; None records nothing), its path said, the result."""
         path = self._write(receipt, outcome, reason)
-        if record_as is not None:
-            by, bundle_path, m, image = record_as
+        if ledger is not None:
+            ok = outcome is PushOutcome.COMPLETED
             record(
                 self.metadata,
-                m,
+                ledger.manifest,
                 self.target_name,
                 action="push",
-                ok=True,
-                reason="",
+                ok=ok,
+                reason="" if ok else reason,
                 registry_version=receipt.registry_version,
-                image_digest=image.digest if image else None,
+                image_digest=receipt.image_digest,
                 receipt=path,
-                bundle_path=bundle_path,
-                by=by,
+                bundle_path=ledger.bundle_path,
+                by=ledger.by,
             )
         self.progress(f"receipt: {path}")
-        fields = {"target": self.target_name, **base}
         return PushResult(
-            outcome, reason, serving_version=serving, receipt=str(path), rolled_out=rolled_out, **fields
+            outcome,
+            reason,
+            serving_version=serving,
+            receipt=str(path),
+            rolled_out=rolled_out,
+            target=self.target_name,
+            **base,
         )
 
     def _end_failed(
@@ -880,73 +860,21 @@ class Push:
         base: dict[str, Any],
         step_name: str,
         reason: str,
-        by: str,
-        bundle_path: Path,
-        m: Manifest,
+        ledger: _Ledger,
         *,
         rolled_out: bool,
-        serving: str | None = None,
     ) -> PushResult:
         step(step_name, f"failed: {reason}", status="failed")
-        path = self._write(receipt, PushOutcome.FAILED, reason)
-        record(
-            self.metadata,
-            m,
-            self.target_name,
-            action="push",
-            ok=False,
-            reason=reason,
-            registry_version=receipt.registry_version,
-            image_digest=receipt.image_digest,
-            receipt=path,
-            bundle_path=bundle_path,
-            by=by,
-        )
-        fields = {"target": self.target_name, **base}
-        return PushResult(
-            PushOutcome.FAILED,
-            reason,
-            receipt=str(path),
-            rolled_out=rolled_out,
-            serving_version=serving,
-            **fields,
+        return self._end(
+            receipt, base, PushOutcome.FAILED, reason, ledger, serving=None, rolled_out=rolled_out
         )
 
     def _end_rolled_back(
-        self,
-        receipt: Receipt,
-        step: Steps,
-        base: dict[str, Any],
-        reason: str,
-        by: str,
-        bundle_path: Path,
-        m: Manifest,
-        image: Any,
-        previous: Deployed | None,
+        self, receipt: Receipt, base: dict[str, Any], reason: str, ledger: _Ledger, previous: Deployed | None
     ) -> PushResult:
-        path = self._write(receipt, PushOutcome.ROLLED_BACK, reason)
-        record(
-            self.metadata,
-            m,
-            self.target_name,
-            action="push",
-            ok=False,
-            reason=reason,
-            registry_version=receipt.registry_version,
-            image_digest=image.digest if image else None,
-            receipt=path,
-            bundle_path=bundle_path,
-            by=by,
-        )
-        self.progress(f"receipt: {path}")
-        fields = {"target": self.target_name, **base}
-        return PushResult(
-            PushOutcome.ROLLED_BACK,
-            reason,
-            receipt=str(path),
-            rolled_out=True,
-            serving_version=previous.version if previous else None,
-            **fields,
+        serving = previous.version if previous else None
+        return self._end(
+            receipt, base, PushOutcome.ROLLED_BACK, reason, ledger, serving=serving, rolled_out=True
         )
 
     def _roll_back(
@@ -955,13 +883,11 @@ class Push:
         step: Steps,
         base: dict[str, Any],
         reason: str,
-        by: str,
-        bundle_path: Path,
-        m: Manifest,
-        image: Any,
+        ledger: _Ledger,
         previous: Deployed | None,
     ) -> PushResult:
         """Step 8: back to ``previous``; the alias stays where it was."""
+        m, bundle_path = ledger.manifest, ledger.bundle_path
         if previous is None:
             remove = getattr(self.engine, "remove", None)
             if remove is None:
@@ -969,23 +895,19 @@ class Push:
                     f"{reason}; nothing served before, and the {self.engine.kind} engine cannot take a "
                     f"version down: check what {self.target_name} serves"
                 )
-                return self._end_failed(
-                    receipt, step, base, "rollback", why, by, bundle_path, m, rolled_out=True
-                )
+                return self._end_failed(receipt, step, base, "rollback", why, ledger, rolled_out=True)
             try:
                 taken = remove(m.model_name)
             except Exception as exc:
                 text = exc.message if isinstance(exc, MlplatError) else f"{type(exc).__name__}: {exc}"
                 why = f"{reason}; taking it down failed: {text}"
-                return self._end_failed(
-                    receipt, step, base, "rollback", why, by, bundle_path, m, rolled_out=True
-                )
+                return self._end_failed(receipt, step, base, "rollback", why, ledger, rolled_out=True)
             if isinstance(taken, Transition):
                 receipt.transitions.append(TransitionOut.of(taken))
             step(
                 "rollback", f"nothing served before: v{m.version} taken down ({reason})", status="rolled_back"
             )
-            return self._end_rolled_back(receipt, step, base, reason, by, bundle_path, m, image, None)
+            return self._end_rolled_back(receipt, base, reason, ledger, None)
         back = RolloutRequest(
             model_name=m.model_name,
             version=previous.version,
@@ -1004,19 +926,10 @@ class Push:
             result = RolloutResult(RolloutOutcome.FAILED, f"{type(exc).__name__}: {exc}"[:500])
         receipt.transitions += [TransitionOut.of(t) for t in result.transitions]
         if result.outcome not in (RolloutOutcome.COMPLETED, RolloutOutcome.COMMITTED):
-            return self._end_failed(
-                receipt,
-                step,
-                base,
-                "rollback",
-                f"{reason}; the rollback to v{previous.version} did not complete: {result.reason}",
-                by,
-                bundle_path,
-                m,
-                rolled_out=True,
-            )
+            why = f"{reason}; the rollback to v{previous.version} did not complete: {result.reason}"
+            return self._end_failed(receipt, step, base, "rollback", why, ledger, rolled_out=True)
         step("rollback", f"v{previous.version} serves again ({reason})", status="rolled_back")
-        return self._end_rolled_back(receipt, step, base, reason, by, bundle_path, m, image, previous)
+        return self._end_rolled_back(receipt, base, reason, ledger, previous)
 
 
 def build_push(

@@ -15,64 +15,34 @@ from mlplat_runtime.monitoring.predlog import LogConfig
 _DEFAULTS = LogConfig(root=Path("."))
 
 
+# --log-<flag>: the LogConfig field it sets, its type, its help ("{}": the default)
+_FLAGS: tuple[tuple[str, str, type, str], ...] = (
+    ("budget", "budget", int,
+     "rows per second per model logged in full (default {}); above it, a deterministic sample on the"
+     " request id"),
+    ("segment-seconds", "segment_seconds", float, "close a segment after this long (default {:g})"),
+    ("segment-rows", "segment_rows", int, "... or after this many requests (default {})"),
+    ("retention-hours", "retention_hours", float, "delete segments older than this (default {:g})"),
+    ("retention-mb", "retention_mb", int, "keep at most this much, oldest deleted first (default {})"),
+    ("queue", "queue_requests", int,
+     "requests waiting for the writer at most; more are dropped and counted (default {})"),
+    ("queue-mb", "queue_mb", int,
+     "input megabytes the log holds at most: large requests lower --log-queue to fit, and open"
+     " segments past it are written early (default {})"),
+    ("flush-ms", "flush_ms", int, "how often the writer takes the queue (default {})"),
+)  # fmt: skip
+
+
 def add_log_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("prediction log (off unless --log-dir is given; see mlplat_runtime.monitoring)")
     g.add_argument("--log-dir", type=Path, default=None, help="write prediction and feedback segments here")
-    g.add_argument(
-        "--log-budget",
-        type=int,
-        default=_DEFAULTS.budget,
-        help=f"rows per second per model logged in full (default {_DEFAULTS.budget}); above it, a"
-        " deterministic sample on the request id",
-    )
-    g.add_argument(
-        "--log-segment-seconds",
-        type=float,
-        default=_DEFAULTS.segment_seconds,
-        help=f"close a segment after this long (default {_DEFAULTS.segment_seconds:g})",
-    )
-    g.add_argument(
-        "--log-segment-rows",
-        type=int,
-        default=_DEFAULTS.segment_rows,
-        help=f"... or after this many requests (default {_DEFAULTS.segment_rows})",
-    )
-    g.add_argument(
-        "--log-retention-hours",
-        type=float,
-        default=_DEFAULTS.retention_hours,
-        help=f"delete segments older than this (default {_DEFAULTS.retention_hours:g})",
-    )
-    g.add_argument(
-        "--log-retention-mb",
-        type=int,
-        default=_DEFAULTS.retention_mb,
-        help=f"keep at most this much, oldest deleted first (default {_DEFAULTS.retention_mb})",
-    )
+    for flag, name, kind, text in _FLAGS:
+        default = getattr(_DEFAULTS, name)
+        g.add_argument(f"--log-{flag}", type=kind, default=default, help=text.format(default))
     g.add_argument(
         "--log-exclude",
         default="",
         help="comma-separated feature or output names never written (personal data)",
-    )
-    g.add_argument(
-        "--log-queue",
-        type=int,
-        default=_DEFAULTS.queue_requests,
-        help=f"requests waiting for the writer at most; more are dropped and counted (default"
-        f" {_DEFAULTS.queue_requests})",
-    )
-    g.add_argument(
-        "--log-queue-mb",
-        type=int,
-        default=_DEFAULTS.queue_mb,
-        help="input megabytes the log holds at most: large requests lower --log-queue to fit, and open"
-        f" segments past it are written early (default {_DEFAULTS.queue_mb})",
-    )
-    g.add_argument(
-        "--log-flush-ms",
-        type=int,
-        default=_DEFAULTS.flush_ms,
-        help=f"how often the writer takes the queue (default {_DEFAULTS.flush_ms})",
     )
 
 
@@ -86,18 +56,12 @@ def log_from_args(a: argparse.Namespace) -> LogConfig | None:
         or a.log_retention_mb < 1
     ):
         raise UsageError("--log-flush-ms, --log-segment-seconds and the retention flags must be positive")
+    values = {name: getattr(a, "log_" + flag.replace("-", "_")) for flag, name, _, _ in _FLAGS}
     try:
         return LogConfig(
             root=a.log_dir,
-            budget=a.log_budget,
-            queue_requests=a.log_queue,
-            queue_mb=a.log_queue_mb,
-            flush_ms=a.log_flush_ms,
-            segment_seconds=a.log_segment_seconds,
-            segment_rows=a.log_segment_rows,
-            retention_hours=a.log_retention_hours,
-            retention_mb=a.log_retention_mb,
             exclude=frozenset(n.strip() for n in a.log_exclude.split(",") if n.strip()),
+            **values,
         )
     except Exception as exc:
         raise UsageError(str(exc)) from None

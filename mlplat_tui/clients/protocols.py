@@ -116,6 +116,13 @@ class MetadataApi(Protocol):
 
     def query_runs(self, query: RunsQuery | None = None, **fields: Any) -> RunsPage: ...
 
+    def register_reference(
+        self, bundle_id: str, model: str, version: str, reference: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """A bundle's reference v2 for the store's monitor; NotFoundError from a service that
+        has no monitor (started without ``--monitor-dir``)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -127,8 +127,7 @@ class Recorder:
         Never a refusal of the cycle's record: drift is bookkeeping on top of it."""
         import orjson
 
-        register = getattr(self.metadata, "register_reference", None)
-        if register is None:
+        if self.metadata is None:
             return False
         try:
             reference = orjson.loads((bundle_dir / "reference.json").read_bytes())
@@ -137,7 +136,9 @@ class Recorder:
         if not isinstance(reference, dict) or reference.get("version") != 2:
             return False  # v1 (or none): nothing drift could use
         try:
-            register(manifest.bundle_id, manifest.model_name, manifest.version, reference)
+            self.metadata.register_reference(
+                manifest.bundle_id, manifest.model_name, manifest.version, reference
+            )
         except MlplatError:
             return False
         return True

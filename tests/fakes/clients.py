@@ -132,6 +132,13 @@ class FakeMetadata(_Switch):
         self._check("query_runs")
         return self.store.query_runs(query or RunsQuery(**fields))
 
+    def register_reference(
+        self, bundle_id: str, model: str, version: str, reference: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """As a metadata service started without ``--monitor-dir``: it has no monitor (404)."""
+        self._check("register_reference")
+        raise NotFoundError("this metadata service has no monitor (fake: started without --monitor-dir)")
+
     def close(self) -> None:  # the store outlives the clients a cycle is given, as the service does
         self.closed = True
 

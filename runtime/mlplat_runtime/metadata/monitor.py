@@ -398,8 +398,12 @@ class Monitor:
     def ingest(self) -> int:
         done = {r[0] for r in self.store.read("SELECT path FROM monitor_segments WHERE kind = 'predictions'")}
         read = 0
+        oldest: dict[str, str] = {}  # model folder -> its oldest segment on disk now
         for path in self.reader.closed("predictions"):
             name = str(path.relative_to(self.reader.root))
+            folder, _, file = name.partition("/")
+            if folder not in oldest or file < oldest[folder]:
+                oldest[folder] = file
             if name in done:
                 continue
             rows = 0
@@ -421,7 +425,27 @@ class Monitor:
                 )
             read += 1
             self.segments_read += 1
+        self._forget_removed(done, oldest)
         return read
+
+    def _forget_removed(self, done: set[str], oldest: Mapping[str, str]) -> None:
+        """Drop the records of segments that retention removed, so ``monitor_segments`` (read
+        whole on every pass) stays as long as the log. Serving removes the oldest first and a
+        segment's name starts with the time it opened: a record is forgotten only when its
+        model's folder still lists segments and all of them are newer than it (a listing that
+        came back empty, say an unmounted volume, forgets nothing)."""
+        gone = []
+        for name in done:
+            folder, _, file = name.partition("/")
+            first = oldest.get(folder)
+            if first is not None and file < first:
+                gone.append(name)
+        if gone:
+            with self.store.write() as con:
+                con.execute(
+                    "DELETE FROM monitor_segments WHERE kind = 'predictions' AND list_contains(?, path)",
+                    [gone],
+                )
 
     def _profiles(self, data: SegmentData) -> list[Profile]:
         lay = self.reader.layout

@@ -281,3 +281,27 @@ def test_config_from_the_projects_mlplat_toml(tmp_path: Path) -> None:
     assert (config.window_s, config.bucket_s) == (300, 10)
     assert (config.thresholds.psi, config.thresholds.open_after, config.thresholds.min_rows) == (0.2, 2, 10)
     assert config.thresholds.ks == 0.1
+
+
+def test_segments_retention_removed_are_forgotten_and_none_is_read_twice(
+    monitor: Monitor, store: MetadataStore
+) -> None:
+    root = monitor.reader.root
+    paths = [write_segment(root, training(500, 400 + i)) for i in range(3)]
+    assert monitor.process()["segments"] == 3
+
+    def recorded() -> list[str]:
+        return [r[0] for r in store.read("SELECT path FROM monitor_segments ORDER BY path")]
+
+    assert recorded() == [f"m/{p.name}" for p in paths]
+    paths[0].unlink()  # what serving's retention does: the oldest first
+    assert monitor.process()["segments"] == 0
+    assert recorded() == [f"m/{p.name}" for p in paths[1:]]
+    # a listing that comes back empty (an unmounted volume, say) forgets nothing
+    for p in paths[1:]:
+        p.rename(p.with_suffix(".hidden"))
+    assert monitor.process()["segments"] == 0
+    assert len(recorded()) == 2
+    for p in paths[1:]:
+        p.with_suffix(".hidden").rename(p)
+    assert monitor.process()["segments"] == 0  # back: still counted once

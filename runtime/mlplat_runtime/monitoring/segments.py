@@ -181,7 +181,9 @@ def prediction_columns(
         if all_ok:
             ok, block = None, _concat([inp[tensor] for inp in inputs], columns[0].dtype, n)
         else:
-            ok, block = _stack([(inp or {}).get(tensor) for inp in inputs], counts, columns[0].dtype)
+            wide = None if columns[0].column is None else max(c.column or 0 for c in columns) + 1
+            got_in = [(inp or {}).get(tensor) for inp in inputs]
+            ok, block = _stack(got_in, counts, columns[0].dtype, wide)
         input_bytes += block.nbytes
         valid = f"_in{t}"
         if ok is not None:
@@ -205,7 +207,7 @@ def prediction_columns(
             for nm, arrs in zip(names, arrays, strict=True):
                 j = nm.index(out.output) if out.output in nm else -1
                 got.append(arrs[j] if j >= 0 else None)
-            ok, block = _stack(got, counts, out.dtype)
+            ok, block = _stack(got, counts, out.dtype, out.width)
         valid = f"_out{o}"
         if ok is not None:
             cols[valid] = ok
@@ -286,10 +288,13 @@ def _concat(parts: list[np.ndarray], dtype: np.dtype[Any], rows: int) -> np.ndar
 
 
 def _stack(
-    got: Sequence[np.ndarray | None], counts: np.ndarray, dtype: np.dtype[Any]
+    got: Sequence[np.ndarray | None], counts: np.ndarray, dtype: np.dtype[Any], width: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(per-row validity, the rows of one tensor across requests; zeros where it is missing)."""
-    width: int | None = None
+    """(per-row validity, the rows of one tensor across requests; zeros where it is missing).
+
+    ``width``: the columns the layout reads of a 2-D tensor (None: 1-D), the shape of the zeros
+    when no request of these has the tensor (a batch of failures only); a request's own
+    2-D width wins when there is one."""
     usable: list[np.ndarray | None] = []
     for arr, rows in zip(got, counts, strict=True):
         if arr is not None and arr.ndim in (1, 2) and arr.shape[0] == rows:

@@ -41,6 +41,32 @@ def _chunk(model: LoadedModel, items: list[tuple[object, ...]], counts: list[int
     )
 
 
+def _label_only(model: LoadedModel, rid: str, x: np.ndarray) -> tuple[object, ...]:
+    (label,) = model.predict({"input": x}, ["label"])
+    return (0.0, 0.002, model, rid, {"input": x}, ("label",), [label], 200, None)
+
+
+def test_chunks_of_failures_only_or_of_some_outputs_only_keep_their_rows(tmp_path: Path) -> None:
+    model = _model(tmp_path)
+    x = np.ones((1, 4), dtype=np.float32)
+    failed = (0.0, 0.001, model, "bad", None, (), (), 400, "input 'input' is missing")
+    chunks = [
+        _chunk(model, [_served(model, "ok", x)], [1]),
+        _chunk(model, [failed], [1]),  # no request of this batch has the input or any output
+        _chunk(model, [_label_only(model, "lab", x)], [1]),  # no probabilities in this batch
+    ]
+    path = tmp_path / "seg" / "y.parquet"
+    write_segment(duckdb.connect(), merge_chunks(chunks), path)
+    got = duckdb.sql(
+        f"SELECT request_id, status, in_x0, out_label, out_probabilities FROM read_parquet('{path}')"
+    ).fetchall()
+    by_id = {r[0]: r[1:] for r in got}
+    assert set(by_id) == {"ok", "bad", "lab"}
+    assert by_id["bad"] == (400, None, None, None)
+    assert by_id["lab"][:2] == (200, 1.0) and by_id["lab"][2] is not None and by_id["lab"][3] is None
+    assert by_id["ok"][3] is not None and len(by_id["ok"][3]) == 2
+
+
 def test_chunks_that_differ_are_written_as_one_segment_with_every_row(tmp_path: Path) -> None:
     model = _model(tmp_path)
     rows = np.arange(12, dtype=np.float32).reshape(3, 4)

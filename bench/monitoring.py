@@ -8,7 +8,8 @@ In one run, on one machine:
    ``wrk`` (1 thread, 8 keep-alive connections, pinned to CPU 0 when there are two) when
    installed, else an asyncio keep-alive client; ``--repeats`` runs of ``--duration`` s per
    side, interleaved (the two sides of a repeat back to back, in alternating order). Target:
-   the median over repeats of (req/s with the log / req/s without it) >= 95%.
+   the median over repeats of (req/s with the log / req/s without it) >= 95%. The servers'
+   CPU per request (all threads, from /proc) is printed beside it: the steadier figure here.
 2. **drift over 1,000,000 logged rows** — 8 features (6 numeric, 2 categorical) in 10 closed
    segments written as serving writes them; the metadata service's monitor (``Monitor``, real
    DuckDB store and segment reader, one DuckDB thread, numpy single-threaded) reads them,
@@ -187,10 +188,17 @@ def asyncio_rps(port: int, duration: float) -> float:
     return count[0] / (time.perf_counter() - t)
 
 
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads: the writer's too), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(
     champion: Path, work: Path, duration: float, repeats: int
-) -> tuple[list[float], list[float], int, str]:
-    """(req/s of each run without the log, with it, rows the log wrote, load generator)."""
+) -> tuple[list[float], list[float], list[float], list[float], int, str]:
+    """(req/s of each run without the log, with it; server CPU µs per request of each run
+    without, with; rows the log wrote; load generator)."""
     log_dir = work / "throughput-log"
     plain, plain_port = start_serving(champion, work)
     logged, logged_port = start_serving(
@@ -201,23 +209,26 @@ def throughput(
     def measure(port: int) -> float:
         return wrk_rps(port, duration, work) if use_wrk else asyncio_rps(port, duration)
 
+    off: list[float] = []
+    on: list[float] = []
+    cpu_off: list[float] = []
+    cpu_on: list[float] = []
     try:
         measure(plain_port), measure(logged_port)  # warm both
-        off, on = [], []
         for i in range(repeats):
-            order = [(plain_port, off), (logged_port, on)]
-            for port, into in order if i % 2 == 0 else order[::-1]:
-                into.append(measure(port))
+            order = [(plain, plain_port, off, cpu_off), (logged, logged_port, on, cpu_on)]
+            for proc, port, into, cpu in order if i % 2 == 0 else order[::-1]:
+                before = _cpu_s(proc.pid)
+                t = time.perf_counter()
+                rps = measure(port)
+                elapsed = time.perf_counter() - t
+                into.append(rps)
+                cpu.append((_cpu_s(proc.pid) - before) / max(rps * elapsed, 1.0) * 1e6)
     finally:
         stop(plain)
         stop(logged)  # SIGTERM flushes what is queued
     rows = _count_rows(log_dir)
-    return (
-        off,
-        on,
-        rows,
-        "wrk -t1 -c8" if use_wrk else "asyncio, 8 connections",
-    )
+    return off, on, cpu_off, cpu_on, rows, "wrk -t1 -c8" if use_wrk else "asyncio, 8 connections"
 
 
 def _count_rows(log_dir: Path) -> int:
@@ -328,14 +339,16 @@ def replay_seconds(log_root: Path, champion: Path, candidate: Path) -> tuple[flo
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per throughput run")
-    ap.add_argument("--repeats", type=int, default=5, help="throughput runs per side (default 5)")
+    ap.add_argument("--repeats", type=int, default=9, help="throughput runs per side (default 9)")
     ap.add_argument("--rows", type=int, default=1_000_000, help="logged rows for the drift figure")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mlplat-bench-monitoring-"))
     checks: list[tuple[str, bool | None, str]] = []
     try:
         champion, candidate = build_bundles(work)
-        runs_off, runs_on, logged_rows, gen = throughput(champion, work, args.duration, args.repeats)
+        runs_off, runs_on, cpu_off, cpu_on, logged_rows, gen = throughput(
+            champion, work, args.duration, args.repeats
+        )
         off, on = statistics.median(runs_off), statistics.median(runs_on)
         # Each repeat measures the two servers back to back: the ratio of each such pair, then
         # their median, so load that drifts between repeats cancels out of the comparison.
@@ -346,6 +359,9 @@ def main() -> int:
               f" (medians of {len(runs_on)}, spread {spread}); with/without per repeat"
               f" {', '.join(f'{p:.1%}' for p in pairs)}: median {ratio:.1%}; the log wrote"
               f" {logged_rows:,} rows")  # fmt: skip
+        c_off, c_on = statistics.median(cpu_off), statistics.median(cpu_on)
+        print(f"server CPU per request (all its threads, /proc): log off {c_off:.1f} µs, log on {c_on:.1f} µs"
+              f" (+{c_on - c_off:.1f} µs, {c_on / c_off - 1:+.1%})")  # fmt: skip
         checks.append(("log at 100% >= 95% of req/s without", ratio >= TARGETS["log_ratio"], f"{ratio:.1%}"))
 
         log_root = work / "log"

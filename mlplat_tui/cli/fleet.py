@@ -39,18 +39,6 @@ def fleet(as_json: bool) -> None:
     serving = sum(1 for r in rows if r.version is not None)
     print_table(
         ("PROJECT", "TARGET", "KIND", "STAGE", "MODEL", "VERSION", "REPLICAS", "HEALTH"),
-        [
-            (
-                r.project,
-                r.target,
-                r.kind,
-                r.stage,
-                r.model,
-                f"v{r.version}" if r.version else "-",
-                f"{r.healthy}/{r.replicas}" if r.replicas is not None else "-",
-                r.health,
-            )
-            for r in rows
-        ],
+        [(*r.cells(), r.health) for r in rows],
         title=f"fleet: {serving} model(s) serving on {len(rows)} target(s)",
     )

@@ -81,6 +81,13 @@ class FleetRow:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def cells(self) -> tuple[str, ...]:
+        """The columns every view of the fleet shows first: project, target, kind, stage, model,
+        version ("v3" or "-") and replicas ("healthy/replicas" or "-")."""
+        version = f"v{self.version}" if self.version else "-"
+        replicas = f"{self.healthy}/{self.replicas}" if self.replicas is not None else "-"
+        return (self.project, self.target, self.kind, self.stage, self.model, version, replicas)
+
 
 def _health(replicas: int, healthy: int) -> str:
     if healthy >= replicas > 0:

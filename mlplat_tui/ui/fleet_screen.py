@@ -100,13 +100,7 @@ class FleetScreen(Screen[None]):
             health = r.health
             cls = "fleet-screen--bad" if ":" in health else _HEALTH_CLASS.get(health, "fleet-screen--warn")
             grid.add_row(
-                r.project,
-                r.target,
-                r.kind,
-                r.stage,
-                r.model,
-                f"v{r.version}" if r.version else "-",
-                f"{r.healthy}/{r.replicas}" if r.replicas is not None else "-",
+                *r.cells(),
                 since_text(r.since),
                 Text(health, style=style(cls)),
                 key=f"{n}:{r.root}:{r.target}",

@@ -101,3 +101,8 @@ def rows_of(table: DataTable[Any]) -> list[list[str]]:
 def notifications(app: Any) -> list[tuple[str, str]]:
     """(severity, message) of every toast the app raised (run_test(notifications=True))."""
     return [(n.severity, n.message) for n in app._notifications]
+
+
+def toasts(app: Any) -> list[tuple[str, str]]:
+    """(title, message) of every toast the app raised; ``notify`` posts a message, so wait for them."""
+    return [(n.title, n.message) for n in app._notifications]

@@ -26,7 +26,7 @@ from mlplat_tui.ui.run_detail import RunDetailScreen
 from mlplat_tui.ui.runs_table import RunsTable
 from mlplat_tui.ui.serving_panel import ServingPanel
 from mlplat_tui.ui.stack_panel import StackPanel
-from tests.mlplat_tui.ui.conftest import Live, notifications, rows_of, text_of, wait_until
+from tests.mlplat_tui.ui.conftest import Live, notifications, rows_of, text_of, toasts, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("ui-live")]
 
@@ -376,7 +376,11 @@ async def test_stop_and_start_the_stack_while_keys_keep_working(live: Live) -> N
             timeout=180,
         )
         await wait_until(pilot, lambda: stack.busy is None, "the start to finish")
-        assert any("the stack is up" in m for _, m in notifications(app))
+        # the toast is a message the app handles after the busy line clears
+        await wait_until(
+            pilot, lambda: any(t == "stack up" for t, _ in toasts(app)), "the stack-up toast", timeout=10
+        )
+        assert ("stack up", "the stack is up") in toasts(app), toasts(app)
         assert "stack" in text_of(screen.query_one(EventsPanel))
     assert live.backend.status().up
     assert (

@@ -168,7 +168,8 @@ async def test_push_from_the_dashboard_completes_with_live_progress(world: World
         # the pipeline's lines arrived while it ran, then its outcome
         assert len(seen) >= 3 and any("/8 " in s or "staging stack" in s for s in seen[:-1]), seen
         assert seen[-1] == f"push v{version}: completed (v{version} serves)", seen
-        assert ("information", f"v{version}: completed (v{version} serves)") in notifications(app)
+        done = ("information", f"v{version}: completed (v{version} serves)")
+        await wait_until(pilot, lambda: done in notifications(app), "the completed toast", timeout=10)
         # every step was an event on the Events panel
         log = _main(app).events.query_one(RichLog)
         events = "\n".join(line.text for line in log.lines)
@@ -201,8 +202,15 @@ async def test_a_push_the_target_gates_refuse_is_rejected_and_changes_nothing(wo
         await pilot.press("p")
         seen = await _confirm_and_follow(pilot, app, "prod", f"Push v{version} to prod?")
         assert seen[-1].startswith(f"push v{version}: rejected: "), seen
-        warnings = [m for sev, m in notifications(app) if sev == "warning"]
-        assert any(m.startswith(f"v{version}: rejected: ") and "roc_auc" in m for m in warnings), warnings
+
+        def warnings() -> list[str]:
+            return [m for sev, m in notifications(app) if sev == "warning"]
+
+        rejected = f"v{version}: rejected: "
+        await wait_until(
+            pilot, lambda: any(m.startswith(rejected) for m in warnings()), "the toast", timeout=10
+        )
+        assert any(m.startswith(rejected) and "roc_auc" in m for m in warnings()), warnings()
         assert "prod: push" in text_of(panel) and "rejected" in text_of(panel)
         row = panel.snapshot.row("prod") if panel.snapshot else None
         assert row is not None and row.version is None and row.health == "nothing" and row.last is None

@@ -380,6 +380,38 @@ async def test_after_a_big_batch_a_free_runner_waits_briefly_for_its_clients_not
     repo.close()
 
 
+async def test_clients_queued_behind_a_call_wait_for_its_clients_so_batches_do_not_split_in_halves(
+    tmp_path: Path, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlplat_runtime.serving.batching as batching
+
+    # no deadline can pass during the test: what is measured is who waits for whom
+    monkeypatch.setattr(batching, "AUTO_DELAY_SHARE", 1e6)
+    monkeypatch.setattr(batching, "AUTO_DELAY_MAX_S", 30.0)
+    repo, model = load(tmp_path, BatchingConfig(max_batch_size=32))
+    metrics = ServingMetrics()
+    batcher = Batcher(model, model.batching, pool, metrics)  # type: ignore[arg-type]
+    batcher.inline = False  # batches in a worker thread, as a memory-bound model's are
+    first = [batcher.submit({"input": x}, NAMES) for x in rows(8)]
+    await asyncio.sleep(0)
+    assert batcher.calls == 1 and not batcher.idle  # 8 rows in flight
+    behind = [batcher.submit({"input": x}, NAMES) for x in rows(8, seed=1)]  # queued behind the call
+    await asyncio.gather(*first)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    # 8 queued, but 16 clients circulate: the runner waits for the first call's clients
+    assert batcher.calls == 1
+    back = [batcher.submit({"input": x}, NAMES) for x in rows(8, seed=2)]  # they are back: fire
+    answers = await asyncio.gather(*behind, *back)
+    assert batcher.calls == 2
+    xs = rows(8, seed=1) + rows(8, seed=2)
+    for x, got in zip(xs, answers, strict=True):
+        assert np.array_equal(got[0], model.predict({"input": x}, NAMES)[0])
+    text = metrics.render().decode()
+    assert sample(text, "mlplat_batch_size_sum", model="m", version="1") == 24  # 8, then 16 in one call
+    repo.close()
+
+
 async def test_a_lone_request_of_a_slow_model_takes_the_unbatched_path_and_a_crowd_joins_after(
     tmp_path: Path, pool: ThreadPoolExecutor
 ) -> None:

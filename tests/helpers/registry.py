@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from tests.helpers.ports import free_port
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 
@@ -49,12 +50,6 @@ class RunningRegistry:
         return list(r.json().get("tags") or [])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _htpasswd(path: Path, users: dict[str, str]) -> None:
     lines = []
     for user, password in users.items():
@@ -76,7 +71,7 @@ def started_registry(tmp: Path, users: dict[str, str] | None = None) -> Iterator
         )
     users = dict(users or {})
     tmp.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     auth = ""
     if users:
         _htpasswd(tmp / "htpasswd", users)

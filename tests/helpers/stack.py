@@ -7,36 +7,18 @@ service and serving runtime as processes and always stops them.
 from __future__ import annotations
 
 import contextlib
-import random
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 from mlplat_tui.project.config import load_project
 from mlplat_tui.stack.local import LocalBackend
+from tests.helpers.ports import free_port_base
+
+__all__ = ["copy_sample", "free_port_base", "relax_latency_gate", "set_port_base", "started_stack"]
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "sample_projects"
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_base(width: int = 4) -> int:
-    """A base port with ``width`` consecutive free ports after it."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 60000, 4)
-        if all(_free(base + i) for i in range(width)):
-            return base
-    raise RuntimeError("no free port range found")
 
 
 def set_port_base(project_dir: Path, base: int) -> None:

@@ -9,7 +9,6 @@ and its storage); the swarm is left when these fixtures made it.
 from __future__ import annotations
 
 import contextlib
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from mlplat_tui.project.config import Project, load_project
 from mlplat_tui.push.credentials import Credentials
 from mlplat_tui.push.engine import ImageRef
 from tests.helpers.models import make_bundle, make_logreg_onnx
+from tests.helpers.ports import free_port
 from tests.helpers.registry import RunningRegistry, started_registry
 from tests.helpers.swarm import remove_swarm_objects, single_node_swarm
 
@@ -29,12 +29,6 @@ if TYPE_CHECKING:
     import docker
 
 RUNTIME_TEST_IMAGE = "mlplat-runtime:test"  # tests/mlplat_tui/stack/conftest.py's mlplat_images
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,11 @@ ONNX Runtime call per runner in flight, ``instances`` runners), requests queue; 
 that comes free takes what is queued, up to ``max_batch_size`` rows. Only when another call
 is still in flight (so more requests are on their way) and the queue holds fewer rows than
 the smallest preferred size does a free runner wait, at most ``max_queue_delay_us`` from the
-oldest queued request's arrival. MLServer's fixed window cut a single client from 793 to
-282 req/s; this rule cannot.
+oldest queued request's arrival. Without ``max_queue_delay_us``, a runner that comes free
+with fewer rows queued than clients in circulation (the batch it just answered and those
+queued behind it) waits for them at most as long as that batch's call took, counted from its
+end (``Batcher._delay_s``). MLServer's fixed window cut a single client from 793 to 282 req/s;
+these rules cannot: a lone client's last batch was its own row, so it never waits.
 
 A batch that fails (one bad request among many) is run again one request at a time, so a
 request fails only for its own reason. Metrics: rows per call and time in the queue.
@@ -311,8 +314,9 @@ class Batcher:
             delay = self._delay_s()
             if delay and self._rows < self._wanted():
                 # a call is in flight, or the last batch's clients are on their way back: wait
-                # for company, but never past the oldest request's delay. A lone client (last
-                # batch: its own row) never waits.
+                # for company, but never past the delay: from the oldest request's arrival
+                # (max_queue_delay_us) or from the last batch's end (the auto delay). A lone
+                # client (last batch: its own row, nothing queued) never waits.
                 since = self._queue[0].queued_at
                 if not self.config.max_queue_delay_us:
                     since = max(since, self._freed_at)  # the auto delay waits for the last batch's clients

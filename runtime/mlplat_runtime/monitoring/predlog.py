@@ -130,7 +130,7 @@ class PredictionLog:
         self.config = config
         self.clock = clock
         self.boot = secrets.token_hex(4)
-        self.captured = 0  # rows queued (event loop thread only)
+        self.captured = 0  # rows the writer took into a segment, after sampling (writer thread)
         self.dropped = 0  # rows dropped because the queue was full
         self.sampled_out = 0  # rows left out by sampling
         self.feedback_rows = 0
@@ -236,7 +236,8 @@ class PredictionLog:
     # -- /metrics ----------------------------------------------------------------------------
     def metric_lines(self) -> list[str]:
         series = (
-            ("mlplat_predlog_captured_rows_total", "counter", "Rows queued for the log", self.captured),
+            ("mlplat_predlog_captured_rows_total", "counter", "Rows taken into the log, after sampling",
+             self.captured),
             ("mlplat_predlog_dropped_rows_total", "counter", "Rows dropped because the log queue was full",
              self.dropped),
             ("mlplat_predlog_sampled_out_rows_total", "counter", "Rows left out by sampling above the budget",
@@ -294,32 +295,36 @@ class PredictionLog:
             while True:
                 stopping = self._stop.wait(self.config.flush_ms / 1000.0)
                 now = self.clock()
-                self._drain(open_segments, layouts, now)
-                while self._feedback:
-                    feedback.items.append(self._feedback.popleft())
-                    feedback.rows += 1
-                full = sum(seg.nbytes for seg in open_segments.values()) > self._max_bytes
-                for key, seg in list(open_segments.items()):
-                    if (
+                try:
+                    self._drain(open_segments, layouts, now)
+                    while self._feedback:
+                        feedback.items.append(self._feedback.popleft())
+                        feedback.rows += 1
+                    full = sum(seg.nbytes for seg in open_segments.values()) > self._max_bytes
+                    for key, seg in list(open_segments.items()):
+                        if (
+                            stopping
+                            or full
+                            or seg.rows >= self.config.segment_rows
+                            or now - seg.opened >= self.config.segment_seconds
+                        ):
+                            del open_segments[key]
+                            self._close_predictions(con, key, seg)
+                    if feedback.items and (
                         stopping
-                        or full
-                        or seg.rows >= self.config.segment_rows
-                        or now - seg.opened >= self.config.segment_seconds
+                        or feedback.rows >= self.config.segment_rows
+                        or now - feedback.opened >= self.config.segment_seconds
                     ):
-                        del open_segments[key]
-                        self._close_predictions(con, key, seg)
-                if feedback.items and (
-                    stopping
-                    or feedback.rows >= self.config.segment_rows
-                    or now - feedback.opened >= self.config.segment_seconds
-                ):
-                    self._close_feedback(con, feedback)
-                    feedback = _Segment(now)
-                elif not feedback.items:
-                    feedback.opened = now
-                if stopping or now - last_retention >= 30.0:
-                    self._retention(now)
-                    last_retention = now
+                        self._close_feedback(con, feedback)
+                        feedback = _Segment(now)
+                    elif not feedback.items:
+                        feedback.opened = now
+                    if stopping or now - last_retention >= 30.0:
+                        self._retention(now)
+                        last_retention = now
+                except Exception:  # a bug here must not end the writer: the queue would only fill
+                    self.write_errors += 1
+                    log.exception("the prediction log's writer failed a pass; it goes on")
                 if stopping and not self._queue and not self._feedback:
                     return
         finally:
@@ -341,12 +346,17 @@ class PredictionLog:
         offset = self.clock() - _perf_counter()  # a wall time is a t1 reading plus this
         first = batch[0][2]
         if all(item[2] is first for item in batch):
-            self._take(open_segments, layouts, first, batch, offset, now)
-            return
-        groups: dict[int, list[tuple[Any, ...]]] = {}
-        for item in batch:
-            groups.setdefault(id(item[2]), []).append(item)
-        for items in groups.values():
+            groups = [batch]
+        else:
+            by_model: dict[int, list[tuple[Any, ...]]] = {}
+            for item in batch:
+                by_model.setdefault(id(item[2]), []).append(item)
+            groups = list(by_model.values())
+        # the hot path's bound: as many requests as fit in queue_mb, sized by the largest
+        # model's requests of this batch (the first of each: "requests like these")
+        largest = max(_request_bytes(items[0]) for items in groups)
+        self._limit = max(1, min(self.config.queue_requests, int(self._max_bytes / max(largest, 1))))
+        for items in groups:
             self._take(open_segments, layouts, items[0][2], items, offset, now)
 
     def _refill_ids(self, want: int) -> None:
@@ -382,7 +392,6 @@ class PredictionLog:
             if not items:
                 return
         rows = int(counts.sum())
-        self.captured += rows
         key = (model.name, model.bundle_id)
         try:
             layout = layouts.get(key)
@@ -393,9 +402,7 @@ class PredictionLog:
             self.write_errors += 1
             log.exception("could not log %d requests of %s; they are lost", len(items), key[0])
             return
-        # the hot path's bound: as many requests like these as fit in queue_mb
-        per_request = chunk.input_bytes / len(items)
-        self._limit = max(1, min(self.config.queue_requests, int(self._max_bytes / max(per_request, 1.0))))
+        self.captured += rows
         seg = open_segments.get(key)
         if seg is None:
             seg = open_segments[key] = _Segment(now)
@@ -510,11 +517,17 @@ class PredictionLog:
 
 
 def _rows(inputs: dict[str, np.ndarray] | None) -> int:
-    """A request's rows: the first dimension of its inputs (1 without decoded inputs)."""
-    rows = 1
+    """A request's rows: the first dimension of its first input (1 without decoded inputs),
+    as ``PredictionLog._take`` counts them."""
     for arr in (inputs or {}).values():
-        rows = arr.shape[0] if arr.ndim else 1
-    return rows
+        return int(arr.shape[0]) if arr.ndim else 1
+    return 1
+
+
+def _request_bytes(item: tuple[Any, ...]) -> int:
+    """What one queued request holds: its input and output arrays (``Captured`` fields)."""
+    inputs, arrays = item[4], item[6]
+    return sum(a.nbytes for a in (inputs or {}).values()) + sum(a.nbytes for a in arrays)
 
 
 def _label_text(label: str | int | float | bool) -> str:

@@ -120,7 +120,6 @@ class Chunk(NamedTuple):
     columns: dict[str, np.ndarray]
     select: str
     nbytes: int  # held by the numeric columns
-    input_bytes: int  # of which the requests' inputs
 
 
 def prediction_columns(
@@ -173,7 +172,6 @@ def prediction_columns(
         "sample_rate",
     ]
     all_outputs = all_ok and names.count(first.output_names) == len(names)
-    input_bytes = 0
     by_tensor: dict[str, list[InputColumn]] = {}
     for col in layout.inputs:
         by_tensor.setdefault(col.tensor, []).append(col)
@@ -184,7 +182,6 @@ def prediction_columns(
             wide = None if columns[0].column is None else max(c.column or 0 for c in columns) + 1
             got_in = [(inp or {}).get(tensor) for inp in inputs]
             ok, block = _stack(got_in, counts, columns[0].dtype, wide)
-        input_bytes += block.nbytes
         valid = f"_in{t}"
         if ok is not None:
             cols[valid] = ok
@@ -234,7 +231,7 @@ def prediction_columns(
             else f"{expr} AS {quote(out.name)}"
         )
     nbytes = sum(a.nbytes for a in cols.values() if a.dtype != object)
-    return Chunk(cols, ", ".join(select), nbytes, input_bytes)
+    return Chunk(cols, ", ".join(select), nbytes)
 
 
 def merge_chunks(chunks: Sequence[Chunk]) -> list[tuple[dict[str, np.ndarray], str]]:
@@ -265,8 +262,11 @@ def literal(text: str) -> str:
 def _concat(parts: list[np.ndarray], dtype: np.dtype[Any], rows: int) -> np.ndarray:
     """The parts (``rows`` rows in all) one after another.
 
-    The parts are one tensor of one model version's requests: decoding gives every input the
-    signature's dtype, and the session every output its own. So when they are C-contiguous
+    The parts are one tensor of one model version's requests, and the layout holds only
+    tensors whose non-batch dimensions the signature fixes: decoding checks every input's
+    shape against it and gives it the signature's dtype, and the session gives every output
+    its own dtype (only an output whose width varies between requests, against its graph's
+    declaration, is left to the byte count below). So when they are C-contiguous
     their buffers are joined as bytes (a third of ``np.concatenate``'s cost for many one-row
     parts), the byte count checked against ``rows`` rows of the first part's shape and dtype;
     anything else (a part that is not contiguous, a count that differs) numpy concatenates."""

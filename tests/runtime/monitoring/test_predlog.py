@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import httpx
@@ -357,3 +358,60 @@ def test_a_log_folder_that_cannot_be_used_does_not_stop_serving(
     assert "mlplat_predlog" not in httpx.get(f"{s.url}/metrics", timeout=10).text
     s.stop()
     assert "serving without the prediction log" in (tmp_path / "serving.log").read_text()
+
+
+def _wait(cond: object, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _loaded(tmp_path: Path) -> Any:
+    from mlplat_runtime.bundle import open_bundle
+    from mlplat_runtime.serving.model import load_bundle
+
+    return load_bundle(open_bundle(make_bundle(tmp_path / "b")), providers=["CPUExecutionProvider"])
+
+
+def test_the_queue_bound_counts_what_requests_hold_even_in_excluded_columns(tmp_path: Path) -> None:
+    model = _loaded(tmp_path)
+    plog = PredictionLog(
+        LogConfig(
+            root=tmp_path / "log",
+            budget=1_000_000,
+            queue_mb=1,
+            flush_ms=50,
+            exclude=frozenset({"x0", "x1", "x2", "x3"}),
+        )
+    )
+    plog.start()
+    try:
+        big = np.zeros((40_000, 4), dtype=np.float32)  # 640 KB, in columns the log never writes
+        arrays = model.predict({"input": big}, model.output_names)
+        plog.capture(model, None, {"input": big}, model.output_names, arrays, time.perf_counter())
+        _wait(lambda: plog.captured == 40_000, "the writer to take the first request")
+        for _ in range(10):  # a burst within one flush: one such request fits in 1 MB
+            plog.capture(model, None, {"input": big}, model.output_names, arrays, time.perf_counter())
+        assert plog.dropped >= 5 * 40_000, plog.dropped
+    finally:
+        plog.close()
+
+
+def test_a_pass_that_fails_does_not_end_the_writer(tmp_path: Path) -> None:
+    model = _loaded(tmp_path)
+    plog = PredictionLog(LogConfig(root=tmp_path / "log", flush_ms=20, segment_seconds=0.1))
+    plog.start()
+    try:
+        plog._queue.append(("not", "a", "request"))  # what a bug in the writer's input would look like
+        _wait(lambda: plog.write_errors >= 1, "the failed pass to be counted")
+        x = np.ones((1, 4), dtype=np.float32)
+        rid = plog.capture(model, None, {"input": x}, model.output_names, model.predict({"input": x},
+                           model.output_names), time.perf_counter())  # fmt: skip
+        _wait(lambda: plog.written >= 1, "the next request to be written")
+    finally:
+        plog.close()
+    rows = read(tmp_path / "log" / "*" / "*.parquet")
+    assert [r["request_id"] for r in rows] == [rid]

@@ -96,7 +96,7 @@ class LoadedModel:
     def predict(self, inputs: Mapping[str, np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
         """Run the session; a bad input ORT catches is the caller's fault (400), else 500."""
         try:
-            return self._run(names, inputs, None)  # type: ignore[no-any-return]
+            return self._run(names, inputs, self._run_options)  # type: ignore[no-any-return]
         except Exception as exc:
             raise _run_error(exc, self.name) from exc
 
@@ -108,7 +108,15 @@ class LoadedModel:
         inner = getattr(self.session, "_sess", None)
         if inner is not None and callable(getattr(inner, "run", None)):
             return inner.run
-        return lambda names, feeds, _opts: self.session.run(names, feeds)
+        return lambda names, feeds, opts: self.session.run(names, feeds, opts)
+
+    @functools.cached_property
+    def _run_options(self) -> Any:
+        # One RunOptions for every call (ORT only reads it): given None, the binding builds a
+        # default one per call, 1.5 µs of a one-row tabular model's ~9 µs (measured, ORT 1.31).
+        import onnxruntime as ort
+
+        return ort.RunOptions()
 
 
 def _run_error(exc: Exception, name: str) -> MlplatError:

@@ -152,7 +152,9 @@ def test_a_big_json_body_pauses_the_garbage_collector_only_while_it_decodes(
     seen: list[bool] = []
     real = protocol._floats
     monkeypatch.setattr(
-        protocol, "_floats", lambda data, count: (seen.append(gc.isenabled()), real(data, count))[1]
+        protocol,
+        "_floats",
+        lambda data, count, code: (seen.append(gc.isenabled()), real(data, count, code))[1],
     )
     got = decode_infer_request(body, inputs, outputs)
     assert np.array_equal(got.inputs["x"], x) and seen == [False] and gc.isenabled()

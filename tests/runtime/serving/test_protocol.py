@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from mlplat_runtime.bundle.manifest import OIP_TO_NUMPY, TensorSpec
 from mlplat_runtime.errors import RequestError
+from mlplat_runtime.serving import protocol
 from mlplat_runtime.serving.protocol import (
     TensorSlot,
     decode_infer_request,
@@ -220,3 +222,62 @@ def test_empty_batch_is_accepted() -> None:
     inputs, outputs = sig()
     req = decode_infer_request(body(inputs=[tensor([], [0, 3])]), inputs, outputs)
     assert req.inputs["x"].shape == (0, 3) and req.inputs["x"].dtype == np.float32
+
+
+def _document(name: str, version: str, rid: str | None, names: list[str], arrays: list[np.ndarray]) -> bytes:
+    """The response as a document, written by orjson: what the template encoder must match."""
+    spelled = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
+    outs = []
+    for n, a in zip(names, arrays, strict=True):
+        flat = a.ravel()
+        data: Any = flat
+        if a.dtype.kind == "f" and not np.isfinite(flat).all():
+            data = [v if math.isfinite(v) else spelled[repr(v)] for v in flat.tolist()]
+        datatype = {v: k for k, v in OIP_TO_NUMPY.items()}[a.dtype.name]
+        outs.append({"name": n, "datatype": datatype, "shape": list(a.shape), "data": data})
+    doc: dict[str, Any] = {"model_name": name, "model_version": version}
+    if rid is not None:
+        doc["id"] = rid
+    doc["outputs"] = outs
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def test_json_responses_are_the_document_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every datatype, 0-3 outputs of 0-3 dimensions, ids or none, transposed arrays, inf and
+    NaN, names holding quotes, '%' or "null": the same bytes as the document; at the template
+    cap the templates are dropped, never grown."""
+    monkeypatch.setattr(protocol, "TEMPLATE_CAP", 16)
+    monkeypatch.setattr(protocol, "_TEMPLATES", {})
+    rng = np.random.default_rng(11)
+    dtypes = [np.dtype(v) for v in OIP_TO_NUMPY.values()]
+    odd = ['q"uote', "per%scent", "100%", "null", "é"]
+    for trial in range(400):
+        k = int(rng.integers(0, 4))
+        names = [
+            odd[int(rng.integers(len(odd)))] + str(i) if rng.random() < 0.3 else f"o{i}" for i in range(k)
+        ]
+        arrays = []
+        for _ in range(k):
+            shape = tuple(int(d) for d in rng.integers(0, 4, size=int(rng.integers(0, 4))))
+            a = (rng.normal(size=shape) * 100).astype(dtypes[int(rng.integers(len(dtypes)))])
+            if a.dtype.kind == "f" and a.size and rng.random() < 0.3:
+                a.flat[0] = [np.inf, -np.inf, np.nan][int(rng.integers(3))]
+            arrays.append(a.T if a.ndim == 2 and rng.random() < 0.3 else a)
+        rid = [None, "r-1", 'a"b'][trial % 3]
+        version = ["1", "v%d"][trial % 2]
+        for _ in range(2):  # made, then from the template
+            out, json_len = encode_infer_response("m", version, rid, names, arrays)
+            assert json_len is None
+            assert out == _document("m", version, rid, names, arrays)
+    assert 0 < len(protocol._TEMPLATES) <= 16
+
+
+def test_fp32_json_values_round_as_numpy_casts_them() -> None:
+    values = [0.1, 1e39, -1e39, 3.4028235e38, 1e-45, 1e-50, 16777217.0, 2**70, -0.0, 5e-324]
+    inputs, outputs = sig("FP32", (-1, 5))
+    req = decode_infer_request(body(inputs=[tensor([values[:5], values[5:]], [2, 5])]), inputs, outputs)
+    arr = req.inputs["x"]
+    with np.errstate(over="ignore"):
+        want = np.asarray(values, dtype=np.float64).astype(np.float32).reshape(2, 5)
+    assert arr.dtype == np.float32 and arr.shape == (2, 5)
+    assert arr.view(np.int32).tolist() == want.view(np.int32).tolist()  # bit for bit: -0.0, inf

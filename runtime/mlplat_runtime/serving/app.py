@@ -71,6 +71,7 @@ SERVER_METADATA = orjson.dumps(
     }
 )
 _OCTET = b"application/octet-stream"
+_new = tuple.__new__
 _METRICS_TYPE = CONTENT_TYPE.encode()
 # A body this large, or any compressed one, is decoded in a worker thread, not on the loop:
 # parsing 60 MB of JSON takes over a second, and every other client would wait for it.
@@ -112,9 +113,34 @@ def decode_content(body: bytes, encoding: bytes | None, limit: int = MAX_BODY) -
         ) from None
 
 
+# /v2/models/... paths seen recently -> (name, version or None, action): bounded as http's
+# path cache is (dropped at the cap), so a client sending random paths costs no memory.
+_ROUTES: dict[str, tuple[str, str | None, str]] = {}
+ROUTE_CACHE = 1024
+
+
+def _model_route(path: str) -> tuple[str, str | None, str] | None:
+    """``/v2/models/{name}[/versions/{v}][/action]`` split; None when it is no model route."""
+    parts = path[len(_MODELS) :].split("/")
+    name = parts[0]
+    version: str | None = None
+    rest = parts[1:]
+    if len(rest) >= 2 and rest[0] == "versions":
+        version, rest = rest[1], rest[2:]
+    action = rest[0] if len(rest) == 1 else ("" if not rest else None)
+    if not name or action is None or action not in _MODEL_ENDPOINTS:
+        return None
+    route = (name, version, action)
+    if len(path) <= 256:
+        if len(_ROUTES) >= ROUTE_CACHE:
+            _ROUTES.clear()
+        _ROUTES[path] = route
+    return route
+
+
 def _heavy(req: Request) -> bool:
     """Whether decoding this request could hold the event loop up (see ``OFFLOAD_BYTES``)."""
-    return len(req.body) > OFFLOAD_BYTES or req.header(b"content-encoding") is not None
+    return len(req.body) > OFFLOAD_BYTES or req.encoding is not None
 
 
 def model_config_of(m: LoadedModel) -> dict[str, object]:
@@ -157,15 +183,10 @@ class InferenceHandler:
         endpoint = "other"
         try:
             if path.startswith(_MODELS):
-                parts = path[len(_MODELS) :].split("/")
-                name = parts[0]
-                version: str | None = None
-                rest = parts[1:]
-                if len(rest) >= 2 and rest[0] == "versions":
-                    version, rest = rest[1], rest[2:]
-                action = rest[0] if len(rest) == 1 else ("" if not rest else None)
-                if not name or action is None or action not in _MODEL_ENDPOINTS:
+                route = _ROUTES.get(path) or _model_route(path)
+                if route is None:
                     raise NotFoundError(f"no route for {path}")
+                name, version, action = route
                 endpoint = _MODEL_ENDPOINTS[action]
                 model = self.repo.find(name)
                 if model is not None:
@@ -174,12 +195,13 @@ class InferenceHandler:
                     if req.method != "POST":
                         raise method_not_allowed(req.method, path, "POST")
                     # the version this request runs on, whatever swaps in next
-                    model = self.repo.get(name, version)
+                    if model is None or (version is not None and version != model.version):
+                        model = self.repo.get(name, version)  # says why not
                     if model.batching is not None and self.executor is not None:
                         return self._infer_batched(req, model, t0)
                     if self.executor is not None and (not model.inline or _heavy(req)):
                         return self._infer_in_thread(req, model, t0)
-                    resp = self._infer(req, model, t0)
+                    return self._infer(req, model, t0)
                 elif req.method != "GET":
                     raise method_not_allowed(req.method, path, "GET")
                 elif action == "ready":
@@ -232,7 +254,6 @@ class InferenceHandler:
 
     def _decode(self, req: Request, model: LoadedModel) -> protocol.InferRequest:
         header_len: int | None = None
-        encoding: bytes | None = None
         for key, value in req.headers:
             if key == b"inference-header-content-length":
                 try:
@@ -241,8 +262,7 @@ class InferenceHandler:
                     raise RequestError(
                         f"Inference-Header-Content-Length is not an integer: {value!r}"
                     ) from None
-            elif key == b"content-encoding":
-                encoding = value.lower()
+        encoding = req.encoding
         body = decode_content(req.body, encoding, self.max_body) if encoding is not None else req.body
         if self.decoder is not None and (len(body) if header_len is None else header_len) > CHILD_BYTES:
             return self.decoder.decode(body, model.inputs, model.outputs, header_length=header_len)
@@ -261,20 +281,31 @@ class InferenceHandler:
             model.name, model.version, request_id, decoded.outputs, arrays, decoded.binary
         )
         if json_len is None:
-            return Response(200, out, JSON)
+            return _new(Response, (200, out, JSON, ()))  # Response(200, out), without its Python __new__
         return Response(200, out, _OCTET, ((b"inference-header-content-length", str(json_len).encode()),))
 
     def _infer(self, req: Request, model: LoadedModel, t0: float = 0.0) -> Response:
+        """A model that runs inline, answered here: decode, run, encode, and both metrics in one
+        call (the path of a microsecond model, where each call counts)."""
         decoded: protocol.InferRequest | None = None
+        ran: float | None = None
         try:
-            decoded = self._decode(req, model)
-            t = time.perf_counter()
-            arrays = model.predict(decoded.inputs, decoded.outputs)
+            try:
+                decoded = self._decode(req, model)
+                t = time.perf_counter()
+                arrays = model.predict(decoded.inputs, decoded.outputs)
+                ran = time.perf_counter() - t
+            except MlplatError as exc:
+                self._log_failure(model, decoded, exc, t0)
+                raise
+            resp = self._encode_logged(model, decoded, arrays, t0)
         except MlplatError as exc:
-            self._log_failure(model, decoded, exc, t0)
-            raise
-        self.metrics.observe_inference(model.name, model.version, time.perf_counter() - t)
-        return self._encode_logged(model, decoded, arrays, t0)
+            resp = error_response(exc)
+        except Exception as exc:
+            log.exception("internal error on %s %s", req.method, req.path)
+            resp = json_error(500, f"internal error: {type(exc).__name__}: {exc}")
+        self.metrics.observe_infer(model.name, model.version, resp.status, time.perf_counter() - t0, ran)
+        return resp
 
     def _log_failure(
         self, model: LoadedModel, decoded: protocol.InferRequest | None, exc: MlplatError, t0: float

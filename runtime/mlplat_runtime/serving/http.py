@@ -83,16 +83,33 @@ class _Refused(Exception):
     """Raised from a parser callback to stop reading a request we have already refused."""
 
 
+_SCAN: Any = object()
+
+
 class Request:
-    """One parsed request. ``headers``: (lower-cased name, value) pairs as bytes."""
+    """One parsed request. ``headers``: (lower-cased name, value) pairs as bytes; ``encoding``:
+    the Content-Encoding, lower-cased (None without one), found in ``headers`` unless given."""
 
-    __slots__ = ("body", "headers", "method", "path")
+    __slots__ = ("body", "encoding", "headers", "method", "path")
 
-    def __init__(self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        encoding: bytes | None = _SCAN,
+    ) -> None:
         self.method = method
         self.path = path
         self.headers = headers
         self.body = body
+        if encoding is _SCAN:  # the last one counts, as when the connection notes them
+            encoding = None
+            for key, value in headers:
+                if key == b"content-encoding":
+                    encoding = value.lower()
+        self.encoding = encoding
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -161,11 +178,16 @@ def inflate(body: bytes, encoding: bytes, limit: int, step: int = 1 << 20) -> by
     return parts[0] if len(parts) == 1 else b"".join(parts)  # no parts: an empty body
 
 
+_OK_JSON = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+
+
 def encode_response(
     resp: Response, keep_alive: bool, head_only: bool = False, length: int | None = None
 ) -> bytes:
     """The response's bytes (only its head with ``head_only``; ``length``: the content-length
     to announce when the body is written separately)."""
+    if resp.status == 200 and keep_alive and not head_only and not resp.headers and resp.content_type is JSON:
+        return _OK_JSON % (len(resp.body), resp.body)  # most answers: one format, no list
     reason = _REASONS.get(resp.status, b"Unknown")
     parts = [
         b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
@@ -254,6 +276,22 @@ class ServerState:
         return any(c.in_request for c in self.connections)
 
 
+def request_path(url: bytes) -> str:
+    """The path of a request target, percent-decoded (its query and fragment dropped)."""
+    path = (httptools.parse_url(url).path or b"/").decode("latin-1")
+    return unquote(path) if "%" in path else path
+
+
+# Request targets seen recently -> their paths: a server's clients ask for a few routes, and
+# parsing and decoding one costs more than the rest of reading a request's head. Bounded (at
+# the cap it is dropped and filled again), so a client sending random targets costs no memory.
+_PATHS: dict[bytes, str] = {}
+PATH_CACHE = 1024
+PATH_CACHE_URL = 256  # longer targets are parsed every time
+_NOTED = frozenset((b"content-length", b"expect", b"content-encoding"))
+_METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH")}
+
+
 class HttpProtocol(asyncio.Protocol):
     """One client connection."""
 
@@ -283,6 +321,8 @@ class HttpProtocol(asyncio.Protocol):
         self._body_size = 0
         self._held = 0  # body bytes this connection counts against the shared budget
         self._error: Response | None = None
+        self._expect_continue = False
+        self._encoding: bytes | None = None  # the request's Content-Encoding, lower-cased
         self._reading_paused = False
         self._burst = 0  # requests answered inline during the current read
         self._drain_scheduled = False
@@ -349,13 +389,15 @@ class HttpProtocol(asyncio.Protocol):
         self._url_size = 0
         self._head_size = 0
         self._in_head = True
-        self.head_started = self.loop.time()
+        self.head_started = self.last_active  # when the bytes that begin it arrived
         self.body_started = None
         self._headers = []
         self._header_bytes = 0
         self._body = []
         self._body_size = 0
         self._error = None
+        self._expect_continue = False
+        self._encoding = None
 
     def on_url(self, url: bytes) -> None:
         # fragments are joined once at the end: joining them as they come is quadratic
@@ -368,7 +410,16 @@ class HttpProtocol(asyncio.Protocol):
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > self.limits.max_head:
             self._refuse(json_error(431, f"request headers over {self.limits.max_head} bytes"))
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        self._headers.append((name, value))
+        if name in _NOTED:  # the few headers this layer acts on, noted as they come
+            if name == b"content-length":
+                if value.isdigit() and int(value) > self.max_body:  # refused once the head is in
+                    self._error = json_error(413, f"request body over {self.max_body} bytes")
+            elif name == b"expect":
+                self._expect_continue = value.lower() == b"100-continue"
+            else:
+                self._encoding = value.lower()
 
     def _refuse(self, resp: Response) -> None:
         """Stop parsing this request now: an exception raised in a callback stops httptools."""
@@ -378,19 +429,13 @@ class HttpProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self.head_started = None
-        self.body_started = self.loop.time()
+        self.body_started = self.last_active
         assert self.parser is not None
         if self.parser.should_upgrade():
             self._error = json_error(400, "protocol upgrades are not supported")
-        expect_continue = False
-        for name, value in self._headers:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                self._error = json_error(413, f"request body over {self.max_body} bytes")
-            elif name == b"expect" and value.lower() == b"100-continue":
-                expect_continue = True
         if self._error is not None:
             self._fail(self._error)  # answer now: do not read a body we will refuse
-        elif expect_continue and self._error is None and self.transport is not None:
+        elif self._expect_continue and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -428,18 +473,22 @@ class HttpProtocol(asyncio.Protocol):
             self._fail(self._error)
             return
         assert self.parser is not None
-        method = self.parser.get_method().decode("ascii", "replace")
+        raw_method = self.parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
-        try:
-            raw_path = httptools.parse_url(url).path or b"/"
-        except httptools.HttpParserInvalidURLError:
-            self._fail(json_error(400, f"malformed request target {url[:200]!r}"))
-            return
-        path = raw_path.decode("latin-1")
-        if "%" in path:
-            path = unquote(path)
+        path = _PATHS.get(url)
+        if path is None:
+            try:
+                path = request_path(url)
+            except httptools.HttpParserInvalidURLError:
+                self._fail(json_error(400, f"malformed request target {url[:200]!r}"))
+                return
+            if len(url) <= PATH_CACHE_URL:
+                if len(_PATHS) >= PATH_CACHE:
+                    _PATHS.clear()
+                _PATHS[url] = path
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        req = Request(method, path, self._headers, body)
+        req = Request(method, path, self._headers, body, self._encoding)
         keep_alive = self.parser.should_keep_alive()
         self._in_head = True  # until the next request's headers are in (pipelined or kept alive)
         self._head_size = 0

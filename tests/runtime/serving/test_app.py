@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mlplat_runtime.errors import UsageError
+from mlplat_runtime.serving import app as serving_app
 from mlplat_runtime.serving.admin import AdminHandler, default_token_path, ensure_admin_token
 from mlplat_runtime.serving.app import InferenceHandler
 from mlplat_runtime.serving.checker import Checker
@@ -149,6 +150,23 @@ async def test_metrics_exposition(client: httpx.AsyncClient) -> None:
     active = [dict(labels) for (name, labels) in scrape(text) if name == "mlplat_model_active_info"]
     assert [a["version"] for a in active] == ["1"] and active[0]["bundle_id"].startswith("sha256:")
     assert sample(text, "mlplat_model_loads_total", model="m", result="ok") == 1
+
+
+async def test_model_routes_are_remembered_only_up_to_the_cap(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(serving_app, "ROUTE_CACHE", 4)
+    monkeypatch.setattr(serving_app, "_ROUTES", {})
+    for i in range(10):
+        assert (await client.get(f"/v2/models/ghost{i}/ready")).status_code == 404
+    for _ in range(2):  # parsed, then remembered: the same answers
+        assert (await client.get("/v2/models/m/versions/1/ready")).status_code == 200
+        assert (await client.get("/v2/models/m/versions/9/ready")).status_code == 404
+        assert (await client.get("/v2/models/m/nope")).status_code == 404
+    long = "/v2/models/" + "x" * 300 + "/ready"
+    assert (await client.get(long)).status_code == 404
+    assert 0 < len(serving_app._ROUTES) <= 4
+    assert long not in serving_app._ROUTES and "/v2/models/m/nope" not in serving_app._ROUTES
 
 
 # -- admin -----------------------------------------------------------------------------------

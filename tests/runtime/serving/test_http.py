@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from mlplat_runtime.serving.http import Request, Response, serve_http
+from mlplat_runtime.serving import http
+from mlplat_runtime.serving.http import JSON, Request, Response, encode_response, serve_http
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +31,7 @@ class Handler:
             raise RuntimeError("handler bug")
         if req.path == "/big":  # over BIG_BODY: written beside its head
             return Response(200, bytes(range(256)) * 1200, b"application/octet-stream")
-        return Response(200, body, b"text/plain", ((b"x-test", b"1"),))
+        return Response(200, body, b"text/plain", ((b"x-test", b"1"), (b"x-encoding", req.encoding or b"-")))
 
     async def _slow(self, body: bytes) -> Response:
         await self.release.wait()
@@ -217,3 +218,44 @@ async def test_a_refused_upload_still_gets_its_answer(server: Any) -> None:
     out = await asyncio.wait_for(reader.read(), 10)
     assert out.startswith(b"HTTP/1.1 413 ") and b"request body over 1000 bytes" in out
     writer.close()
+
+
+async def test_request_targets_are_remembered_only_up_to_the_cap(
+    server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parsed targets are kept for the next request (a percent-encoded one answers the same the
+    second time), at most ``PATH_CACHE`` of them, and a long target is never kept."""
+    port, handler, _ = server
+    monkeypatch.setattr(http, "PATH_CACHE", 4)
+    monkeypatch.setattr(http, "_PATHS", {})
+    long = "/" + "x" * (http.PATH_CACHE_URL + 10)
+    targets = ["/a%20b?q=1", "/a%20b?q=1", *[f"/p{i}#f" for i in range(9)], long, "/a%20b?q=1"]
+    raw = b"".join(f"GET {t} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for t in targets)
+    out = await exchange(port, raw, responses=len(targets))
+    assert out.count(b"HTTP/1.1 200 OK") == len(targets)
+    assert handler.seen == ["/a b", "/a b", *[f"/p{i}" for i in range(9)], long, "/a b"]
+    assert 0 < len(http._PATHS) <= 4 and long.encode() not in http._PATHS
+
+
+async def test_the_content_encoding_is_noted_as_it_arrives(server: Any) -> None:
+    port, _, _ = server
+    out = await exchange(
+        port, post("/z", b"abc", "Content-Encoding: GZip\r\n") + post("/y", b""), responses=2
+    )
+    first, second = out.split(b"HTTP/1.1 200 OK")[1:]
+    assert b"x-encoding: gzip" in first and b"x-encoding: -" in second  # noted per request
+
+
+def test_a_request_made_without_its_encoding_finds_the_last_one() -> None:
+    headers = [(b"content-encoding", b"GZIP"), (b"host", b"x"), (b"content-encoding", b"Deflate")]
+    assert Request("POST", "/", headers, b"").encoding == b"deflate"
+    assert Request("GET", "/", [(b"host", b"x")], b"").encoding is None
+
+
+def test_a_plain_answer_is_encoded_as_any_other() -> None:
+    body = b'{"ok":true}'
+    want = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n" + body
+    assert encode_response(Response(200, body), True) == want
+    assert encode_response(Response(200, body, bytes(JSON)), True) == want  # the general path
+    assert encode_response(Response(200, body), False).endswith(b"connection: close\r\n\r\n" + body)
+    assert encode_response(Response(200, body), True, head_only=True) == want[: -len(body)]

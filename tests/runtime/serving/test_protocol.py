@@ -281,3 +281,19 @@ def test_fp32_json_values_round_as_numpy_casts_them() -> None:
         want = np.asarray(values, dtype=np.float64).astype(np.float32).reshape(2, 5)
     assert arr.dtype == np.float32 and arr.shape == (2, 5)
     assert arr.view(np.int32).tolist() == want.view(np.int32).tolist()  # bit for bit: -0.0, inf
+
+
+def test_the_packers_of_float_data_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One packer per row count is kept (at most ``PACKER_CAP``); strings and nulls still get
+    the checked path's error."""
+    monkeypatch.setattr(protocol, "PACKER_CAP", 4)
+    monkeypatch.setattr(protocol, "_PACKERS", {})
+    inputs, outputs = sig("FP32", (-1, 3))
+    for rows in range(1, 12):
+        data = [[float(r * 3 + c) for c in range(3)] for r in range(rows)]
+        req = decode_infer_request(body(inputs=[tensor(data, [rows, 3])]), inputs, outputs)
+        assert req.inputs["x"].ravel().tolist() == [float(v) for v in range(rows * 3)]
+    assert 0 < len(protocol._PACKERS) <= 4
+    for bad in ([[1.0, "2", 3.0]], [[1.0, None, 3.0]]):
+        with pytest.raises(RequestError, match="must be numbers"):
+            decode_infer_request(body(inputs=[tensor(bad, [1, 3])]), inputs, outputs)

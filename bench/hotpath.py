@@ -87,7 +87,9 @@ def child(root: Path, bundle: Path, body: Path, requests: int, signals: Path) ->
         for _ in range(requests):
             conn.data_received(raw)
         (signals / "done").touch()
-        time.sleep(60)  # the parent dumps the counts, then ends this process
+        deadline = time.monotonic() + 120
+        while not (signals / "dumped").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)  # short sleeps: the dump request reaches a process between them
 
     try:  # serving's own loop, as `python -m mlplat_runtime.serving` runs it
         import uvloop
@@ -117,16 +119,22 @@ def count(root: Path, bundle: Path, body: Path, requests: int, work: Path) -> fl
             time.sleep(0.2)
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
         (signals / "go").touch()
+        deadline = time.monotonic() + 600
         while not (signals / "done").exists():
-            if proc.poll() is not None:
-                raise SystemExit("the counted process ended before it was done")
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the counted process ended (or hung) before it was done")
             time.sleep(0.1)
-        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+        subprocess.run(
+            ["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True, timeout=120
+        )
+        (signals / "dumped").touch()
     finally:
         proc.kill()
         proc.wait()
         log.close()
     dumps = sorted(signals.glob("callgrind.out*"), key=lambda p: p.stat().st_size)
+    if not dumps:
+        raise SystemExit(f"callgrind wrote no counts in {signals}")
     text = subprocess.run(
         ["callgrind_annotate", "--inclusive=yes", str(dumps[-1])], check=True, capture_output=True, text=True
     ).stdout
@@ -161,7 +169,11 @@ def main() -> int:
         child(Path(root), Path(bundle), Path(body), int(requests), Path(signals))
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--baseline", default="HEAD", help="git revision to compare with (default HEAD)")
+    ap.add_argument(
+        "--baseline",
+        default="HEAD",
+        help="git revision to compare with (default HEAD: the uncommitted change)",
+    )
     ap.add_argument("--requests", type=int, default=2000, help="requests counted per tree (default 2000)")
     args = ap.parse_args()
     missing = [t for t in TOOLS if shutil.which(t) is None]

@@ -35,6 +35,7 @@ from mlplat_runtime.serving.decoder import CHILD_BYTES, DecoderProcess
 from mlplat_runtime.serving.http import (
     JSON,
     MAX_BODY,
+    PATH_CACHE_URL,
     BadEncoding,
     BodyTooLarge,
     Request,
@@ -114,7 +115,7 @@ def decode_content(body: bytes, encoding: bytes | None, limit: int = MAX_BODY) -
 
 
 # /v2/models/... paths seen recently -> (name, version or None, action): bounded as http's
-# path cache is (dropped at the cap), so a client sending random paths costs no memory.
+# path cache is (dropped at the cap; paths over PATH_CACHE_URL characters are never kept).
 _ROUTES: dict[str, tuple[str, str | None, str]] = {}
 ROUTE_CACHE = 1024
 
@@ -131,7 +132,7 @@ def _model_route(path: str) -> tuple[str, str | None, str] | None:
     if not name or action is None or action not in _MODEL_ENDPOINTS:
         return None
     route = (name, version, action)
-    if len(path) <= 256:
+    if len(path) <= PATH_CACHE_URL:
         if len(_ROUTES) >= ROUTE_CACHE:
             _ROUTES.clear()
         _ROUTES[path] = route

@@ -129,12 +129,7 @@ class ServingMetrics:
     def observe_infer(self, model: str, version: str, code: int, seconds: float, ran: float | None) -> None:
         """An inference request answered inline: ``observe_request`` and (when the model ran,
         ``ran`` seconds) ``observe_inference`` in one call."""
-        key = (model, version, "infer", code)
-        self.requests[key] = self.requests.get(key, 0) + 1
-        hist = self.request_seconds.get((model, "infer"))
-        if hist is None:
-            hist = self.request_seconds[(model, "infer")] = _Hist()
-        hist.observe(seconds)
+        self.observe_request(model, version, "infer", code, seconds)
         if ran is not None:
             self.observe_inference(model, version, ran)
 

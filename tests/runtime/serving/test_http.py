@@ -142,6 +142,33 @@ async def test_limits_and_malformed_requests_get_an_error_and_a_close(server: An
     assert out.startswith(b"HTTP/1.1 400 ") and b"upgrades are not supported" in out
 
 
+async def test_an_oversized_length_is_refused_only_for_a_head_the_parser_accepts(server: Any) -> None:
+    """A Content-Length over the limit is 413 once the head is in; a head llhttp rejects
+    (a second Content-Length, or Transfer-Encoding beside it: the smuggling shapes) is 400."""
+    port, _, _ = server
+    head = "GET /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n"
+    out = await exchange(port, (head + "\r\n").encode(), until_closed=True)
+    assert out.startswith(b"HTTP/1.1 413 ")
+    for second in ("Content-Length: 5\r\n", "Transfer-Encoding: chunked\r\n"):
+        out = await exchange(port, (head + second + "\r\n").encode(), until_closed=True)
+        assert out.startswith(b"HTTP/1.1 400 ") and b"malformed HTTP request" in out, out[:80]
+    upgrade = head + "Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    out = await exchange(port, upgrade.encode(), until_closed=True)
+    assert out.startswith(b"HTTP/1.1 413 ")  # as before: the body limit is said first
+
+
+async def test_any_expect_100_continue_gets_its_interim_answer(server: Any) -> None:
+    port, _, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\nExpect: x\r\n\r\n"
+    )
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"ok")
+    assert b"POST /e 2 ok" in await asyncio.wait_for(reader.readuntil(b"ok"), 10)
+    writer.close()
+
+
 async def test_head_has_no_body_and_handler_errors_are_500(server: Any) -> None:
     port, _, _ = server
     out = await exchange(port, b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -259,3 +286,5 @@ def test_a_plain_answer_is_encoded_as_any_other() -> None:
     assert encode_response(Response(200, body, bytes(JSON)), True) == want  # the general path
     assert encode_response(Response(200, body), False).endswith(b"connection: close\r\n\r\n" + body)
     assert encode_response(Response(200, body), True, head_only=True) == want[: -len(body)]
+    announced = encode_response(Response(200, body), True, length=99)  # the body written beside it
+    assert b"content-length: 99\r\n" in announced

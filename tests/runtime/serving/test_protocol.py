@@ -294,6 +294,7 @@ def test_the_packers_of_float_data_are_bounded(monkeypatch: pytest.MonkeyPatch) 
         req = decode_infer_request(body(inputs=[tensor(data, [rows, 3])]), inputs, outputs)
         assert req.inputs["x"].ravel().tolist() == [float(v) for v in range(rows * 3)]
     assert 0 < len(protocol._PACKERS) <= 4
+    assert req.inputs["x"].flags.writeable  # a tensor of its own, as np.asarray's would be
     for bad in ([[1.0, "2", 3.0]], [[1.0, None, 3.0]]):
         with pytest.raises(RequestError, match="must be numbers"):
             decode_infer_request(body(inputs=[tensor(bad, [1, 3])]), inputs, outputs)

@@ -35,13 +35,22 @@ def _free(port: int) -> bool:
     return True
 
 
+# Ports this process has handed out: free until their server binds them (a stack's, seconds
+# later), so a second pick must not land on them (seen in CI: a target's port_base equal to its
+# project's stack ports, both picked before either was bound).
+_HANDED: set[int] = set()
+
+
 def free_port_base(width: int = 4) -> int:
-    """A base port with ``width`` consecutive free ports after it, below the ephemeral range."""
+    """A base port with ``width`` consecutive free ports after it, below the ephemeral range,
+    none of them handed out before by this process."""
     high = max(LOWEST + 4 * width, ephemeral_low()) - width
     rng = random.Random()
     for _ in range(200):
         base = rng.randrange(LOWEST, high, 4)
-        if all(_free(base + i) for i in range(width)):
+        ports = range(base, base + width)
+        if _HANDED.isdisjoint(ports) and all(_free(p) for p in ports):
+            _HANDED.update(ports)
             return base
     raise RuntimeError(f"no {width} free consecutive ports found in {LOWEST}..{high + width}")
 

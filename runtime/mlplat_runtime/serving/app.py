@@ -31,6 +31,7 @@ from mlplat_runtime.errors import MlplatError, NotFoundError, RequestError
 from mlplat_runtime.identity import IDENTITY_PATH, StackIdentity
 from mlplat_runtime.serving import protocol
 from mlplat_runtime.serving.batching import Batcher
+from mlplat_runtime.serving.bounded import remember
 from mlplat_runtime.serving.decoder import CHILD_BYTES, DecoderProcess
 from mlplat_runtime.serving.http import (
     JSON,
@@ -132,11 +133,7 @@ def _model_route(path: str) -> tuple[str, str | None, str] | None:
     if not name or action is None or action not in _MODEL_ENDPOINTS:
         return None
     route = (name, version, action)
-    if len(path) <= PATH_CACHE_URL:
-        if len(_ROUTES) >= ROUTE_CACHE:
-            _ROUTES.clear()
-        _ROUTES[path] = route
-    return route
+    return remember(_ROUTES, path, route, ROUTE_CACHE) if len(path) <= PATH_CACHE_URL else route
 
 
 def _heavy(req: Request) -> bool:

@@ -47,6 +47,8 @@ from urllib.parse import unquote
 import httptools
 import orjson
 
+from mlplat_runtime.serving.bounded import remember
+
 log = logging.getLogger("mlplat.serving")
 
 MAX_BODY = 64 * 1024 * 1024
@@ -492,9 +494,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._fail(json_error(400, f"malformed request target {url[:200]!r}"))
                 return
             if len(url) <= PATH_CACHE_URL:
-                if len(_PATHS) >= PATH_CACHE:
-                    _PATHS.clear()
-                _PATHS[url] = path
+                remember(_PATHS, url, path, PATH_CACHE)
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         req = Request(method, path, self._headers, body, self._encoding)
         keep_alive = self.parser.should_keep_alive()

@@ -30,6 +30,7 @@ import orjson
 
 from mlplat_runtime.bundle.manifest import OIP_TO_NUMPY, TensorSpec
 from mlplat_runtime.errors import RequestError
+from mlplat_runtime.serving.bounded import remember
 
 PLATFORM = "onnxruntime_onnx"
 _ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
@@ -302,10 +303,7 @@ PACKER_CAP = 1024
 
 
 def _packer(typecode: str, count: int) -> Callable[..., None]:
-    if len(_PACKERS) >= PACKER_CAP:
-        _PACKERS.clear()
-    pack = _PACKERS[(typecode, count)] = struct.Struct(f"={count}{typecode}").pack_into
-    return pack
+    return remember(_PACKERS, (typecode, count), struct.Struct(f"={count}{typecode}").pack_into, PACKER_CAP)
 
 
 _TYPECODES: dict[str, np.dtype[Any]] = {"d": np.dtype(np.float64), "f": np.dtype(np.float32)}
@@ -470,10 +468,9 @@ def _encode_json(
     key = (model_name, model_version, tuple(names), *map(_KIND, arrays))
     template = _TEMPLATES.get(key)
     if template is None:
-        template = _template(model_name, model_version, names, arrays)
-        if len(_TEMPLATES) >= TEMPLATE_CAP:
-            _TEMPLATES.clear()
-        _TEMPLATES[key] = template
+        template = remember(
+            _TEMPLATES, key, _template(model_name, model_version, names, arrays), TEMPLATE_CAP
+        )
     rid = b"" if request_id is None else b',"id":' + orjson.dumps(request_id)
     datas = [orjson.dumps(a.ravel(), option=_ORJSON_OPTS) for a in arrays]
     if b"null" in b"".join(datas):  # orjson writes inf and NaN as null: spell them (rare)
@@ -493,9 +490,10 @@ def _template(
     def fixed(*parts: bytes) -> bytes:
         return b"".join(parts).replace(b"%", b"%%")
 
-    name_and_version = (orjson.dumps(model_name), orjson.dumps(model_version))
-    pieces = [fixed(b'{"model_name":', name_and_version[0], b',"model_version":', name_and_version[1])]
-    pieces.append(b'%s,"outputs":[')
+    head = fixed(
+        b'{"model_name":', orjson.dumps(model_name), b',"model_version":', orjson.dumps(model_version)
+    )
+    pieces = [head, b'%s,"outputs":[']
     for i, (name, arr) in enumerate(zip(names, arrays, strict=True)):
         datatype = _DTYPE_TO_OIP.get(arr.dtype)
         if datatype is None:
